@@ -1,0 +1,46 @@
+"""Shared fixtures: small configs so tests train in seconds."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tflm.config import DEFAULTS  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(model_type="transformer", **sections):
+    """A config that trains in seconds: tiny model, short context, few steps."""
+    config = copy.deepcopy(DEFAULTS)
+    config["model"].update(type=model_type, embed_dim=32, num_layers=1, num_heads=2, ff_dim=64,
+                           lstm_units=32)
+    config["data"].update(seq_len=32)
+    config["train"].update(steps=20, eval_every=10, global_batch_size=8, warmup_steps=5,
+                           eval_batches=4)
+    for section, values in sections.items():
+        config[section].update(values)
+    return config
+
+
+@pytest.fixture
+def make_config():
+    """Factory for small configs: make_config("lstm", train={"steps": 5})."""
+    return small_config
+
+
+def run_tflm(module, *args, env=None, timeout=300, cwd=REPO):
+    """Run `python -m tflm.<module> args...` in a fresh process; returns CompletedProcess."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, "-m", f"tflm.{module}", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=cwd)
+
+
+@pytest.fixture
+def tflm_cli():
+    """Run a tflm command-line module in a subprocess."""
+    return run_tflm

@@ -1,0 +1,64 @@
+"""What a training run prints: a live progress line on a terminal, one line per evaluation always."""
+
+import math
+import sys
+import time
+
+
+def format_duration(seconds):
+    """63.2 -> '1m03s'."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def format_rate(tokens_per_sec):
+    """12345 -> '12.3k'."""
+    return f"{tokens_per_sec / 1000:.1f}k" if tokens_per_sec >= 1000 else f"{tokens_per_sec:.0f}"
+
+
+class Progress:
+    """Prints `prefix` + messages; on a terminal also redraws a step/loss/tokens/ETA line."""
+
+    def __init__(self, total_steps, tokens_per_step, prefix="", stream=None, interval_s=0.5):
+        self.total_steps, self.tokens_per_step, self.prefix = total_steps, tokens_per_step, prefix
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty()
+        self.interval_s = interval_s
+        self._last_draw = 0.0
+        self._start_time, self._start_step = time.perf_counter(), None
+
+    def log(self, message):
+        """One permanent line."""
+        self._clear()
+        print(f"{self.prefix}{message}", file=sys.stdout, flush=True)
+
+    def eta_s(self, step):
+        """Seconds left at the average speed since this process started training."""
+        if self._start_step is None or step <= self._start_step:
+            return float("nan")
+        per_step = (time.perf_counter() - self._start_time) / (step - self._start_step)
+        return per_step * (self.total_steps - step)
+
+    def start(self, step):
+        """Training starts (or resumes) at `step`."""
+        self._start_time, self._start_step = time.perf_counter(), step
+
+    def update(self, step, loss_fn):
+        """Redraw the live line at most every interval; `loss_fn` is only called then."""
+        if not self.interactive or time.perf_counter() - self._last_draw < self.interval_s:
+            return
+        self._last_draw = time.perf_counter()
+        rate = (step - self._start_step) * self.tokens_per_step / max(self._last_draw - self._start_time, 1e-9)
+        line = (f"{self.prefix}step {step}/{self.total_steps}  loss {loss_fn():.3f}  "
+                f"{format_rate(rate)} tok/s  ETA {format_duration(self.eta_s(step))}")
+        self.stream.write("\r" + line.ljust(79))
+        self.stream.flush()
+
+    def _clear(self):
+        if self.interactive and self._last_draw:
+            self.stream.write("\r" + " " * 79 + "\r")
+            self.stream.flush()

@@ -1,0 +1,119 @@
+"""Choosing the tf.distribute strategy, and which task of a cluster this process is.
+
+auto: `TF_CONFIG` set -> MultiWorkerMirroredStrategy; two or more GPUs -> MirroredStrategy;
+`runtime.logical_cpus` >= 2 -> MirroredStrategy over those logical CPUs; else the default
+strategy. `runtime.logical_cpus` splits the CPU so MirroredStrategy runs on a laptop and in CI.
+"""
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from tflm.errors import TflmError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """This process's place in the cluster: ("worker", 0) when training alone."""
+
+    type: str = "worker"
+    index: int = 0
+    num_workers: int = 1
+    has_chief: bool = False
+
+    @property
+    def is_chief(self):
+        """The chief writes the run directory: task `chief`, else worker 0."""
+        return self.type == "chief" or (self.type == "worker" and self.index == 0 and not self.has_chief)
+
+    @property
+    def name(self):
+        """"chief", "worker 1", ... for log lines."""
+        return self.type if self.type == "chief" else f"{self.type} {self.index}"
+
+
+def parse_tf_config(text):
+    """The Task described by a TF_CONFIG JSON string; a TflmError for malformed ones."""
+    try:
+        tf_config = json.loads(text)
+    except ValueError as error:
+        raise TflmError(f"TF_CONFIG is not valid JSON: {error}") from None
+    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict):
+        raise TflmError('TF_CONFIG needs a "cluster" mapping of task type to addresses')
+    cluster, task = tf_config["cluster"], tf_config.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise TflmError('TF_CONFIG needs "task": {"type": ..., "index": ...}')
+    unknown = set(cluster) - {"chief", "worker"}
+    if unknown:
+        raise TflmError(f"TF_CONFIG cluster has task types {sorted(unknown)}; tflm uses chief and worker")
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
+            raise TflmError(f'TF_CONFIG cluster["{kind}"] must be a list of "host:port" strings')
+    kind, index = task["type"], task["index"]
+    if kind not in cluster:
+        raise TflmError(f"TF_CONFIG task type {kind!r} is not in the cluster ({', '.join(cluster)})")
+    if not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise TflmError(f"TF_CONFIG task index {index!r} is outside cluster[{kind!r}] "
+                        f"(0..{len(cluster[kind]) - 1})")
+    num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    return Task(kind, index, num_workers, "chief" in cluster)
+
+
+def current_task():
+    """The Task from the environment's TF_CONFIG, or a lone worker."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    return parse_tf_config(text) if text else Task()
+
+
+def split_cpu(logical_cpus):
+    """Split the first CPU into `logical_cpus` logical devices (before TensorFlow starts)."""
+    if logical_cpus < 2:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(logical_cpus)]
+        )
+    except RuntimeError:
+        current = len(tf.config.list_logical_devices("CPU"))
+        if current != logical_cpus:
+            raise TflmError(f"runtime.logical_cpus={logical_cpus}, but TensorFlow already started "
+                            f"with {current} CPU devices in this process") from None
+
+
+def resolve_strategy_name(runtime):
+    """The concrete strategy name for runtime.strategy (resolving auto)."""
+    name = runtime["strategy"]
+    if name != "auto":
+        return name
+    if os.environ.get("TF_CONFIG", "").strip():
+        return "multi_worker"
+    if len(tf.config.list_physical_devices("GPU")) >= 2 or runtime["logical_cpus"] >= 2:
+        return "mirrored"
+    return "default"
+
+
+def make_strategy(runtime):
+    """Build the strategy named by runtime.strategy (call once, early)."""
+    name = resolve_strategy_name(runtime)
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG", "").strip():
+            raise TflmError("runtime.strategy=multi_worker needs TF_CONFIG (or use tflm.launch)")
+        current_task()  # validates TF_CONFIG before TensorFlow reads it
+        split_cpu(runtime["logical_cpus"])
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
+                timeout_seconds=runtime["cluster_timeout_s"],
+            )
+        )
+    split_cpu(runtime["logical_cpus"])
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(
+            devices=devices, cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice()
+        )
+    return tf.distribute.get_strategy()
