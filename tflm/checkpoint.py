@@ -24,6 +24,7 @@ class Checkpointer:
     def __init__(self, run_dir, task, model, optimizer, max_to_keep):
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         self.shared_dir = checkpoint_dir(run_dir)
+        self._handler_dir = None
         self._private_dir = None if task.is_chief else tempfile.mkdtemp(prefix=f"tflm-{task.type}{task.index}-")
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, self._private_dir or self.shared_dir, max_to_keep=max_to_keep
@@ -40,8 +41,28 @@ class Checkpointer:
         """Save as checkpoint number `step` (every task must call this together)."""
         return self.manager.save(checkpoint_number=step)
 
+    def preemption_handler(self, cluster_resolver, current_step, exit_fn):
+        """A PreemptionCheckpointHandler: on SIGTERM to any worker, every worker saves through
+        this Checkpointer at the same step (`current_step()`), then calls `exit_fn`.
+
+        The handler is given an empty checkpoint of its own to manage. It restores its run
+        counter from the checkpoint it manages, and a counter restored on the chief but not on
+        the other workers (whose write directories are temporary) would make them disagree on the
+        step to save at. Counting from zero in every process keeps them in step, because every
+        process starts from the same restored step.
+        """
+        self._handler_dir = tempfile.mkdtemp(prefix="tflm-preemption-")
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(), self._handler_dir, max_to_keep=1)
+        return tf.distribute.experimental.PreemptionCheckpointHandler(
+            cluster_resolver, manager,
+            termination_config=tf.distribute.experimental.TerminationConfig(
+                exit_fn=exit_fn, save_fn=lambda *_, **__: self.save(current_step())
+            ),
+        )
+
     def close(self):
-        """Remove a non-chief task's temporary checkpoint directory."""
-        if self._private_dir:
-            shutil.rmtree(self._private_dir, ignore_errors=True)
-            self._private_dir = None
+        """Remove the temporary directories (a non-chief task's checkpoints, the handler's)."""
+        for directory in (self._private_dir, self._handler_dir):
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+        self._private_dir = self._handler_dir = None

@@ -56,6 +56,8 @@ DEFAULTS = {
         "jit_compile": True,  # XLA for the per-replica forward/backward
         "precision": "float32",  # float32 | mixed_bfloat16
         "cluster_timeout_s": 120,  # multi_worker: how long to wait for peers
+        "intra_op_threads": 0,  # 0 = TensorFlow's default (all cores)
+        "inter_op_threads": 0,
     },
 }
 
@@ -76,6 +78,7 @@ POSITIVE = (
 NON_NEGATIVE = (
     "train.eval_batches", "train.checkpoint_every", "train.warmup_steps", "train.weight_decay",
     "train.min_learning_rate_ratio", "train.seed", "runtime.logical_cpus",
+    "runtime.intra_op_threads", "runtime.inter_op_threads",
 )
 
 

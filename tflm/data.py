@@ -17,36 +17,50 @@ from tflm.tokenizer import CharTokenizer, count_characters
 
 @dataclasses.dataclass
 class Corpus:
-    """A text source with its tokenizer and the size of each split in tokens."""
+    """A text source with its tokenizer and the tokens of each split (per file for file sources,
+    since windows are formed within files)."""
 
     source: object
     tokenizer: CharTokenizer
-    train_tokens: int
-    validation_tokens: int
+    token_counts: dict  # split -> [tokens per file] (one entry for a single-stream source)
+
+    def tokens(self, split):
+        """Tokens in a split."""
+        return sum(self.token_counts[split])
+
+    def windows(self, split, seq_len):
+        """Windows of seq_len + 1 tokens in one epoch of a split."""
+        return sum(n // (seq_len + 1) for n in self.token_counts[split])
 
 
 def load_corpus(data_config, tokenizer=None):
     """Scan the source once: learn the vocabulary (unless given) and count tokens per split."""
     source = make_source(data_config)
+
+    def per_file(split, count):
+        if source.files:
+            return [count(source.iter_file_texts(path, split)) for path in source.files]
+        return [count(source.iter_texts(split))]
+
     counts = count_characters(source.iter_texts("train"))
     if tokenizer is None:
         if not counts:
             raise TflmError("the training split is empty")
         tokenizer = CharTokenizer.from_counts(counts, data_config["max_vocab_size"])
-    validation_tokens = sum(len(text) for text in source.iter_texts("validation"))
-    return Corpus(source, tokenizer, sum(counts.values()), validation_tokens)
+    token_counts = {split: per_file(split, lambda texts: sum(len(t) for t in texts))
+                    for split in ("train", "validation")}
+    return Corpus(source, tokenizer, token_counts)
 
 
 def check_corpus_fits(corpus, seq_len, global_batch_size):
-    """Raise if the splits are too small for one window, or validation for one global batch."""
+    """Raise if training has no window, or validation too few for one global batch."""
     window = seq_len + 1
-    if corpus.train_tokens < window:
+    if corpus.windows("train", seq_len) == 0:
+        raise TflmError(f"data.seq_len={seq_len} is larger than the training split "
+                        f"({corpus.tokens('train')} tokens)")
+    if corpus.windows("validation", seq_len) < global_batch_size:
         raise TflmError(
-            f"data.seq_len={seq_len} is larger than the training split ({corpus.train_tokens} tokens)"
-        )
-    if corpus.validation_tokens // window < global_batch_size:
-        raise TflmError(
-            f"the validation split has {corpus.validation_tokens // window} windows of "
+            f"the validation split has {corpus.windows('validation', seq_len)} windows of "
             f"seq_len+1={window} tokens, fewer than train.global_batch_size={global_batch_size}"
         )
 
@@ -67,6 +81,27 @@ def token_windows(texts, tokenizer, seq_len):
     return ids.unbatch().batch(seq_len + 1, drop_remainder=True)
 
 
+def split_windows(source, split, tokenizer, seq_len, files=None):
+    """Windows of one split; for file sources, formed within each file, file after file, so the
+    set of windows is the same however the files are sharded."""
+    if not source.files:
+        return token_windows(source.texts(split), tokenizer, seq_len)
+    paths = tf.data.Dataset.from_tensor_slices(list(source.files if files is None else files))
+    return paths.interleave(lambda path: token_windows(source.file_texts(path, split), tokenizer, seq_len),
+                            cycle_length=1, deterministic=True)
+
+
+def train_windows(corpus, config, pipelines=1, index=0, epochs=None):
+    """This input pipeline's training windows: shuffled (seeded), repeated, sharded explicitly."""
+    policy = shard_policy(config, pipelines, len(corpus.source.files))
+    files = corpus.source.files[index::pipelines] if policy == "file" else None
+    windows = split_windows(corpus.source, "train", corpus.tokenizer, config["data"]["seq_len"], files)
+    windows = windows.shuffle(
+        config["data"]["shuffle_buffer"], seed=config["train"]["seed"], reshuffle_each_iteration=True
+    ).repeat(epochs)
+    return windows.shard(pipelines, index) if policy == "data" and pipelines > 1 else windows
+
+
 def to_inputs_and_targets(windows):
     """[batch, seq_len + 1] -> (inputs, next-token targets), each [batch, seq_len]."""
     return windows[:, :-1], windows[:, 1:]
@@ -82,28 +117,21 @@ def _finish(windows, per_replica_batch):
 
 def train_dataset_fn(corpus, config, start_step=0):
     """A `distribute_datasets_from_function` input fn for training, starting at `start_step`."""
-    seq_len, global_batch = config["data"]["seq_len"], config["train"]["global_batch_size"]
+    global_batch = config["train"]["global_batch_size"]
 
     def dataset_fn(input_context):
         pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
-        per_replica = input_context.get_per_replica_batch_size(global_batch)
-        policy = shard_policy(config, pipelines, len(corpus.source.files))
-        files = corpus.source.files[index::pipelines] if policy == "file" else None
-        windows = token_windows(corpus.source.texts("train", files), corpus.tokenizer, seq_len)
-        windows = windows.shuffle(
-            config["data"]["shuffle_buffer"], seed=config["train"]["seed"], reshuffle_each_iteration=True
-        ).repeat()
-        if policy == "data" and pipelines > 1:
-            windows = windows.shard(pipelines, index)
+        windows = train_windows(corpus, config, pipelines, index)
         windows_per_step = global_batch // pipelines
-        return _finish(windows.skip(start_step * windows_per_step), per_replica)
+        return _finish(windows.skip(start_step * windows_per_step),
+                       input_context.get_per_replica_batch_size(global_batch))
 
     return dataset_fn
 
 
 def eval_batches_per_pass(corpus, config):
     """How many global batches one evaluation runs (all full batches unless train.eval_batches)."""
-    available = corpus.validation_tokens // (config["data"]["seq_len"] + 1) // config["train"]["global_batch_size"]
+    available = corpus.windows("validation", config["data"]["seq_len"]) // config["train"]["global_batch_size"]
     wanted = config["train"]["eval_batches"]
     return min(wanted, available) if wanted else available
 
@@ -116,7 +144,7 @@ def eval_dataset_fn(corpus, config):
     def dataset_fn(input_context):
         pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
         per_replica = input_context.get_per_replica_batch_size(global_batch)
-        windows = token_windows(corpus.source.texts("validation"), corpus.tokenizer, seq_len)
+        windows = split_windows(corpus.source, "validation", corpus.tokenizer, seq_len)
         windows = windows.shard(pipelines, index).take(batches * global_batch // pipelines)
         return _finish(windows.cache().repeat(), per_replica)
 

@@ -4,19 +4,40 @@ import functools
 import sys
 
 
+EXIT_USER_ERROR = 2  # bad input: config, TF_CONFIG, data, arguments
+EXIT_CLUSTER_ERROR = 3  # a peer was lost or never came up; relaunch to resume
+EXIT_PREEMPTED = 42  # SIGTERM: every worker checkpointed at the same step; relaunch to resume
+
+
 class TflmError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
+    exit_code = EXIT_USER_ERROR
+    label = "error"
+
+
+class ClusterError(TflmError):
+    """A multi-worker cluster failed (lost or missing peer): one line, exit code 3."""
+
+    exit_code = EXIT_CLUSTER_ERROR
+
+
+class Preempted(TflmError):
+    """SIGTERM arrived; a checkpoint was saved: one line, exit code 42 (relaunch to resume)."""
+
+    exit_code = EXIT_PREEMPTED
+    label = "preempted"
+
 
 def exit_on_user_error(main):
-    """Wrap a command-line `main` so a TflmError prints one line and exits 2."""
+    """Wrap a command-line `main` so a TflmError prints one line and exits with its code."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except TflmError as error:
-            print(f"tflm: error: {error}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            print(f"tflm: {error.label}: {error}", file=sys.stderr, flush=True)
+            sys.exit(error.exit_code)
 
     return wrapper

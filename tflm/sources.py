@@ -1,7 +1,8 @@
 """Where training text comes from: the embedded default corpus, local text files, or TFDS.
 
-Every source gives the same two things for a split ("train" or "validation"):
-`texts(split)`, a streamed `tf.data.Dataset` of strings for the input pipeline, and
+Every source gives the same two things for a split ("train" or "validation"): a streamed
+`tf.data.Dataset` of strings for the input pipeline (`texts(split)`, or per file
+`file_texts(path, split)` for sources with `files`, so windows never straddle two files), and
 `iter_texts(split)`, the same strings in Python, used once to learn the vocabulary and to count
 tokens (it is also where invalid UTF-8 is reported, with the file and line).
 """
@@ -57,7 +58,7 @@ class DefaultCorpus:
             "validation": [topics[n] for i, n in enumerate(names) if i % period == period - 1],
         }
 
-    def texts(self, split, files=None):
+    def texts(self, split):
         """Topics of `split` as a dataset of strings."""
         return tf.data.Dataset.from_tensor_slices(tf.constant(self._split[split], tf.string))
 
@@ -81,27 +82,27 @@ class TextFiles:
         held_out = (line_index // LINES_PER_BLOCK) % self.period == self.period - 1
         return held_out if split == "validation" else not held_out
 
-    def texts(self, split, files=None):
-        """Lines of `split` (newline kept) from `files` (default: all), file after file."""
+    def file_texts(self, path, split):
+        """Lines of `split` (newline kept) of one file; `path` may be a string tensor."""
         period, want_validation = self.period, split == "validation"
 
-        def lines_of(path):
-            def keep(index, _):
-                held_out = tf.equal((index // LINES_PER_BLOCK) % period, period - 1)
-                return held_out if want_validation else tf.logical_not(held_out)
+        def keep(index, _):
+            held_out = tf.equal((index // LINES_PER_BLOCK) % period, period - 1)
+            return held_out if want_validation else tf.logical_not(held_out)
 
-            lines = tf.data.TextLineDataset(path).enumerate().filter(keep)
-            return lines.map(lambda _, line: line + "\n")
-
-        paths = tf.data.Dataset.from_tensor_slices(list(files if files is not None else self.files))
-        return paths.interleave(lines_of, cycle_length=1, deterministic=True)
+        lines = tf.data.TextLineDataset(path).enumerate().filter(keep)
+        return lines.map(lambda _, line: line + "\n")
 
     def iter_texts(self, split):
         """Lines of `split` in Python, decoding strictly so bad bytes name their file and line."""
         for path in self.files:
-            for index, line in enumerate(read_utf8_lines(path)):
-                if self._in_split(split, index):
-                    yield line
+            yield from self.iter_file_texts(path, split)
+
+    def iter_file_texts(self, path, split):
+        """Lines of `split` of one file, in Python."""
+        for index, line in enumerate(read_utf8_lines(path)):
+            if self._in_split(split, index):
+                yield line
 
 
 def expand_paths(patterns):
@@ -162,7 +163,7 @@ class TfdsSource:
             raise TflmError(f"cannot load tfds dataset {self.name!r}: {first_line}") from None
         return builder
 
-    def texts(self, split, files=None):
+    def texts(self, split):
         """The text feature of `split`, in the dataset's stored order."""
         dataset = self._builder.as_dataset(split=self.splits[split], shuffle_files=False)
         return dataset.map(lambda example: example[self.feature])

@@ -8,10 +8,14 @@ strategy. `runtime.logical_cpus` splits the CPU so MirroredStrategy runs on a la
 import dataclasses
 import json
 import os
+import re
+import socket
+import sys
+import threading
 
 import tensorflow as tf
 
-from tflm.errors import TflmError
+from tflm.errors import EXIT_CLUSTER_ERROR, ClusterError, TflmError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +26,7 @@ class Task:
     index: int = 0
     num_workers: int = 1
     has_chief: bool = False
+    addresses: tuple = ()  # ((task name, "host:port"), ...) for every task, this one included
 
     @property
     def is_chief(self):
@@ -58,7 +63,8 @@ def parse_tf_config(text):
         raise TflmError(f"TF_CONFIG task index {index!r} is outside cluster[{kind!r}] "
                         f"(0..{len(cluster[kind]) - 1})")
     num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-    return Task(kind, index, num_workers, "chief" in cluster)
+    addresses = tuple((Task(k, i).name, a) for k in ("chief", "worker") for i, a in enumerate(cluster.get(k, [])))
+    return Task(kind, index, num_workers, "chief" in cluster, addresses)
 
 
 def current_task():
@@ -95,8 +101,20 @@ def resolve_strategy_name(runtime):
     return "default"
 
 
+def configure_threads(runtime):
+    """Apply runtime.intra_op_threads / inter_op_threads (before TensorFlow starts)."""
+    try:
+        if runtime["intra_op_threads"]:
+            tf.config.threading.set_intra_op_parallelism_threads(runtime["intra_op_threads"])
+        if runtime["inter_op_threads"]:
+            tf.config.threading.set_inter_op_parallelism_threads(runtime["inter_op_threads"])
+    except RuntimeError:
+        raise TflmError("runtime.*_op_threads must be set before TensorFlow starts in this process") from None
+
+
 def make_strategy(runtime):
     """Build the strategy named by runtime.strategy (call once, early)."""
+    configure_threads(runtime)
     name = resolve_strategy_name(runtime)
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG", "").strip():
@@ -117,3 +135,67 @@ def make_strategy(runtime):
             devices=devices, cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice()
         )
     return tf.distribute.get_strategy()
+
+
+def port_is_open(address, timeout_s=1.0):
+    """Whether something accepts TCP connections at "host:port"."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def check_own_port_free(task):
+    """Raise if this task's own "host:port" is already taken (before TensorFlow binds it)."""
+    own = dict(task.addresses).get(task.name)
+    if own and port_is_open(own, timeout_s=0.2):
+        raise TflmError(f"{task.name}'s address {own} is already in use")
+
+
+class ClusterWatchdog:
+    """Ends the process with one clear line if the cluster is not up within `timeout_s`.
+
+    TensorFlow waits for missing peers without a deadline and, blocked in C++, does not even
+    react to SIGTERM; so a daemon thread does the waiting and exits the process itself.
+    """
+
+    def __init__(self, task, timeout_s):
+        self.task, self.timeout_s = task, timeout_s
+        self._ready = threading.Event()
+        if task.num_workers > 1:
+            threading.Thread(target=self._watch, name="tflm-cluster-watchdog", daemon=True).start()
+
+    def ready(self):
+        """Every peer answered (the first collective completed)."""
+        self._ready.set()
+
+    def _watch(self):
+        if self._ready.wait(self.timeout_s):
+            return
+        missing = [f"{name} ({address})" for name, address in self.task.addresses
+                   if name != self.task.name and not port_is_open(address)]
+        detail = f"not reachable: {', '.join(missing)}" if missing else "all peers reachable but not in step"
+        exit_now(f"[{self.task.name}] tflm: error: runtime.cluster_timeout_s={self.timeout_s}s passed waiting "
+                 f"for the cluster; {detail}", EXIT_CLUSTER_ERROR)
+
+
+def lost_peer_error(error, task, step):
+    """A ClusterError naming the peer a collective lost, from TensorFlow's error text."""
+    text = str(error)
+    match = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
+    peer = Task(match.group(1), int(match.group(2))).name if match else "a peer"
+    if peer == task.name:
+        peer = "a peer"
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return ClusterError(f"lost {peer} at step {step} ({first_line[:120]}); "
+                        f"relaunch the same command to resume from the last checkpoint")
+
+
+def exit_now(message, code):
+    """Print one line and end the process at once, skipping TensorFlow's teardown (which can
+    block on a dead peer)."""
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)

@@ -19,10 +19,11 @@ from tflm.checkpoint import Checkpointer  # noqa: E402
 from tflm.config import check_resume_compatible, load_config  # noqa: E402
 from tflm.data import (check_corpus_fits, eval_batches_per_pass, eval_dataset_fn,  # noqa: E402
                        load_corpus, train_dataset_fn)
-from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
+from tflm.errors import Preempted, TflmError, exit_on_user_error  # noqa: E402
 from tflm.models import build_model  # noqa: E402
 from tflm.progress import Progress  # noqa: E402
-from tflm.strategy import current_task, make_strategy  # noqa: E402
+from tflm.strategy import (ClusterWatchdog, check_own_port_free, current_task,  # noqa: E402
+                           exit_now, lost_peer_error, make_strategy)
 from tflm.trainer import Trainer, make_optimizer  # noqa: E402
 
 
@@ -59,6 +60,9 @@ def train(config, run_dir=None):
         check_resume_compatible(runs.read_config(run_dir), config)
     prefix = f"[{task.name}] " if task.num_workers > 1 else ""
 
+    if task.num_workers > 1:
+        check_own_port_free(task)
+    watchdog = ClusterWatchdog(task, config["runtime"]["cluster_timeout_s"])
     strategy = make_strategy(config["runtime"])
     replicas, global_batch = strategy.num_replicas_in_sync, config["train"]["global_batch_size"]
     if global_batch % replicas:
@@ -80,6 +84,7 @@ def train(config, run_dir=None):
         model = build_model(config, corpus.tokenizer.vocabulary_size)
         optimizer = make_optimizer(config["train"])
         optimizer.build(model.trainable_variables)
+    watchdog.ready()  # building mirrored variables broadcast them: every peer is up
     checkpointer = Checkpointer(run_dir, task, model, optimizer, config["train"]["keep_checkpoints"])
     try:
         run_loop(config, run_dir, task, strategy, corpus, Trainer(strategy, model, optimizer, config),
@@ -106,6 +111,9 @@ def run_loop(config, run_dir, task, strategy, corpus, trainer, checkpointer, pre
     writer = (tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if task.is_chief
               else tf.summary.create_noop_writer())
 
+    preemption = checkpointer.preemption_handler(
+        strategy.cluster_resolver if task.num_workers > 1 else None, lambda: step, lambda: preempted(step)
+    )
     train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn(corpus, config, step)))
     eval_iterator = iter(strategy.distribute_datasets_from_function(eval_dataset_fn(corpus, config)))
     eval_batches = eval_batches_per_pass(corpus, config)
@@ -116,7 +124,16 @@ def run_loop(config, run_dir, task, strategy, corpus, trainer, checkpointer, pre
     period_start_step = step
     progress.start(step)
     while step < t["steps"]:
-        trainer.train_step(train_iterator)
+        preemption.save_checkpoint_if_preempted()
+        try:
+            trainer.train_step(train_iterator)
+        except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+                tf.errors.DeadlineExceededError, tf.errors.InternalError) as error:
+            if task.num_workers == 1:
+                raise
+            # TensorFlow's teardown can block on the dead peer, so leave at once.
+            lost = lost_peer_error(error, task, step)
+            exit_now(f"{prefix}tflm: error: {lost}", lost.exit_code)
         step += 1
         progress.update(step, lambda: trainer.train_metrics.result()["loss"])
         if step % t["eval_every"] == 0 or step == t["steps"]:
@@ -138,6 +155,12 @@ def run_loop(config, run_dir, task, strategy, corpus, trainer, checkpointer, pre
         if step % t["eval_every"] == 0:
             period_start, period_start_step = time.perf_counter(), step
     progress.log(f"done: step {step}; checkpoints in {checkpointer.shared_dir}")
+
+
+def preempted(step):
+    """PreemptionCheckpointHandler's exit: the checkpoint at `step` is saved on every worker."""
+    raise Preempted(f"SIGTERM received; checkpoint saved at step {step} on every worker; "
+                    "relaunch the same command to resume")
 
 
 def report(record, val, progress, writer, total_steps, history_dir):
