@@ -44,3 +44,30 @@ def run_tflm(module, *args, env=None, timeout=300, cwd=REPO):
 def tflm_cli():
     """Run a tflm command-line module in a subprocess."""
     return run_tflm
+
+
+def model_weights(run_dir):
+    """{variable path: numpy array} of the model in a run's latest checkpoint."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith("model/") and name.endswith("VARIABLE_VALUE")}
+
+
+def max_weight_difference(run_a, run_b):
+    """Largest absolute difference between the final model weights of two runs."""
+    import numpy as np
+
+    a, b = model_weights(run_a), model_weights(run_b)
+    assert a.keys() == b.keys() and a
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def write_config(path, config):
+    """Write a config dict as YAML and return the path."""
+    import yaml
+
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f)
+    return str(path)

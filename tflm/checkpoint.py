@@ -22,7 +22,10 @@ class Checkpointer:
     """A tf.train.CheckpointManager per task over tf.train.Checkpoint(model, optimizer)."""
 
     def __init__(self, run_dir, task, model, optimizer, max_to_keep):
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        # Keras keeps dropout's RNG state in SeedGenerator variables that tf.train.Checkpoint does
+        # not reach through the model; saving them makes a resumed run draw the same masks.
+        rng_states = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states)
         self.shared_dir = checkpoint_dir(run_dir)
         self._handler_dir = None
         self._private_dir = None if task.is_chief else tempfile.mkdtemp(prefix=f"tflm-{task.type}{task.index}-")

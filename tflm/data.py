@@ -88,7 +88,7 @@ def split_windows(source, split, tokenizer, seq_len, files=None):
         return token_windows(source.texts(split), tokenizer, seq_len)
     paths = tf.data.Dataset.from_tensor_slices(list(source.files if files is None else files))
     return paths.interleave(lambda path: token_windows(source.file_texts(path, split), tokenizer, seq_len),
-                            cycle_length=1, deterministic=True)
+                            cycle_length=1)
 
 
 def train_windows(corpus, config, pipelines=1, index=0, epochs=None):

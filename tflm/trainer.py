@@ -120,9 +120,14 @@ class Trainer:
         loss_sum, correct = token_loss_and_accuracy(targets, self.model(inputs, training=False))
         return loss_sum, correct, tf.cast(tf.size(targets), tf.float32)
 
+    def _replica_eval_step(self, inputs, targets):
+        # A plain function around the compiled one: handing strategy.run the tf.function itself
+        # makes MirroredStrategy reuse replica 0's trace, variables included, on every replica.
+        return self._forward(inputs, targets)
+
     def _eval_step_fn(self, iterator):
         inputs, targets = next(iterator)
-        sums = self.strategy.run(self._forward, args=(inputs, targets))
+        sums = self.strategy.run(self._replica_eval_step, args=(inputs, targets))
         self.eval_metrics.update(*[self.strategy.reduce("SUM", s, axis=None) for s in sums])
 
     def evaluate(self, iterator, batches):

@@ -1,0 +1,142 @@
+"""The foundation: training lowers validation loss, resume equals uninterrupted, errors are clear."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, max_weight_difference, run_tflm, small_config, write_config
+from tflm import run_dir as runs
+from tflm.config import DEFAULTS, load_config
+from tflm.errors import TflmError
+from tflm.train import main, train
+
+
+def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path):
+    config = small_config(train={"steps": 150, "eval_every": 50, "learning_rate": 0.01})
+    run_dir = train(config, str(tmp_path / "run"))
+    history = runs.read_history(run_dir)
+    assert [r["step"] for r in history] == [50, 100, 150]
+    assert set(history[0]) == set(runs.HISTORY_KEYS)
+    assert history[-1]["val_loss"] < history[0]["val_loss"] - 0.2
+    assert history[-1]["val_accuracy"] > history[0]["val_accuracy"]
+    assert history[-1]["tokens_seen"] == 150 * 8 * 32
+    assert load_config(os.path.join(run_dir, "config.yaml")) == config
+    assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-150.index"))
+    assert os.listdir(os.path.join(run_dir, "tensorboard"))
+
+
+def test_finished_run_does_nothing_and_says_so(tmp_path, capsys):
+    config = small_config(train={"steps": 4, "eval_every": 2})
+    run_dir = train(config, str(tmp_path / "run"))
+    before = open(runs.history_path(run_dir)).read()
+    train(config, run_dir)
+    assert "run already finished: step 4" in capsys.readouterr().out
+    assert open(runs.history_path(run_dir)).read() == before
+
+
+@pytest.mark.parametrize("model_type", ["lstm"])
+def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path, model_type):
+    # dropout > 0 so the resumed run must also restore the dropout RNG stream position.
+    config = small_config(model_type, model={"dropout": 0.1},
+                          train={"steps": 40, "eval_every": 5, "checkpoint_every": 5})
+    config_path = write_config(tmp_path / "config.yaml", config)
+    interrupted = str(tmp_path / "interrupted")
+    proc = subprocess.Popen([sys.executable, "-m", "tflm.train", "--config", config_path, "--run-dir", interrupted],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_history(interrupted, step=10, proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 42, err
+    assert "preempted: SIGTERM received; checkpoint saved at step" in err
+    stopped_at = int(err.split("checkpoint saved at step ")[1].split()[0])
+    assert 10 <= stopped_at < 40
+
+    resumed = run_tflm("train", "--config", config_path, "--run-dir", interrupted)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from" in resumed.stdout and f"at step {stopped_at}" in resumed.stdout
+    uninterrupted = train(load_config(config_path), str(tmp_path / "uninterrupted"))
+    assert max_weight_difference(interrupted, uninterrupted) <= 1e-5
+    steps = [r["step"] for r in runs.read_history(interrupted)]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+def wait_for_history(run_dir, step, proc, timeout_s=120):
+    """Block until history.jsonl has a record at `step` or later."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        if os.path.exists(runs.history_path(run_dir)) and any(
+                r["step"] >= step for r in runs.read_history(run_dir)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no history at step {step} in {timeout_s}s")
+
+
+CONFIG_ERRORS = [
+    (["--set", "train.stpes=5"], "unknown key 'train.stpes'; did you mean 'train.steps'?"),
+    (["--set", "model.tpye=lstm"], "did you mean 'model.type'?"),
+    (["--set", "train.steps=-5"], "train.steps must be positive, got -5"),
+    (["--set", "train.steps=ten"], "train.steps must be int, got 'ten'"),
+    (["--set", "model.type=gru"], "model.type must be one of transformer, lstm, got 'gru'"),
+    (["--set", "steps=5"], "--set expects section.key=value"),
+    (["--set", "data.seq_len=1000000"], "data.seq_len=1000000 is larger than the training split"),
+    (["--config", "/nonexistent.yaml"], "cannot read config /nonexistent.yaml"),
+]
+
+
+@pytest.mark.parametrize("args,message", CONFIG_ERRORS)
+def test_config_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys, args, message):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("tflm: error: ") and err.count("\n") == 1 and message in err
+    assert not run_dir.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tflm-new")]
+
+
+def test_errors_leave_an_existing_run_dir_untouched(tmp_path, capsys):
+    config = small_config(train={"steps": 2, "eval_every": 2})
+    config_path = write_config(tmp_path / "config.yaml", config)
+    run_dir = train(config, str(tmp_path / "run"))
+    snapshot = {p: open(os.path.join(d, p), "rb").read() for d, _, files in os.walk(run_dir) for p in files}
+    cases = [("model.num_layers=3", "the run directory was trained with model.num_layers=1, not 3"),
+             ("train.global_batch_size=7", "trained with train.global_batch_size=8, not 7"),
+             ("train.steps=0", "train.steps must be positive, got 0")]
+    for override, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--config", config_path, "--set", override, "--run-dir", run_dir])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    after = {p: open(os.path.join(d, p), "rb").read() for d, _, files in os.walk(run_dir) for p in files}
+    assert after == snapshot
+
+
+def test_cli_default_config_error_exits_2_in_a_fresh_process(tmp_path):
+    result = run_tflm("train", "--set", "train.global_batch_size=3", "--strategy", "mirrored",
+                      "--set", "runtime.logical_cpus=2", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "tflm: error: train.global_batch_size=3 is not divisible by the 2 replicas")
+    assert not (tmp_path / "run").exists()
+
+
+def test_mirrored_strategy_on_two_logical_cpus_trains(tmp_path):
+    config = small_config(train={"steps": 30, "eval_every": 10, "learning_rate": 0.01},
+                          runtime={"strategy": "mirrored", "logical_cpus": 2})
+    run_dir = str(tmp_path / "run")
+    result = run_tflm("train", "--config", write_config(tmp_path / "c.yaml", config), "--run-dir", run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "MirroredStrategy, 2 replica(s)" in result.stdout
+    history = runs.read_history(run_dir)
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+
+
+def test_default_config_file_is_the_built_in_default():
+    assert load_config(os.path.join(REPO, "configs", "char_transformer.yaml")) == DEFAULTS
+    assert load_config(os.path.join(REPO, "configs", "char_lstm.yaml"))["model"]["type"] == "lstm"
