@@ -6,16 +6,17 @@ strategy. `runtime.logical_cpus` splits the CPU so MirroredStrategy runs on a la
 """
 
 import dataclasses
+import faulthandler
 import json
 import os
 import re
 import socket
 import sys
-import threading
+import time
 
 import tensorflow as tf
 
-from tflm.errors import EXIT_CLUSTER_ERROR, ClusterError, TflmError
+from tflm.errors import ClusterError, TflmError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,38 +148,55 @@ def port_is_open(address, timeout_s=1.0):
         return False
 
 
-def check_own_port_free(task):
-    """Raise if this task's own "host:port" is already taken (before TensorFlow binds it)."""
-    own = dict(task.addresses).get(task.name)
-    if own and port_is_open(own, timeout_s=0.2):
-        raise TflmError(f"{task.name}'s address {own} is already in use")
+def wait_for_peers(task, timeout_s):
+    """Rendezvous before TensorFlow starts: hold this task's port, wait until every peer's
+    address answers, then hand the port to TensorFlow. A ClusterError names the peers still
+    missing after `timeout_s`; a TflmError says if this task's own port is taken.
 
-
-class ClusterWatchdog:
-    """Ends the process with one clear line if the cluster is not up within `timeout_s`.
-
-    TensorFlow waits for missing peers without a deadline and, blocked in C++, does not even
-    react to SIGTERM; so a daemon thread does the waiting and exits the process itself.
+    TensorFlow itself waits for missing peers without a deadline while holding the GIL (no
+    Python thread, not even a SIGTERM handler, runs), so the waiting has to happen here.
     """
+    own = dict(task.addresses)[task.name]
+    host, _, port = own.rpartition(":")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, int(port)))
+    except OSError:
+        listener.close()
+        raise TflmError(f"{task.name}'s address {own} is already in use") from None
+    listener.listen(64)
+    try:
+        pending = {name: address for name, address in task.addresses if name != task.name}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            pending = {name: address for name, address in pending.items() if not port_is_open(address, 0.5)}
+            if pending and time.monotonic() > deadline:
+                missing = ", ".join(f"{name} ({address})" for name, address in pending.items())
+                raise ClusterError(f"runtime.cluster_timeout_s={timeout_s}s passed waiting for the cluster; "
+                                   f"not reachable: {missing}")
+            time.sleep(0.2)
+    finally:
+        listener.close()
+
+
+class StartupDeadline:
+    """Backstop for a peer that vanishes between the rendezvous and the first collective: ends
+    the process (exit code 1) if TensorFlow has not finished starting the cluster in time.
+    faulthandler's timer is a C thread, so it fires even while TensorFlow holds the GIL."""
 
     def __init__(self, task, timeout_s):
-        self.task, self.timeout_s = task, timeout_s
-        self._ready = threading.Event()
-        if task.num_workers > 1:
-            threading.Thread(target=self._watch, name="tflm-cluster-watchdog", daemon=True).start()
+        self._armed = task.num_workers > 1
+        if self._armed:
+            self._devnull = open(os.devnull, "w")
+            faulthandler.dump_traceback_later(timeout_s, exit=True, file=self._devnull)
 
     def ready(self):
-        """Every peer answered (the first collective completed)."""
-        self._ready.set()
-
-    def _watch(self):
-        if self._ready.wait(self.timeout_s):
-            return
-        missing = [f"{name} ({address})" for name, address in self.task.addresses
-                   if name != self.task.name and not port_is_open(address)]
-        detail = f"not reachable: {', '.join(missing)}" if missing else "all peers reachable but not in step"
-        exit_now(f"[{self.task.name}] tflm: error: runtime.cluster_timeout_s={self.timeout_s}s passed waiting "
-                 f"for the cluster; {detail}", EXIT_CLUSTER_ERROR)
+        """The cluster is up: disarm."""
+        if self._armed:
+            faulthandler.cancel_dump_traceback_later()
+            self._devnull.close()
+            self._armed = False
 
 
 def lost_peer_error(error, task, step):

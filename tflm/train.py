@@ -22,8 +22,8 @@ from tflm.data import (check_corpus_fits, eval_batches_per_pass, eval_dataset_fn
 from tflm.errors import Preempted, TflmError, exit_on_user_error  # noqa: E402
 from tflm.models import build_model  # noqa: E402
 from tflm.progress import Progress  # noqa: E402
-from tflm.strategy import (ClusterWatchdog, check_own_port_free, current_task,  # noqa: E402
-                           exit_now, lost_peer_error, make_strategy)
+from tflm.strategy import (StartupDeadline, current_task, exit_now, lost_peer_error,  # noqa: E402
+                           make_strategy, wait_for_peers)
 from tflm.trainer import Trainer, make_optimizer  # noqa: E402
 
 
@@ -61,8 +61,8 @@ def train(config, run_dir=None):
     prefix = f"[{task.name}] " if task.num_workers > 1 else ""
 
     if task.num_workers > 1:
-        check_own_port_free(task)
-    watchdog = ClusterWatchdog(task, config["runtime"]["cluster_timeout_s"])
+        wait_for_peers(task, config["runtime"]["cluster_timeout_s"])
+    deadline = StartupDeadline(task, config["runtime"]["cluster_timeout_s"])
     strategy = make_strategy(config["runtime"])
     replicas, global_batch = strategy.num_replicas_in_sync, config["train"]["global_batch_size"]
     if global_batch % replicas:
@@ -84,7 +84,7 @@ def train(config, run_dir=None):
         model = build_model(config, corpus.tokenizer.vocabulary_size)
         optimizer = make_optimizer(config["train"])
         optimizer.build(model.trainable_variables)
-    watchdog.ready()  # building mirrored variables broadcast them: every peer is up
+    deadline.ready()  # building mirrored variables broadcast them: every peer is up
     checkpointer = Checkpointer(run_dir, task, model, optimizer, config["train"]["keep_checkpoints"])
     try:
         run_loop(config, run_dir, task, strategy, corpus, Trainer(strategy, model, optimizer, config),

@@ -1,0 +1,177 @@
+"""Data parallelism that is provably correct and survives losing a worker.
+
+The core claim: with the same seed and global batch, 2-replica MirroredStrategy and 2-worker
+MultiWorkerMirroredStrategy compute the same training run as one device.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, max_weight_difference, run_tflm, small_config, write_config
+from tflm import run_dir as runs
+from tflm.launch import reserve_ports, tf_configs
+from tflm.train import train
+
+EQUIVALENCE_STEPS = 20
+
+
+def per_step_losses(run_dir):
+    """Training loss of each step (the runs evaluate after every step)."""
+    return [r["loss"] for r in runs.read_history(run_dir)]
+
+
+def assert_same_run(run_dir, reference):
+    losses, expected = per_step_losses(run_dir), per_step_losses(reference)
+    assert len(losses) == len(expected) == EQUIVALENCE_STEPS
+    for step, (a, b) in enumerate(zip(losses, expected), start=1):
+        assert abs(a - b) <= 1e-4 * abs(b), f"step {step}: {a} vs {b}"
+    assert max_weight_difference(run_dir, reference) <= 1e-4
+
+
+@pytest.mark.parametrize("model_type", ["transformer", "lstm"])
+def test_mirrored_and_two_workers_match_one_device(tmp_path, model_type):
+    config = small_config(model_type, train={"steps": EQUIVALENCE_STEPS, "eval_every": 1, "eval_batches": 1,
+                                             "checkpoint_every": EQUIVALENCE_STEPS})
+    reference = train(config, str(tmp_path / "one_device"))
+
+    mirrored = dict(config, runtime={**config["runtime"], "strategy": "mirrored", "logical_cpus": 2})
+    result = run_tflm("train", "--config", write_config(tmp_path / "m.yaml", mirrored),
+                      "--run-dir", str(tmp_path / "mirrored"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(str(tmp_path / "mirrored"), reference)
+
+    result = run_tflm("launch", "--workers", "2", "--", "--config", write_config(tmp_path / "c.yaml", config),
+                      "--run-dir", str(tmp_path / "two_workers"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "[worker 1] " in result.stdout and "CollectiveAllReduceStrategy, 2 replica(s)" in result.stdout
+    assert_same_run(str(tmp_path / "two_workers"), reference)
+
+
+def start_worker(tf_config, args):
+    """One `python -m tflm.train` worker process with its TF_CONFIG."""
+    env = {**os.environ, "TF_CONFIG": tf_config, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "-m", "tflm.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def start_cluster(args):
+    return [start_worker(c, args) for c in tf_configs(reserve_ports(0, 2))]
+
+
+def wait_for_step(run_dir, step, procs, timeout_s=180):
+    """Until the chief's history reaches `step`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in procs:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+        if any(r["step"] >= step for r in runs.read_history(run_dir)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached")
+
+
+def finish(proc, timeout_s):
+    """(exit code, stderr) of a process that must end within `timeout_s`."""
+    _, err = proc.communicate(timeout=timeout_s)
+    return proc.returncode, err
+
+
+def test_preempted_then_killed_workers_resume_to_the_uninterrupted_weights(tmp_path):
+    config = small_config(train={"steps": 60, "eval_every": 10, "checkpoint_every": 10, "eval_batches": 1})
+    config_path = write_config(tmp_path / "c.yaml", config)
+    run_dir = str(tmp_path / "run")
+    args = ["--config", config_path, "--run-dir", run_dir]
+
+    # SIGTERM to one worker: every worker saves at the same step and exits with the restart code.
+    procs = start_cluster(args)
+    wait_for_step(run_dir, 10, procs)
+    procs[1].send_signal(signal.SIGTERM)
+    (code0, err0), (code1, err1) = finish(procs[0], 60), finish(procs[1], 60)
+    assert (code0, code1) == (42, 42), err0[-2000:] + err1[-2000:]
+    saved = {int(e.split("checkpoint saved at step ")[1].split()[0]) for e in (err0, err1)}
+    assert len(saved) == 1
+    preempted_at = saved.pop()
+    assert os.path.exists(os.path.join(run_dir, "checkpoints", f"ckpt-{preempted_at}.index"))
+
+    # SIGKILL of the chief: the survivor does not hang; it names the lost peer and exits 3.
+    procs = start_cluster(args)
+    wait_for_step(run_dir, preempted_at + 15, procs)
+    procs[0].kill()
+    killed_at = time.monotonic()
+    code1, err1 = finish(procs[1], 60)
+    assert time.monotonic() - killed_at < 60
+    assert code1 == 3, err1[-3000:]
+    last_line = err1.strip().splitlines()[-1]
+    assert "tflm: error: lost worker 0 at step" in last_line and "relaunch" in last_line
+
+    # Relaunching the same command resumes from the last checkpoint and ends where an
+    # uninterrupted run ends.
+    result = run_tflm("launch", "--workers", "2", "--", *args)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "resuming from" in result.stdout
+    reference = str(tmp_path / "uninterrupted")
+    result = run_tflm("launch", "--workers", "2", "--", "--config", config_path, "--run-dir", reference)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert max_weight_difference(run_dir, reference) <= 1e-5
+    assert [r["step"] for r in runs.read_history(run_dir)] == [10, 20, 30, 40, 50, 60]
+
+
+def test_cluster_errors_are_one_line_nonzero_and_leave_the_run_dir_untouched(tmp_path):
+    config = small_config(train={"steps": 2, "eval_every": 2, "eval_batches": 1},
+                          runtime={"cluster_timeout_s": 8})
+    config_path = write_config(tmp_path / "c.yaml", config)
+    run_dir = train(config, str(tmp_path / "run"))
+    snapshot = {p: open(os.path.join(d, p), "rb").read() for d, _, fs in os.walk(run_dir) for p in fs}
+    args = ["--config", config_path, "--run-dir", run_dir]
+    ports = reserve_ports(0, 2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+
+    def train_with(tf_config, *extra):
+        env = {"TF_CONFIG": tf_config if isinstance(tf_config, str) else json.dumps(tf_config)}
+        started = time.monotonic()
+        result = run_tflm("train", *args, *extra, env=env, timeout=90)
+        return result, time.monotonic() - started
+
+    result, _ = train_with('{"cluster": {"worker": ["localhost:1"]')
+    assert result.returncode == 2 and last_line(result) .startswith("tflm: error: TF_CONFIG is not valid JSON")
+
+    result, _ = train_with({"cluster": cluster, "task": {"type": "worker", "index": 2}})
+    assert result.returncode == 2
+    assert last_line(result) == "tflm: error: TF_CONFIG task index 2 is outside cluster['worker'] (0..1)"
+
+    result, elapsed = train_with({"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    assert result.returncode == 3 and elapsed < 60
+    assert f"waiting for the cluster; not reachable: worker 1 (localhost:{ports[1]})" in last_line(result)
+
+    with socket.socket() as busy:
+        busy.bind(("localhost", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_tflm("launch", "--workers", "2", "--port", str(port), "--", *args)
+        assert result.returncode == 2 and last_line(result) == f"tflm: error: port {port} is already in use"
+        occupied = {"cluster": {"worker": [f"localhost:{port}", f"localhost:{ports[1]}"]},
+                    "task": {"type": "worker", "index": 0}}
+        result, _ = train_with(occupied)
+        assert result.returncode == 2
+        assert last_line(result) == f"tflm: error: worker 0's address localhost:{port} is already in use"
+
+    fresh_dir = tmp_path / "fresh"
+    result = run_tflm("launch", "--workers", "2", "--", "--config", config_path, "--run-dir", str(fresh_dir),
+                      "--set", "train.global_batch_size=3", "--set", "runtime.cluster_timeout_s=60")
+    assert result.returncode == 2
+    assert "tflm: error: train.global_batch_size=3 is not divisible by the 2 replicas" in result.stdout
+    assert not fresh_dir.exists()
+
+    after = {p: open(os.path.join(d, p), "rb").read() for d, _, fs in os.walk(run_dir) for p in fs}
+    assert after == snapshot
+
+
+def last_line(result):
+    return (result.stderr.strip().splitlines() or [""])[-1]
