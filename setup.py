@@ -30,5 +30,5 @@ setup(
             "ipykernel>=6.29",
         ],
     },
-    entry_points={"console_scripts": ["tflm-train=tflm.train:main"]},
+    entry_points={"console_scripts": ["tflm=tflm.cli:main"]},
 )

@@ -16,8 +16,10 @@ from tflm.errors import TflmError
 from tflm.train import main, train
 
 
-def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path):
-    config = small_config(train={"steps": 150, "eval_every": 50, "learning_rate": 0.01})
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path, precision):
+    config = small_config(train={"steps": 150, "eval_every": 50, "learning_rate": 0.01},
+                          runtime={"precision": precision})
     run_dir = train(config, str(tmp_path / "run"))
     history = runs.read_history(run_dir)
     assert [r["step"] for r in history] == [50, 100, 150]
