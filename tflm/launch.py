@@ -17,9 +17,10 @@ import sys
 import threading
 import time
 
-from tflm.errors import TflmError, exit_on_user_error
+from tflm.errors import EXIT_PREEMPTED, TflmError, exit_on_user_error
 
 STOP_GRACE_S = 10  # after a failure, how long the other workers get to exit before SIGKILL
+PREEMPTION_GRACE_S = 300  # after a preemption, how long the others get to save their checkpoint
 
 
 def parse_args(argv):
@@ -88,9 +89,9 @@ def start_workers(args):
 
 
 def stop(procs, sig=signal.SIGTERM, grace_s=STOP_GRACE_S):
-    """Send `sig` to the running workers, then SIGKILL any still running after `grace_s`."""
+    """Send `sig` (if any) to the running workers, then SIGKILL any still running after `grace_s`."""
     for proc in procs:
-        if proc.poll() is None:
+        if sig is not None and proc.poll() is None:
             proc.send_signal(sig)
     deadline = time.monotonic() + grace_s
     for proc in procs:
@@ -118,9 +119,14 @@ def supervise(procs):
             failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if failed and not forwarded:
                 index, code = failed[0]
-                print(f"tflm.launch: worker {index} exited with code {code}; stopping the others",
-                      file=sys.stderr, flush=True)
-                stop(procs)
+                if code == EXIT_PREEMPTED:  # the others are saving the same checkpoint: let them
+                    print(f"tflm.launch: worker {index} was preempted; waiting for the others to checkpoint",
+                          file=sys.stderr, flush=True)
+                    stop(procs, sig=None, grace_s=PREEMPTION_GRACE_S)
+                else:
+                    print(f"tflm.launch: worker {index} exited with code {code}; stopping the others",
+                          file=sys.stderr, flush=True)
+                    stop(procs)
                 return code
             if all(c is not None for c in codes):
                 return next((c for c in codes if c), 0)

@@ -148,7 +148,7 @@ def run_loop(config, run_dir, task, strategy, corpus, trainer, checkpointer, pre
                 "val_perplexity": val["perplexity"],
                 "tokens_per_sec": (step - period_start_step) * tokens_per_step / train_time_s,
             }
-            report(record, val, progress, writer, t["steps"], run_dir if task.is_chief else None)
+            report(record, train_metrics, val, progress, writer, t["steps"], run_dir if task.is_chief else None)
             trainer.train_metrics.reset()
         if step % checkpoint_every == 0 or step == t["steps"]:
             checkpointer.save(step)
@@ -163,7 +163,7 @@ def preempted(step):
                     "relaunch the same command to resume")
 
 
-def report(record, val, progress, writer, total_steps, history_dir):
+def report(record, train_metrics, val, progress, writer, total_steps, history_dir):
     """Log an evaluation, append it to history.jsonl (chief) and TensorBoard."""
     progress.log(
         f"step {record['step']}/{total_steps}  loss {record['loss']:.4f}  acc {record['accuracy']:.3f}  "
@@ -174,9 +174,10 @@ def report(record, val, progress, writer, total_steps, history_dir):
     if history_dir:
         runs.append_history(history_dir, record)
     with writer.as_default(step=record["step"]):
-        for name in ("loss", "accuracy", "val_loss", "val_accuracy", "val_perplexity", "tokens_per_sec"):
-            tf.summary.scalar(name, record[name])
-        tf.summary.scalar("val_bits_per_char", val["bits_per_char"])
+        for name, value in {**{f"train/{k}": v for k, v in train_metrics.items()},
+                            **{f"validation/{k}": v for k, v in val.items()},
+                            "tokens_per_sec": record["tokens_per_sec"]}.items():
+            tf.summary.scalar(name, value)
     writer.flush()
 
 
