@@ -1,0 +1,174 @@
+"""SavedModels for TF Serving: layout, signatures, core-only graphs, warmup, consistency, failures."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import small_config
+from tflm import export as export_module
+from tflm.errors import TflmError
+from tflm.export import OUTPUTS, export_run
+from tflm.generate import MAX_NEW_TOKENS, generate
+from tflm.inference import load_run, next_token_logits
+from tflm.score import score_texts
+from tflm.serving_warmup import read_warmup_requests
+from tflm.train import train
+
+MODEL_TYPES = ("transformer", "lstm")
+TEXTS = ["def main():\n    return 0", "", "\u2603 unseen \u2603", "x = 1\n" * 15]  # 90 > context
+PROMPTS = ["import ", "", "# a prompt longer than the thirty-two character context\n"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{model type: run directory}, each trained once."""
+    base = tmp_path_factory.mktemp("runs")
+    return {t: train(small_config(t), str(base / t)) for t in MODEL_TYPES}
+
+
+@pytest.fixture(scope="module")
+def exports(runs, tmp_path_factory):
+    """(base, {model type: version directory}), each run exported once."""
+    base = str(tmp_path_factory.mktemp("serving") / "saved_models")
+    return base, {t: export_run(runs[t], base=base, name=t) for t in MODEL_TYPES}
+
+
+@pytest.fixture(scope="module")
+def loaded(runs):
+    return {t: load_run(runs[t]) for t in MODEL_TYPES}
+
+
+def test_export_is_a_tf_serving_model_repository(exports, runs):
+    base, paths = exports
+    assert paths["transformer"] == os.path.join(base, "transformer", "1")
+    assert sorted(os.listdir(os.path.join(base, "transformer"))) == ["1"]  # no staging left behind
+    for path in paths.values():
+        assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+        assert os.path.isdir(os.path.join(path, "variables"))
+        with open(os.path.join(path, "assets.extra", "tflm_export.json"), encoding="utf-8") as f:
+            description = json.load(f)
+        assert description["non_core_ops"] == []
+        assert set(description["signatures"]) == {"serving_default", "score", "generate"}
+        assert description["signatures"]["generate"]["inputs"]["top_k"] == {"dtype": "int32", "shape": []}
+        assert description["tokenizer"]["characters"] == load_run(runs["lstm"]).tokenizer.characters
+    again = export_run(runs["lstm"], base=base, name="lstm")  # a new version, never a replacement
+    assert again == os.path.join(base, "lstm", "2")
+    assert sorted(os.listdir(os.path.join(base, "lstm"))) == ["1", "2"]
+
+
+FRESH_PROCESS = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    texts, prompts, paths = json.loads(sys.argv[1])
+    out = {}
+    for name, path in paths.items():
+        model = tf.saved_model.load(path)
+        score = model.signatures["score"](texts=tf.constant(texts))
+        generate = model.signatures["generate"](
+            prompts=tf.constant(prompts), max_new_tokens=tf.constant(40), temperature=tf.constant(0.0),
+            top_k=tf.constant(0), seed=tf.constant(0))
+        logits = model.signatures["serving_default"](token_ids=tf.constant([[5, 6, 7, 0, 0]]))
+        out[name] = {"score": {k: v.numpy().tolist() for k, v in score.items()},
+                     "completions": [c.decode("utf-8") for c in generate["completions"].numpy()],
+                     "logits": logits["logits"].numpy().tolist()}
+    loaded_modules = {m.split(".")[0] for m in sys.modules}
+    out["modules"] = sorted(loaded_modules & {"keras_nlp", "keras_hub", "tensorflow_text", "tflm"})
+    print(json.dumps(out))
+""")
+
+
+def test_fresh_tensorflow_process_serves_all_signatures_like_tflm(exports, loaded):
+    """Loads with tensorflow alone (as TF Serving would); score to 1e-4 and greedy text exactly."""
+    _, paths = exports
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps([TEXTS, PROMPTS, paths])],
+                          capture_output=True, text=True, timeout=300, env=env, cwd="/")
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = json.loads(done.stdout.strip().splitlines()[-1])
+    assert served.pop("modules") == []
+    for name, run in loaded.items():
+        expected = score_texts(run, TEXTS)
+        for key in ("log_prob", "mean_nll", "perplexity"):
+            np.testing.assert_allclose(served[name]["score"][key], [r[key] for r in expected], atol=1e-4, rtol=1e-5)
+        assert served[name]["score"]["num_tokens"] == [r["num_tokens"] for r in expected]
+        assert served[name]["completions"] == generate(run, PROMPTS, 40, temperature=0.0)
+        np.testing.assert_allclose(served[name]["logits"], next_token_logits(run, tf.constant([[5, 6, 7]])).numpy(),
+                                   atol=1e-4)
+
+
+def test_saved_model_cli_shows_and_runs_score(exports):
+    _, paths = exports
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", paths["transformer"], "--all"], capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for name in ("signature_def['score']", "signature_def['generate']", "signature_def['serving_default']",
+                 "inputs['texts']", "outputs['log_prob']", "inputs['max_new_tokens']", "outputs['completions']",
+                 "inputs['token_ids']", "outputs['logits']"):
+        assert name in shown.stdout
+    assert "keras_tensor" not in shown.stdout and "output_0" not in shown.stdout
+    ran = subprocess.run([cli, "run", "--dir", paths["transformer"], "--tag_set", "serve", "--signature_def", "score",
+                          "--input_exprs", "texts=['def main():', 'x']"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "log_prob" in ran.stdout and "perplexity" in ran.stdout and "num_tokens" in ran.stdout
+
+
+def test_warmup_requests_replay_against_the_export(exports):
+    _, paths = exports
+    model = tf.saved_model.load(paths["lstm"])
+    requests = read_warmup_requests(os.path.join(paths["lstm"], "assets.extra", "tf_serving_warmup_requests"))
+    assert [name for name, _ in requests] == ["serving_default", "score", "generate"]
+    for name, inputs in requests:
+        outputs = model.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        assert set(outputs) == set(OUTPUTS[name])
+    assert len(outputs["completions"].numpy()[0].decode("utf-8")) == 8
+
+
+@pytest.mark.parametrize("max_new_tokens", [0, MAX_NEW_TOKENS + 1])
+def test_exported_generate_rejects_max_new_tokens_out_of_range(exports, max_new_tokens):
+    _, paths = exports
+    signature = tf.saved_model.load(paths["lstm"]).signatures["generate"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_new_tokens must be"):
+        signature(prompts=tf.constant(["a"]), max_new_tokens=tf.constant(max_new_tokens),
+                  temperature=tf.constant(0.0), top_k=tf.constant(0), seed=tf.constant(0))
+
+
+def test_unwritable_base_and_failed_exports_leave_no_version(runs, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    with pytest.raises(TflmError, match="cannot write an export"):
+        export_run(runs["lstm"], base=str(blocker / "saved_models"))
+    with pytest.raises(TflmError, match="model name"):
+        export_run(runs["lstm"], base=str(tmp_path / "saved_models"), name="../elsewhere")
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_module, "write_warmup_requests", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_run(runs["lstm"], base=str(tmp_path / "saved_models"), name="m")
+    assert os.listdir(tmp_path / "saved_models" / "m") == []  # no version, no staging directory
+
+
+def test_export_command_line(runs, tmp_path, tflm_cli):
+    done = tflm_cli("export", "--run-dir", runs["lstm"], "--base", str(tmp_path / "models"), "--name", "chars")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "models" / "chars" / "1")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.yaml", "vocab.json"):
+        (bare / name).write_bytes(open(os.path.join(runs["lstm"], name), "rb").read())
+    failed = tflm_cli("export", "--run-dir", str(bare), "--base", str(tmp_path / "models"))
+    assert failed.returncode == 2
+    last_line = failed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("tflm: error:") and "no checkpoint" in last_line
+    assert "Traceback" not in failed.stderr
+    assert not os.path.exists(tmp_path / "models" / "bare")

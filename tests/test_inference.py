@@ -1,0 +1,201 @@
+"""Loading a run, scoring text and generating from it, in Python and from the command line."""
+
+import importlib
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import small_config
+from tflm.errors import TflmError
+from tflm.generate import MAX_NEW_TOKENS, generate, generate_ids
+from tflm.inference import load_run, next_token_logits
+from tflm.score import score_texts
+from tflm.train import train
+
+MODEL_TYPES = ("transformer", "lstm")
+CONTEXT = small_config()["data"]["seq_len"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{model type: run directory}, each trained once for the whole module."""
+    base = tmp_path_factory.mktemp("runs")
+    return {t: train(small_config(t), str(base / t)) for t in MODEL_TYPES}
+
+
+@pytest.fixture(scope="module")
+def loaded(runs):
+    """{model type: LoadedRun}."""
+    return {t: load_run(runs[t]) for t in MODEL_TYPES}
+
+
+def direct_log_probs(model, ids):
+    """log P(ids[i] | ids[:i]) for i >= 1 from one plain forward pass (numpy)."""
+    log_probs = tf.nn.log_softmax(model(np.array([ids[:-1]], np.int32))).numpy()[0]
+    return np.array([log_probs[i, ids[i + 1]] for i in range(len(ids) - 1)])
+
+
+def ids_of(run, text):
+    return run.tokenizer.tokenize(text).numpy().tolist()
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_load_run_restores_every_trained_weight(runs, loaded, model_type):
+    again = load_run(runs[model_type])  # a second model, freshly initialised before restoring
+    reader = tf.train.load_checkpoint(loaded[model_type].checkpoint)
+    for i, (a, b) in enumerate(zip(loaded[model_type].model.trainable_variables, again.model.trainable_variables)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # The head sits under model/ in the checkpoint; its trained value is what was restored.
+    head = reader.get_tensor("model/head/bias/.ATTRIBUTES/VARIABLE_VALUE")
+    np.testing.assert_array_equal(loaded[model_type].model.head.bias.numpy(), head)
+    assert loaded[model_type].config["model"]["type"] == model_type
+    assert loaded[model_type].tokenizer.vocabulary_size == loaded[model_type].model.vocabulary_size
+
+
+def test_run_dir_without_checkpoint_is_a_user_error(runs, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.yaml", "vocab.json"):
+        shutil.copy(os.path.join(runs["lstm"], name), bare / name)
+    with pytest.raises(TflmError, match="no checkpoint"):
+        load_run(str(bare))
+    with pytest.raises(TflmError, match="not a tflm run directory"):
+        load_run(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_score_is_the_sum_of_next_token_log_probs(loaded, model_type):
+    run = loaded[model_type]
+    text = "def f(x):\n    return x"
+    result = score_texts(run, [text])[0]
+    expected = direct_log_probs(run.model, ids_of(run, text))
+    assert result["num_tokens"] == len(text) - 1
+    assert result["log_prob"] == pytest.approx(expected.sum(), abs=1e-4)
+    assert result["mean_nll"] == pytest.approx(-expected.mean(), abs=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(-expected.mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("stride", [8, CONTEXT])
+def test_long_text_is_scored_in_sliding_windows(loaded, stride):
+    run = loaded["transformer"]
+    text = "import os\nprint(os.getcwd())\n" * 4  # 116 characters, several contexts
+    ids = ids_of(run, text)
+    expected = 0.0
+    for i in range(1, len(ids)):
+        # Target i is scored by the first window that reaches it; windows start every `stride`.
+        start = 0 if i <= CONTEXT else -(-(i - CONTEXT) // stride) * stride
+        logits = run.model(np.array([ids[start:i]], np.int32)).numpy()[0, -1]
+        expected += float(tf.nn.log_softmax(logits)[ids[i]])
+    result = score_texts(run, [text], stride=stride)[0]
+    assert result["num_tokens"] == len(ids) - 1
+    assert result["log_prob"] == pytest.approx(expected, abs=2e-4)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_batches_mixing_empty_unseen_and_long_texts_score_like_single_texts(loaded, model_type):
+    run = loaded[model_type]
+    texts = ["", "a", "print(1)", "\u2603\u2603 unseen \u2603", "x = 1\n" * 20]
+    batch = score_texts(run, texts)
+    assert batch[0] == {"text": "", "log_prob": 0.0, "mean_nll": 0.0, "perplexity": 1.0, "num_tokens": 0}
+    assert batch[1]["num_tokens"] == 0 and batch[1]["perplexity"] == 1.0
+    assert 1 in ids_of(run, texts[3])  # the snowman is out of vocabulary
+    for text, result in zip(texts, batch):
+        alone = score_texts(run, [text])[0]
+        assert math.isfinite(result["log_prob"])
+        assert result["log_prob"] == pytest.approx(alone["log_prob"], abs=1e-4)
+        assert result["num_tokens"] == alone["num_tokens"] == max(len(text) - 1, 0)
+
+
+def test_bad_score_arguments_are_user_errors(loaded):
+    with pytest.raises(TflmError, match="stride"):
+        score_texts(loaded["transformer"], ["abc"], stride=CONTEXT + 1)
+    with pytest.raises(TflmError, match="list of strings"):
+        score_texts(loaded["transformer"], "abc")
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_cached_greedy_decoding_equals_recomputing_the_prefix(loaded, model_type):
+    run = loaded[model_type]
+    # Mixed lengths, a prompt longer than the context, and enough tokens for the Transformer's
+    # window to slide past seq_len twice.
+    prompts = ["def ", "", "import numpy as np\nimport tensorflow as tf\n# long prompt"]
+    cached = generate_ids(run, prompts, 2 * CONTEXT, temperature=0.0)
+    uncached = generate_ids(run, prompts, 2 * CONTEXT, temperature=0.0, cached=False)
+    assert cached.shape == (3, 2 * CONTEXT)
+    np.testing.assert_array_equal(cached, uncached)
+    assert (cached != 0).all()  # padding is never generated
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_first_greedy_token_is_the_argmax_of_next_token_logits(loaded, model_type):
+    run = loaded[model_type]
+    ids = ids_of(run, "for i in range(10):")
+    logits = next_token_logits(run, tf.constant([ids + [0, 0]])).numpy()[0]  # trailing padding
+    np.testing.assert_allclose(logits, run.model(np.array([ids], np.int32)).numpy()[0, -1], atol=1e-5)
+    first = generate_ids(run, ["for i in range(10):"], 1, temperature=0.0)[0, 0]
+    assert first == int(np.argmax(logits[1:])) + 1  # argmax over everything but padding
+
+
+def test_prompts_longer_than_the_context_keep_their_last_tokens(loaded):
+    run = loaded["transformer"]
+    tail = "x" * (CONTEXT - 9) + "def main("  # exactly one context
+    assert generate(run, ["# " * 40 + tail], 12, temperature=0.0) == generate(run, [tail], 12, temperature=0.0)
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(loaded):
+    run = loaded["lstm"]
+    first = generate(run, ["import ", "x"], 30, temperature=1.0, top_p=0.95, seed=7)
+    assert generate(run, ["import ", "x"], 30, temperature=1.0, top_p=0.95, seed=7) == first
+    assert generate(run, ["import ", "x"], 30, temperature=1.0, top_p=0.95, seed=8) != first
+    assert generate(run, ["import "], 30, temperature=1.5, top_k=1, seed=3) == \
+        generate(run, ["import "], 30, temperature=0.0)
+    assert all(len(text) == 30 for text in first)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"max_new_tokens": MAX_NEW_TOKENS + 1}, "max_new_tokens"),
+    ({"temperature": -0.5}, "temperature"),
+    ({"top_k": -1}, "top_k"),
+    ({"top_p": 0.0}, "top_p"),
+])
+def test_bad_generation_arguments_are_user_errors(loaded, kwargs, match):
+    with pytest.raises(TflmError, match=match):
+        generate(loaded["lstm"], ["abc"], **kwargs)
+
+
+def test_command_lines_score_and_generate(runs, loaded, tmp_path, tflm_cli):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("print(1)\nx = 2\n", encoding="utf-8")
+    scored = tflm_cli("score", "--run-dir", runs["lstm"], "hello", "--file", str(texts), "--json")
+    assert scored.returncode == 0, scored.stderr
+    lines = [line for line in scored.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 3
+    expected = score_texts(loaded["lstm"], ["hello", "print(1)", "x = 2"])
+    assert [round(json.loads(line)["log_prob"], 3) for line in lines] == \
+        [round(r["log_prob"], 3) for r in expected]
+
+    generated = tflm_cli("generate", "--run-dir", runs["lstm"], "--prompt", "def ", "--max-new-tokens", "20",
+                         "--temperature", "0")
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.rstrip("\n") == "def " + generate(loaded["lstm"], ["def "], 20, temperature=0.0)[0]
+
+
+
+@pytest.mark.parametrize("module, trained, args", [
+    ("generate", False, ["--max-new-tokens", "5"]),  # an empty directory is not a run
+    ("generate", True, ["--max-new-tokens", "0", "--prompt", "a"]),
+    ("score", True, ["--stride", "0", "abc"]),
+])
+def test_command_line_mistakes_print_one_line_and_exit_2(runs, tmp_path, capsys, module, trained, args):
+    main = importlib.import_module(f"tflm.{module}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run-dir", runs["transformer"] if trained else str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("tflm: error:") and error.count("\n") == 1

@@ -1,0 +1,198 @@
+"""`python -m tflm.export`: write a run as a SavedModel that stock TF Serving loads.
+
+    saved_models/NAME/VERSION/saved_model.pb, variables/      the graph and weights
+    saved_models/NAME/VERSION/assets.extra/tflm_export.json   what the export is (model, tokenizer,
+                                                              signatures, non-core ops)
+    saved_models/NAME/VERSION/assets.extra/tf_serving_warmup_requests
+
+VERSION is the next integer. The version is written into a hidden directory beside it
+(`.tflm-export-*`, which TF Serving's poller skips: it only loads integer names) and renamed into
+place, so the poller never sees a half-written version; an existing version is never replaced.
+
+Signatures (named inputs -> named outputs); the tokenizer is in the graph, so REST takes text:
+    serving_default: token_ids int32 [batch, time] -> logits float32 [batch, vocab]
+    score:    texts string [batch] -> log_prob, mean_nll, perplexity float32 [batch], num_tokens int32
+    generate: prompts string [batch], max_new_tokens, temperature, top_k, seed (scalars)
+              -> completions string [batch]
+They trace the same functions `tflm.score` and `tflm.generate` run in Python, without XLA: a
+jit-compiled function in a SavedModel needs an XLA-enabled TF Serving build, and each request
+shape would compile anew.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
+from tflm.generate import MAX_NEW_TOKENS, generate_strings  # noqa: E402
+from tflm.inference import load_run, next_token_logits  # noqa: E402
+from tflm.score import default_stride, score_strings  # noqa: E402
+from tflm.serving_warmup import (WARMUP_FILE, graph_ops, non_core_ops, warmup_inputs,  # noqa: E402
+                                 write_warmup_requests)
+from tflm.tokenizer import OOV_ID, PAD_ID  # noqa: E402
+
+INPUTS = {
+    "serving_default": [tf.TensorSpec([None, None], tf.int32, name="token_ids")],
+    "score": [tf.TensorSpec([None], tf.string, name="texts")],
+    "generate": [tf.TensorSpec([None], tf.string, name="prompts"),
+                 tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+                 tf.TensorSpec([], tf.float32, name="temperature"),
+                 tf.TensorSpec([], tf.int32, name="top_k"),
+                 tf.TensorSpec([], tf.int32, name="seed")],
+}
+OUTPUTS = {
+    "serving_default": {"logits": ("float32", [None, None])},
+    "score": {"log_prob": ("float32", [None]), "mean_nll": ("float32", [None]),
+              "perplexity": ("float32", [None]), "num_tokens": ("int32", [None])},
+    "generate": {"completions": ("string", [None])},
+}
+
+
+def signature_functions(loaded, stride):
+    """{signature name: python function} over the loaded run; argument names are input names."""
+
+    def serving_default(token_ids):
+        return {"logits": next_token_logits(loaded, token_ids)}
+
+    def score(texts):
+        return score_strings(loaded, texts, stride)
+
+    def generate(prompts, max_new_tokens, temperature, top_k, seed):
+        checks = [
+            tf.debugging.assert_greater(max_new_tokens, 0, message="max_new_tokens must be at least 1"),
+            tf.debugging.assert_less_equal(max_new_tokens, MAX_NEW_TOKENS,
+                                           message=f"max_new_tokens must be at most {MAX_NEW_TOKENS}"),
+            tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0 (0 = greedy)"),
+            tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = no limit)"),
+        ]
+        with tf.control_dependencies(checks):
+            max_new_tokens = tf.identity(max_new_tokens)
+        return {"completions": generate_strings(loaded, prompts, max_new_tokens, temperature, top_k,
+                                                tf.constant(1.0), seed)}
+
+    return {"serving_default": serving_default, "score": score, "generate": generate}
+
+
+def write_saved_model(loaded, path, stride):
+    """The SavedModel with its three signatures, through keras.export.ExportArchive."""
+    archive = keras.export.ExportArchive()
+    archive.track(loaded.model)
+    for lookup in (loaded.tokenizer._to_id, loaded.tokenizer._to_char):  # the tokenizer's tables
+        if not lookup.built:  # a StringLookup only used eagerly is never marked built
+            lookup.build(None)
+        archive.track(lookup)
+    for name, function in signature_functions(loaded, stride).items():
+        archive.add_endpoint(name, tf.function(function), input_signature=INPUTS[name])
+    archive.write_out(path, verbose=False)
+
+
+def describe(loaded, stride, ops):
+    """The contents of assets.extra/tflm_export.json."""
+    def spec(dtype, shape):
+        return {"dtype": dtype, "shape": shape}
+
+    return {
+        "format": "tflm-export/1",
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": loaded.run_dir,
+        "checkpoint": os.path.basename(loaded.checkpoint),
+        "model": {"type": loaded.model_type, "context": loaded.context,
+                  "vocabulary_size": loaded.tokenizer.vocabulary_size, **loaded.config["model"]},
+        "tokenizer": {"type": "char", "pad_id": PAD_ID, "oov_id": OOV_ID, "in_graph": True,
+                      "characters": loaded.tokenizer.characters},
+        "signatures": {
+            name: {"inputs": {s.name: spec(s.dtype.name, s.shape.as_list()) for s in INPUTS[name]},
+                   "outputs": {k: spec(*v) for k, v in OUTPUTS[name].items()}}
+            for name in INPUTS
+        },
+        "score": {"stride": stride},
+        "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "top_p": 1.0, "greedy_when_temperature": 0},
+        "ops": ops,
+        "non_core_ops": non_core_ops(ops),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+
+
+def default_name(run_dir):
+    """The run directory's name, made safe for a model name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(os.path.normpath(os.path.abspath(run_dir))))
+
+
+def check_name(name):
+    """Raise unless `name` is a plain directory name."""
+    if not name or name.startswith(".") or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise TflmError(f"model name must be letters, digits, '_', '.' or '-' (not starting with '.'), got {name!r}")
+    return name
+
+
+def versions(model_dir):
+    """The integer version directories in `model_dir`, as ints."""
+    return sorted(int(d) for d in os.listdir(model_dir) if d.isdigit())
+
+
+def publish(staging, model_dir):
+    """Rename `staging` to the next free version; returns its path. Never replaces a version."""
+    while True:
+        target = os.path.join(model_dir, str((versions(model_dir) or [0])[-1] + 1))
+        if os.path.exists(target):
+            continue  # another exporter just took it; versions() now sees it
+        try:
+            os.rename(staging, target)
+            return target
+        except OSError:
+            if not os.path.exists(target):
+                raise
+
+
+def export_run(run_dir, base="saved_models", name=None):
+    """Export the run's latest checkpoint to base/NAME/VERSION; returns that directory."""
+    model_dir = os.path.join(base, check_name(name or default_name(run_dir)))
+    loaded = load_run(run_dir)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".tflm-export-", dir=model_dir)
+    except OSError as error:
+        raise TflmError(f"cannot write an export under {model_dir}: {error.strerror}") from None
+    try:
+        stride = default_stride(loaded.context)
+        write_saved_model(loaded, staging, stride)
+        extra = os.path.join(staging, "assets.extra")
+        os.makedirs(extra)
+        with open(os.path.join(extra, "tflm_export.json"), "w", encoding="utf-8") as f:
+            json.dump(describe(loaded, stride, graph_ops(staging)), f, ensure_ascii=False, indent=1)
+        write_warmup_requests(os.path.join(extra, WARMUP_FILE), os.path.basename(model_dir),
+                              warmup_inputs(loaded.tokenizer))
+        return publish(staging, model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when published
+
+
+def parse_args(argv):
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m tflm.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, help="a trained run directory")
+    parser.add_argument("--base", default="saved_models", help="TF Serving model base (default: saved_models)")
+    parser.add_argument("--name", help="model name (default: the run directory's name)")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv=None):
+    """Entry point of `python -m tflm.export`: prints the new version directory."""
+    args = parse_args(argv)
+    print(export_run(args.run_dir, args.base, args.name), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

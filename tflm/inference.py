@@ -1,0 +1,125 @@
+"""A trained run, loaded for inference: config, tokenizer and the model at its latest checkpoint.
+
+`tflm.score`, `tflm.generate` and `tflm.export` all start from `load_run`. Their TensorFlow
+functions take the model and tokenizer as arguments, so the code that scores or samples in Python
+is the code traced into the exported SavedModel.
+"""
+
+import dataclasses
+import os
+import sys
+
+import keras
+import tensorflow as tf
+
+from tflm import run_dir as runs
+from tflm.checkpoint import checkpoint_dir
+from tflm.errors import TflmError
+from tflm.models import build_model
+from tflm.tokenizer import PAD_ID, CharTokenizer
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A run ready for inference; `functions` caches traced tf.functions between calls."""
+
+    run_dir: str
+    config: dict
+    tokenizer: CharTokenizer
+    model: keras.Model
+    checkpoint: str
+    functions: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def model_type(self):
+        """"transformer" or "lstm"."""
+        return self.config["model"]["type"]
+
+    @property
+    def context(self):
+        """Tokens of context: the Transformer's position-embedding size, the LSTM's training window.
+
+        Prompts keep their last `context` tokens; the Transformer scores longer text in windows.
+        """
+        return self.config["data"]["seq_len"]
+
+    def function(self, name, build):
+        """The tf.function `name`, built by `build()` on first use (its traces are reused)."""
+        if name not in self.functions:
+            self.functions[name] = build()
+        return self.functions[name]
+
+
+def load_run(run_dir):
+    """Load a run directory: its config, tokenizer, and model restored from the latest checkpoint."""
+    if not runs.is_run_dir(run_dir):
+        raise TflmError(f"{run_dir} is not a tflm run directory (no config.yaml and vocab.json)")
+    checkpoint = tf.train.latest_checkpoint(checkpoint_dir(run_dir))
+    if checkpoint is None:
+        raise TflmError(f"{run_dir} has no checkpoint yet; train it first (python -m tflm.train --run-dir {run_dir})")
+    config = runs.read_config(run_dir)
+    tokenizer = runs.load_tokenizer(run_dir)
+    # Inference runs in float32 whatever the run trained with: the variables are float32 either
+    # way, and exact float32 logits make scores reproducible across Python and TF Serving.
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        model = build_model(config, tokenizer.vocabulary_size)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    restore_weights(model, checkpoint)
+    return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint)
+
+
+def restore_weights(model, checkpoint):
+    """Restore every weight of `model` from a training checkpoint (the optimizer's state is
+    not needed, hence expect_partial); a TflmError if the checkpoint is of another model."""
+    status = tf.train.Checkpoint(model=model).restore(checkpoint)
+    try:
+        status.expect_partial().assert_existing_objects_matched()
+    except AssertionError as error:
+        raise TflmError(f"checkpoint {checkpoint} does not match the model in its run's config.yaml: "
+                        f"{str(error).splitlines()[0]}") from None
+
+
+def next_token_logits(loaded, token_ids):
+    """Logits [batch, vocab] for the token after each row of int `token_ids` [batch, time].
+
+    Padding (id 0) at the end of a row is ignored, so rows of different lengths can share a
+    batch; the Transformer reads each row's last `context` tokens. Core TF ops only.
+    """
+    token_ids = tf.cast(token_ids, tf.int32)
+    token_ids = tf.pad(token_ids, [[0, 0], [0, tf.maximum(0, 1 - tf.shape(token_ids)[1])]])
+    total = tf.shape(token_ids)[1]
+    ends = tf.where(token_ids != PAD_ID, tf.range(1, total + 1)[None, :], 0)
+    lengths = tf.maximum(tf.reduce_max(ends, axis=1), 1)
+    window = tf.minimum(loaded.context, total) if loaded.model_type == "transformer" else total
+    starts = tf.maximum(lengths - window, 0)
+    windows = tf.gather(token_ids, starts[:, None] + tf.range(window)[None, :], batch_dims=1)
+    logits = loaded.model(windows, training=False)
+    return tf.gather(tf.cast(logits, tf.float32), lengths - starts - 1, batch_dims=1)
+
+
+def read_texts(texts, path):
+    """The texts given on a command line, then the lines of `path` ("-" = stdin), if any."""
+    texts = list(texts)
+    if path:
+        try:
+            if path == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                with open(path, encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise TflmError(f"cannot read {path}: {error}") from None
+        texts.extend(lines)
+    if not texts:
+        raise TflmError("give at least one text (arguments, or --file PATH with one text per line)")
+    return texts
+
+
+def check_strings(values, what):
+    """Raise unless `values` is a list of str (a lone str is a common slip)."""
+    if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+        raise TflmError(f"{what} must be a list of strings, got {type(values).__name__}")
+    return list(values)

@@ -1,0 +1,67 @@
+"""What an export says about itself: TF Serving warmup requests and the ops its graph needs.
+
+TF Serving replays `assets.extra/tf_serving_warmup_requests` (TFRecord `PredictionLog`s) when it
+loads a version, so the first real request does not pay for tracing and memory allocation.
+"""
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def warmup_inputs(tokenizer):
+    """{signature: {input name: numpy array}}: one small, valid request per signature."""
+    sample = "".join(tokenizer.characters[:8])
+    ids = tokenizer.tokenize(sample).numpy()
+    return {
+        "serving_default": {"token_ids": np.array([ids], np.int32)},
+        "score": {"texts": np.array([sample.encode("utf-8")], object)},
+        "generate": {"prompts": np.array([sample.encode("utf-8")], object),
+                     "max_new_tokens": np.array(8, np.int32), "temperature": np.array(0.0, np.float32),
+                     "top_k": np.array(0, np.int32), "seed": np.array(0, np.int32)},
+    }
+
+
+def write_warmup_requests(path, model_name, requests):
+    """Write one PredictionLog(PredictRequest) per signature of `requests` to a TFRecord file."""
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, inputs in requests.items():
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            for key, value in inputs.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def read_warmup_requests(path):
+    """[(signature name, {input name: numpy array})] from a warmup file, in order."""
+    requests = []
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        requests.append((request.model_spec.signature_name,
+                         {k: tf.make_ndarray(v) for k, v in request.inputs.items()}))
+    return requests
+
+
+def graph_ops(saved_model_dir):
+    """Sorted op types in a SavedModel's graph, functions included."""
+    saved_model = saved_model_pb2.SavedModel()
+    with open(f"{saved_model_dir}/saved_model.pb", "rb") as f:
+        saved_model.ParseFromString(f.read())
+    ops = set()
+    for meta_graph in saved_model.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    # Calls of the graph's own functions appear as ops named after them.
+    functions = {f.signature.name for m in saved_model.meta_graphs for f in m.graph_def.library.function}
+    return sorted(ops - functions)
+
+
+def non_core_ops(ops):
+    """The ops stock TensorFlow (and so TF Serving) does not define, e.g. tensorflow-text's."""
+    return [op for op in ops if not hasattr(tf.raw_ops, op)]
