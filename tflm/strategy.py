@@ -5,6 +5,7 @@ auto: `TF_CONFIG` set -> MultiWorkerMirroredStrategy; two or more GPUs -> Mirror
 strategy. `runtime.logical_cpus` splits the CPU so MirroredStrategy runs on a laptop and in CI.
 """
 
+import contextlib
 import dataclasses
 import faulthandler
 import json
@@ -197,6 +198,23 @@ class StartupDeadline:
             faulthandler.cancel_dump_traceback_later()
             self._devnull.close()
             self._armed = False
+
+
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+               tf.errors.DeadlineExceededError, tf.errors.InternalError)
+
+
+@contextlib.contextmanager
+def exit_if_a_peer_is_lost(task, prefix, current_step):
+    """In a multi-worker run, turn a collective that failed because a peer died into one line
+    naming the peer and exit code 3, at once: TensorFlow's teardown can block on the dead peer."""
+    try:
+        yield
+    except PEER_ERRORS as error:
+        if task.num_workers == 1:
+            raise
+        lost = lost_peer_error(error, task, current_step())
+        exit_now(f"{prefix}tflm: error: {lost}", lost.exit_code)
 
 
 def lost_peer_error(error, task, step):

@@ -22,7 +22,7 @@ from tflm.data import (check_corpus_fits, eval_batches_per_pass, eval_dataset_fn
 from tflm.errors import Preempted, TflmError, exit_on_user_error  # noqa: E402
 from tflm.models import build_model  # noqa: E402
 from tflm.progress import Progress  # noqa: E402
-from tflm.strategy import (StartupDeadline, current_task, exit_now, lost_peer_error,  # noqa: E402
+from tflm.strategy import (StartupDeadline, current_task, exit_if_a_peer_is_lost,  # noqa: E402
                            make_strategy, wait_for_peers)
 from tflm.trainer import Trainer, make_optimizer  # noqa: E402
 
@@ -123,37 +123,30 @@ def run_loop(config, run_dir, task, strategy, corpus, trainer, checkpointer, pre
     start = period_start = time.perf_counter()
     period_start_step = step
     progress.start(step)
-    while step < t["steps"]:
-        preemption.save_checkpoint_if_preempted()
-        try:
+    with exit_if_a_peer_is_lost(task, prefix, lambda: step):
+        while step < t["steps"]:
+            preemption.save_checkpoint_if_preempted()
             trainer.train_step(train_iterator)
-        except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
-                tf.errors.DeadlineExceededError, tf.errors.InternalError) as error:
-            if task.num_workers == 1:
-                raise
-            # TensorFlow's teardown can block on the dead peer, so leave at once.
-            lost = lost_peer_error(error, task, step)
-            exit_now(f"{prefix}tflm: error: {lost}", lost.exit_code)
-        step += 1
-        progress.update(step, lambda: trainer.train_metrics.result()["loss"])
-        if step % t["eval_every"] == 0 or step == t["steps"]:
-            train_metrics = trainer.train_metrics.result()  # waits for the last step to finish
-            train_time_s = time.perf_counter() - period_start
-            val = trainer.evaluate(eval_iterator, eval_batches)
-            record = {
-                "step": step, "tokens_seen": step * tokens_per_step,
-                "elapsed_s": round(elapsed_before_s + time.perf_counter() - start, 3),
-                "loss": train_metrics["loss"], "accuracy": train_metrics["accuracy"],
-                "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                "val_perplexity": val["perplexity"],
-                "tokens_per_sec": (step - period_start_step) * tokens_per_step / train_time_s,
-            }
-            report(record, train_metrics, val, progress, writer, t["steps"], run_dir if task.is_chief else None)
-            trainer.train_metrics.reset()
-        if step % checkpoint_every == 0 or step == t["steps"]:
-            checkpointer.save(step)
-        if step % t["eval_every"] == 0:
-            period_start, period_start_step = time.perf_counter(), step
+            step += 1
+            progress.update(step, lambda: trainer.train_metrics.result()["loss"])
+            if step % t["eval_every"] == 0 or step == t["steps"]:
+                train_metrics = trainer.train_metrics.result()  # waits for the last step to finish
+                train_time_s = time.perf_counter() - period_start
+                val = trainer.evaluate(eval_iterator, eval_batches)
+                record = {
+                    "step": step, "tokens_seen": step * tokens_per_step,
+                    "elapsed_s": round(elapsed_before_s + time.perf_counter() - start, 3),
+                    "loss": train_metrics["loss"], "accuracy": train_metrics["accuracy"],
+                    "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                    "val_perplexity": val["perplexity"],
+                    "tokens_per_sec": (step - period_start_step) * tokens_per_step / train_time_s,
+                }
+                report(record, train_metrics, val, progress, writer, t["steps"], run_dir if task.is_chief else None)
+                trainer.train_metrics.reset()
+            if step % checkpoint_every == 0 or step == t["steps"]:
+                checkpointer.save(step)
+            if step % t["eval_every"] == 0:
+                period_start, period_start_step = time.perf_counter(), step
     progress.log(f"done: step {step}; checkpoints in {checkpointer.shared_dir}")
 
 
