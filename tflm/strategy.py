@@ -105,6 +105,9 @@ def resolve_strategy_name(runtime):
 
 def configure_threads(runtime):
     """Apply runtime.intra_op_threads / inter_op_threads (before TensorFlow starts)."""
+    if runtime["intra_op_threads"] == 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+        # XLA's CPU code has its own thread pool that ignores TensorFlow's setting.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     try:
         if runtime["intra_op_threads"]:
             tf.config.threading.set_intra_op_parallelism_threads(runtime["intra_op_threads"])
@@ -127,6 +130,10 @@ def make_strategy(runtime):
             communication_options=tf.distribute.experimental.CommunicationOptions(
                 implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
                 timeout_seconds=runtime["cluster_timeout_s"],
+                # One all-reduce for all gradients instead of one per variable: on localhost
+                # gRPC each collective costs round trips (measured: 2-worker scaling 1.27x per
+                # variable, 1.40x packed). 25 MB, as PyTorch DDP's default bucket.
+                bytes_per_pack=25 * 1024 * 1024,
             )
         )
     split_cpu(runtime["logical_cpus"])

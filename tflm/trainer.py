@@ -55,11 +55,12 @@ class TokenMetrics:
         self.correct = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.tokens = tf.Variable(0.0, dtype=tf.float64, trainable=False)
 
-    def update(self, loss_sum, correct, tokens):
-        """Add one global batch's sums."""
-        self.loss_sum.assign_add(tf.cast(loss_sum, tf.float64))
-        self.correct.assign_add(tf.cast(correct, tf.float64))
-        self.tokens.assign_add(tf.cast(tokens, tf.float64))
+    def update(self, sums):
+        """Add one global batch's [loss sum, correct, tokens] (one tensor: one all-reduce)."""
+        sums = tf.cast(sums, tf.float64)
+        self.loss_sum.assign_add(sums[0])
+        self.correct.assign_add(sums[1])
+        self.tokens.assign_add(sums[2])
 
     def result(self):
         """Mean loss (nats/token), accuracy, perplexity and bits per character."""
@@ -109,16 +110,16 @@ class Trainer:
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return loss_sum, correct, tf.cast(tf.size(targets), tf.float32)
+        return tf.stack([loss_sum, correct, tf.cast(tf.size(targets), tf.float32)])
 
     def _train_step_fn(self, iterator):
         inputs, targets = next(iterator)
         sums = self.strategy.run(self._replica_train_step, args=(inputs, targets))
-        self.train_metrics.update(*[self.strategy.reduce("SUM", s, axis=None) for s in sums])
+        self.train_metrics.update(self.strategy.reduce("SUM", sums, axis=None))
 
     def _forward_fn(self, inputs, targets):
         loss_sum, correct = token_loss_and_accuracy(targets, self.model(inputs, training=False))
-        return loss_sum, correct, tf.cast(tf.size(targets), tf.float32)
+        return tf.stack([loss_sum, correct, tf.cast(tf.size(targets), tf.float32)])
 
     def _replica_eval_step(self, inputs, targets):
         # A plain function around the compiled one: handing strategy.run the tf.function itself
@@ -128,7 +129,7 @@ class Trainer:
     def _eval_step_fn(self, iterator):
         inputs, targets = next(iterator)
         sums = self.strategy.run(self._replica_eval_step, args=(inputs, targets))
-        self.eval_metrics.update(*[self.strategy.reduce("SUM", s, axis=None) for s in sums])
+        self.eval_metrics.update(self.strategy.reduce("SUM", sums, axis=None))
 
     def evaluate(self, iterator, batches):
         """Run `batches` global validation batches; their metrics."""
