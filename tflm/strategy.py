@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 
 import tensorflow as tf
@@ -215,6 +216,9 @@ PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.A
 def exit_if_a_peer_is_lost(task, prefix, current_step):
     """In a multi-worker run, turn a collective that failed because a peer died into one line
     naming the peer and exit code 3, at once: TensorFlow's teardown can block on the dead peer."""
+    previous_hook = threading.excepthook
+    if task.num_workers > 1:
+        threading.excepthook = _quiet_watcher_hook(previous_hook)
     try:
         yield
     except PEER_ERRORS as error:
@@ -222,6 +226,22 @@ def exit_if_a_peer_is_lost(task, prefix, current_step):
             raise
         lost = lost_peer_error(error, task, current_step())
         exit_now(f"{prefix}tflm: error: {lost}", lost.exit_code)
+    finally:
+        threading.excepthook = previous_hook
+
+
+def _quiet_watcher_hook(previous_hook):
+    """A threading.excepthook that drops the traceback PreemptionCheckpointHandler's watcher
+    threads print when the chief (and the coordination service with it) dies; the training loop
+    reports that loss itself, in one line."""
+
+    def hook(args):
+        watcher = args.thread is not None and args.thread.name.startswith(
+            ("PeerTerminationWatcher", "WorkerTerminationSignalWatcher"))
+        if not (watcher and isinstance(args.exc_value, tf.errors.OpError)):
+            previous_hook(args)
+
+    return hook
 
 
 def lost_peer_error(error, task, step):
@@ -231,8 +251,9 @@ def lost_peer_error(error, task, step):
     peer = Task(match.group(1), int(match.group(2))).name if match else "a peer"
     if peer == task.name:
         peer = "a peer"
-    first_line = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
-    return ClusterError(f"lost {peer} at step {step} ({first_line[:120]}); "
+    reason = re.search(r"connection reset by peer|connection refused|socket closed|heartbeat|deadline exceeded",
+                       text, re.IGNORECASE)
+    return ClusterError(f"lost {peer} at step {step} ({reason.group(0) if reason else type(error).__name__}); "
                         f"relaunch the same command to resume from the last checkpoint")
 
 
