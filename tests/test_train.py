@@ -1,6 +1,5 @@
 """The foundation: training lowers validation loss, resume equals uninterrupted, errors are clear."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ import pytest
 from conftest import REPO, max_weight_difference, run_tflm, small_config, write_config
 from tflm import run_dir as runs
 from tflm.config import DEFAULTS, load_config
-from tflm.errors import TflmError
 from tflm.train import main, train
 
 
@@ -60,7 +58,7 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path, model_type):
 
     resumed = run_tflm("train", "--config", config_path, "--run-dir", interrupted)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from" in resumed.stdout and f"at step {stopped_at}" in resumed.stdout
+    assert "resuming from" in resumed.stdout and f"at step {stopped_at}" in resumed.stdout
     uninterrupted = train(load_config(config_path), str(tmp_path / "uninterrupted"))
     assert max_weight_difference(interrupted, uninterrupted) <= 1e-5
     steps = [r["step"] for r in runs.read_history(interrupted)]

@@ -21,18 +21,17 @@ shape would compile anew.
 
 import argparse
 import datetime
-import json
 import os
 import re
 import shutil
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tflm.atomic import staging_dir, write_json  # noqa: E402
 from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
 from tflm.generate import MAX_NEW_TOKENS, generate_strings  # noqa: E402
 from tflm.inference import load_run, next_token_logits  # noqa: E402
@@ -158,18 +157,13 @@ def export_run(run_dir, base="saved_models", name=None):
     """Export the run's latest checkpoint to base/NAME/VERSION; returns that directory."""
     model_dir = os.path.join(base, check_name(name or default_name(run_dir)))
     loaded = load_run(run_dir)
-    try:
-        os.makedirs(model_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".tflm-export-", dir=model_dir)
-    except OSError as error:
-        raise TflmError(f"cannot write an export under {model_dir}: {error.strerror}") from None
+    staging = staging_dir(model_dir, ".tflm-export-", f"write an export under {model_dir}")
     try:
         stride = default_stride(loaded.context)
         write_saved_model(loaded, staging, stride)
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra)
-        with open(os.path.join(extra, "tflm_export.json"), "w", encoding="utf-8") as f:
-            json.dump(describe(loaded, stride, graph_ops(staging)), f, ensure_ascii=False, indent=1)
+        write_json(os.path.join(extra, "tflm_export.json"), describe(loaded, stride, graph_ops(staging)))
         write_warmup_requests(os.path.join(extra, WARMUP_FILE), os.path.basename(model_dir),
                               warmup_inputs(loaded.tokenizer))
         return publish(staging, model_dir)

@@ -14,10 +14,10 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 
 import yaml
 
+from tflm.atomic import staging_dir, write_text
 from tflm.config import dump
 from tflm.errors import TflmError
 from tflm.tokenizer import CharTokenizer
@@ -67,15 +67,10 @@ def read_config(run_dir):
 
 def create(run_dir, config, tokenizer):
     """Create `run_dir` with its config and vocabulary, atomically."""
-    parent = os.path.dirname(os.path.abspath(run_dir))
+    staging = staging_dir(os.path.dirname(os.path.abspath(run_dir)), ".tflm-new-",
+                          f"create run directory {run_dir}")
     try:
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=".tflm-new-", dir=parent)
-    except OSError as error:
-        raise TflmError(f"cannot create run directory {run_dir}: {error.strerror}") from None
-    try:
-        with open(config_path(staging), "w", encoding="utf-8") as f:
-            f.write(dump(config))
+        write_text(config_path(staging), dump(config))
         tokenizer.save(vocab_path(staging))
         if os.path.isdir(run_dir):
             os.rmdir(run_dir)  # empty, checked by check_usable
@@ -102,11 +97,8 @@ def read_history(run_dir):
 def truncate_history(run_dir, last_step):
     """Drop records after `last_step` (written after the checkpoint a run resumes from)."""
     kept = [r for r in read_history(run_dir) if r["step"] <= last_step]
-    path = history_path(run_dir)
-    if os.path.exists(path):
-        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(f"{path}.tmp", path)
+    if os.path.exists(history_path(run_dir)):
+        write_text(history_path(run_dir), "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 
@@ -118,7 +110,4 @@ def append_history(run_dir, record):
 
 def write_config(run_dir, config):
     """Replace a run's config (on resume, where only steps and intervals may change)."""
-    tmp = f"{config_path(run_dir)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(dump(config))
-    os.replace(tmp, config_path(run_dir))
+    write_text(config_path(run_dir), dump(config))

@@ -11,11 +11,11 @@ Ids: 0 is padding, 1 is out-of-vocabulary, then characters from most to least fr
 
 import collections
 import json
-import os
 
 import keras
 import tensorflow as tf
 
+from tflm.atomic import write_json
 from tflm.errors import TflmError
 
 PAD_ID = 0
@@ -55,7 +55,7 @@ class CharTokenizer:
 
     def save(self, path):
         """Write the vocabulary as JSON (atomically)."""
-        write_json_atomic(path, {"type": "char", "pad_id": PAD_ID, "oov_id": OOV_ID,
+        write_json(path, {"type": "char", "pad_id": PAD_ID, "oov_id": OOV_ID,
                                  "characters": self.characters})
 
     @classmethod
@@ -80,11 +80,3 @@ def count_characters(texts):
     for text in texts:
         counts.update(text)
     return counts
-
-
-def write_json_atomic(path, obj):
-    """Write JSON to a temporary file beside `path`, then rename it into place."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
