@@ -6,6 +6,7 @@ trained on. So a resumed or multi-worker run sees exactly the windows a single u
 would, which is what the equivalence and resume tests check.
 """
 
+import collections
 import dataclasses
 
 import tensorflow as tf
@@ -34,21 +35,22 @@ class Corpus:
 
 
 def load_corpus(data_config, tokenizer=None):
-    """Scan the source once: learn the vocabulary (unless given) and count tokens per split."""
+    """Scan the source once: count characters per file and split, learn the vocabulary from
+    the training counts (unless a tokenizer is given)."""
     source = make_source(data_config)
+    units = source.files or [None]  # per file, or the whole stream
 
-    def per_file(split, count):
-        if source.files:
-            return [count(source.iter_file_texts(path, split)) for path in source.files]
-        return [count(source.iter_texts(split))]
+    def texts(split, unit):
+        return source.iter_texts(split) if unit is None else source.iter_file_texts(unit, split)
 
-    counts = count_characters(source.iter_texts("train"))
+    train_counts = [count_characters(texts("train", unit)) for unit in units]
+    token_counts = {"train": [sum(c.values()) for c in train_counts],
+                    "validation": [sum(len(t) for t in texts("validation", unit)) for unit in units]}
     if tokenizer is None:
+        counts = sum(train_counts, collections.Counter())
         if not counts:
             raise TflmError("the training split is empty")
         tokenizer = CharTokenizer.from_counts(counts, data_config["max_vocab_size"])
-    token_counts = {split: per_file(split, lambda texts: sum(len(t) for t in texts))
-                    for split in ("train", "validation")}
     return Corpus(source, tokenizer, token_counts)
 
 
