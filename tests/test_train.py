@@ -117,7 +117,7 @@ def test_errors_leave_an_existing_run_dir_untouched(tmp_path, capsys):
     assert after == snapshot
 
 
-def test_cli_default_config_error_exits_2_in_a_fresh_process(tmp_path):
+def test_indivisible_global_batch_is_one_line_exit_2_in_a_fresh_process(tmp_path):
     result = run_tflm("train", "--set", "train.global_batch_size=3", "--strategy", "mirrored",
                       "--set", "runtime.logical_cpus=2", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2

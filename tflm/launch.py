@@ -28,7 +28,6 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m tflm.launch", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, required=True, help="number of worker processes")
     parser.add_argument("--port", type=int, default=0, help="first port (default: free ports)")
-    parser.add_argument("--module", default="tflm.train", help=argparse.SUPPRESS)
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then python -m tflm.train arguments")
     args = parser.parse_args(argv)
     if args.train_args[:1] == ["--"]:
@@ -78,7 +77,7 @@ def start_workers(args):
     procs, threads = [], []
     for index, tf_config in enumerate(configs):
         env = {**os.environ, "TF_CONFIG": tf_config, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", args.module, *args.train_args], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "tflm.train", *args.train_args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 stdin=subprocess.DEVNULL)
         thread = threading.Thread(target=relay, args=(proc.stdout, f"[worker {index}] ", lock), daemon=True)

@@ -119,14 +119,14 @@ def configure_threads(runtime):
 
 
 def make_strategy(runtime):
-    """Build the strategy named by runtime.strategy (call once, early)."""
+    """Build the strategy named by runtime.strategy (call once, early, after current_task()
+    has validated TF_CONFIG)."""
     configure_threads(runtime)
+    split_cpu(runtime["logical_cpus"])
     name = resolve_strategy_name(runtime)
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG", "").strip():
             raise TflmError("runtime.strategy=multi_worker needs TF_CONFIG (or use tflm.launch)")
-        current_task()  # validates TF_CONFIG before TensorFlow reads it
-        split_cpu(runtime["logical_cpus"])
         return tf.distribute.MultiWorkerMirroredStrategy(
             communication_options=tf.distribute.experimental.CommunicationOptions(
                 implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
@@ -137,7 +137,6 @@ def make_strategy(runtime):
                 bytes_per_pack=25 * 1024 * 1024,
             )
         )
-    split_cpu(runtime["logical_cpus"])
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
