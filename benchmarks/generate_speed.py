@@ -11,7 +11,6 @@ weights do not change the speed. Each timing is the best of `--repeats` runs aft
 """
 
 import argparse
-import copy
 import os
 import string
 import sys
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
-from tflm.config import DEFAULTS  # noqa: E402
+from tflm.config import Config, updated  # noqa: E402
 from tflm.export import write_saved_model  # noqa: E402
 from tflm.generate import generate_ids  # noqa: E402
 from tflm.inference import LoadedRun, load_run  # noqa: E402
@@ -36,11 +35,10 @@ PROMPT = "def main():"
 
 def random_run(model_type, seq_len):
     """A LoadedRun with the default sizes and random weights."""
-    config = copy.deepcopy(DEFAULTS)
-    config["model"]["type"] = model_type
-    config["data"]["seq_len"] = seq_len
+    config = updated(Config(), model={"type": model_type}, data={"seq_len": seq_len})
     tokenizer = CharTokenizer(list(string.printable))
-    return LoadedRun("(random weights)", config, tokenizer, build_model(config, tokenizer.vocabulary_size), "")
+    model = build_model(config.model, tokenizer.vocabulary_size, seq_len)
+    return LoadedRun("(random weights)", config, tokenizer, model, "")
 
 
 def best_seconds(run, repeats):
@@ -87,8 +85,8 @@ def main():
         runs = [random_run(t, args.seq_len) for t in types]
     for loaded in runs:
         results = benchmark(loaded, args.new_tokens, args.repeats)
-        m = loaded.config["model"]
-        print(f"{loaded.model_type}: {m['num_layers']} layers, embed {m['embed_dim']}, context {loaded.context}, "
+        m = loaded.config.model
+        print(f"{loaded.model_type}: {m.num_layers} layers, embed {m.embed_dim}, context {loaded.context}, "
               f"batch 1, {args.new_tokens} new tokens, {os.cpu_count()} CPUs")
         for label, tokens_per_s in results.items():
             print(f"  {label:30s} {tokens_per_s:9.1f} tokens/s")

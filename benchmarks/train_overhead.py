@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tflm import run_dir as runs  # noqa: E402
-from tflm.config import load_config  # noqa: E402
+from tflm.config import load_config, updated  # noqa: E402
 from tflm.data import load_corpus, train_dataset_fn  # noqa: E402
 from tflm.models import build_model  # noqa: E402
 from tflm.train import train  # noqa: E402
@@ -29,11 +29,11 @@ WARMUP_STEPS = 50
 
 def bare_tokens_per_sec(config, steps):
     """Tokens/s of the smallest correct loop: next(iterator), XLA forward/backward, apply."""
-    corpus = load_corpus(config["data"])
-    keras.utils.set_random_seed(config["train"]["seed"])
-    model = build_model(config, corpus.tokenizer.vocabulary_size)
-    optimizer = make_optimizer(config["train"])
-    tokens = float(config["train"]["global_batch_size"] * config["data"]["seq_len"])
+    corpus = load_corpus(config.data)
+    keras.utils.set_random_seed(config.train.seed)
+    model = build_model(config.model, corpus.tokenizer.vocabulary_size, config.data.seq_len)
+    optimizer = make_optimizer(config.train)
+    tokens = float(config.train.global_batch_size * config.data.seq_len)
     dataset = train_dataset_fn(corpus, config)(tf.distribute.InputContext())
 
     @tf.function(jit_compile=True)
@@ -46,7 +46,7 @@ def bare_tokens_per_sec(config, steps):
     @tf.function
     def step(iterator):
         inputs, targets = next(iterator)
-        grads, _ = tf.clip_by_global_norm(forward_backward(inputs, targets), config["train"]["clip_norm"])
+        grads, _ = tf.clip_by_global_norm(forward_backward(inputs, targets), config.train.clip_norm)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
     iterator = iter(dataset)
@@ -63,7 +63,7 @@ def bare_tokens_per_sec(config, steps):
 def trainer_tokens_per_sec(config, periods, eval_every):
     """(training-step tokens/s, end-to-end tokens/s incl. evaluation and checkpoints) of tflm,
     over `periods` evaluation periods after the first (which includes compilation)."""
-    config["train"].update(steps=eval_every * (periods + 1), eval_every=eval_every)
+    config = updated(config, train={"steps": eval_every * (periods + 1), "eval_every": eval_every})
     with tempfile.TemporaryDirectory() as tmp:
         history = runs.read_history(train(config, os.path.join(tmp, "run")))
     after_warmup = history[1:]

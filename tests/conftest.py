@@ -1,6 +1,5 @@
 """Shared fixtures: small configs so tests train in seconds."""
 
-import copy
 import os
 import subprocess
 import sys
@@ -9,22 +8,19 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tflm.config import DEFAULTS  # noqa: E402
+from tflm.config import Config, updated  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config(model_type="transformer", **sections):
-    """A config that trains in seconds: tiny model, short context, few steps."""
-    config = copy.deepcopy(DEFAULTS)
-    config["model"].update(type=model_type, embed_dim=32, num_layers=1, num_heads=2, ff_dim=64,
-                           lstm_units=32)
-    config["data"].update(seq_len=32)
-    config["train"].update(steps=20, eval_every=10, global_batch_size=8, warmup_steps=5,
-                           eval_batches=4)
-    for section, values in sections.items():
-        config[section].update(values)
-    return config
+    """A config that trains in seconds: tiny model, short context, few steps; `sections` change it
+    further: small_config("lstm", train={"steps": 5})."""
+    config = updated(Config(), model=dict(type=model_type, embed_dim=32, num_layers=1, num_heads=2, ff_dim=64,
+                                          lstm_units=32),
+                     data=dict(seq_len=32),
+                     train=dict(steps=20, eval_every=10, global_batch_size=8, warmup_steps=5, eval_batches=4))
+    return updated(config, **sections)
 
 
 @pytest.fixture
@@ -69,5 +65,5 @@ def write_config(path, config):
     import yaml
 
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f)
+        yaml.safe_dump(config.to_dict(), f)
     return str(path)

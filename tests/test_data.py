@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import small_config
+from tflm.config import updated
 from tflm.data import load_corpus, train_windows
 from tflm.errors import TflmError
 from tflm.tokenizer import OOV_ID, CharTokenizer
@@ -46,13 +47,13 @@ def test_invalid_utf8_names_the_file_and_line(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok\nstill ok\nbroken \xff here\n")
     config = small_config(data={"source": "files", "paths": [str(tmp_path / "*.txt")]})
     with pytest.raises(TflmError, match=r"bad\.txt: line 3: invalid UTF-8 byte 0xff"):
-        load_corpus(config["data"])
+        load_corpus(config.data)
 
 
 def test_missing_files_are_a_clear_error(tmp_path):
     config = small_config(data={"source": "files", "paths": [str(tmp_path / "nothing*.txt")]})
     with pytest.raises(TflmError, match="no file matches"):
-        load_corpus(config["data"])
+        load_corpus(config.data)
 
 
 def test_tfds_dataset_built_locally_is_read_through_the_tfds_source(tmp_path):
@@ -74,14 +75,14 @@ def test_tfds_dataset_built_locally_is_read_through_the_tfds_source(tmp_path):
 
     config = small_config(data={"source": "tfds", "tfds_name": "tiny_tflm_corpus",
                                 "tfds_data_dir": str(tmp_path / "tfds")})
-    corpus = load_corpus(config["data"])
+    corpus = load_corpus(config.data)
     assert corpus.tokens("train") == sum(len(f"Paragraph {i}: the quick brown fox jumps over the lazy dog. " * 5)
                                          for i in range(40))
     assert corpus.tokens("validation") > 0
     bad = small_config(data={"source": "tfds", "tfds_name": "tiny_tflm_corpus", "tfds_split": "test",
                              "tfds_data_dir": str(tmp_path / "tfds")})
     with pytest.raises(TflmError, match="has no split 'test'"):
-        load_corpus(bad["data"])
+        load_corpus(bad.data)
 
 
 def epoch_windows(corpus, config, pipelines, index):
@@ -95,9 +96,9 @@ def test_every_training_window_is_seen_exactly_once_across_workers(tmp_path, pol
     if files:
         data.update(source="files", paths=[write_files(tmp_path, [f"file {i} " * (300 + 97 * i) for i in range(files)])])
     config = small_config(data=data)
-    corpus = load_corpus(config["data"])
+    corpus = load_corpus(config.data)
     everything = epoch_windows(corpus, config, 1, 0)
-    assert len(everything) == corpus.windows("train", config["data"]["seq_len"])
+    assert len(everything) == corpus.windows("train", config.data.seq_len)
     per_worker = [epoch_windows(corpus, config, 2, i) for i in range(2)]
     assert all(per_worker)
     assert collections.Counter(per_worker[0] + per_worker[1]) == collections.Counter(everything)
@@ -107,9 +108,9 @@ def test_every_training_window_is_seen_exactly_once_across_workers(tmp_path, pol
 
 def test_same_seed_same_windows_and_a_new_seed_reshuffles():
     config = small_config()
-    corpus = load_corpus(config["data"])
+    corpus = load_corpus(config.data)
     first = epoch_windows(corpus, config, 1, 0)[:50]
     assert first == epoch_windows(corpus, config, 1, 0)[:50]
-    config["train"]["seed"] = 1
+    config = updated(config, train={"seed": 1})
     assert first != epoch_windows(corpus, config, 1, 0)[:50]
     assert np.array(first).dtype == np.int32

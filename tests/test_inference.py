@@ -18,7 +18,7 @@ from tflm.score import score_texts
 from tflm.train import train
 
 MODEL_TYPES = ("transformer", "lstm")
-CONTEXT = small_config()["data"]["seq_len"]
+CONTEXT = small_config().data.seq_len
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_load_run_restores_every_trained_weight(runs, loaded, model_type):
     # The head sits under model/ in the checkpoint; its trained value is what was restored.
     head = reader.get_tensor("model/head/bias/.ATTRIBUTES/VARIABLE_VALUE")
     np.testing.assert_array_equal(loaded[model_type].model.head.bias.numpy(), head)
-    assert loaded[model_type].config["model"]["type"] == model_type
+    assert loaded[model_type].config.model.type == model_type
     assert loaded[model_type].tokenizer.vocabulary_size == loaded[model_type].model.vocabulary_size
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO, max_weight_difference, run_tflm, small_config, write_config
 from tflm import run_dir as runs
+from tflm.config import updated
 from tflm.launch import reserve_ports, tf_configs
 from tflm.train import train
 
@@ -63,7 +64,7 @@ def test_mirrored_and_two_workers_match_one_device(tmp_path, model_type, two_wor
     config = run_config(model_type)
     reference = train(config, str(tmp_path / "one_device"))
 
-    mirrored = dict(config, runtime={**config["runtime"], "strategy": "mirrored", "logical_cpus": 2})
+    mirrored = updated(config, runtime={"strategy": "mirrored", "logical_cpus": 2})
     result = run_tflm("train", "--config", write_config(tmp_path / "m.yaml", mirrored),
                       "--run-dir", str(tmp_path / "mirrored"))
     assert result.returncode == 0, result.stderr[-3000:]

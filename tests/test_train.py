@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, max_weight_difference, run_tflm, small_config, write_config
 from tflm import run_dir as runs
-from tflm.config import DEFAULTS, load_config
+from tflm.config import Config, load_config
 from tflm.train import main, train
 
 
@@ -138,5 +138,5 @@ def test_mirrored_strategy_on_two_logical_cpus_trains(tmp_path):
 
 
 def test_default_config_file_is_the_built_in_default():
-    assert load_config(os.path.join(REPO, "configs", "char_transformer.yaml")) == DEFAULTS
-    assert load_config(os.path.join(REPO, "configs", "char_lstm.yaml"))["model"]["type"] == "lstm"
+    assert load_config(os.path.join(REPO, "configs", "char_transformer.yaml")) == Config()
+    assert load_config(os.path.join(REPO, "configs", "char_lstm.yaml")).model.type == "lstm"

@@ -1,96 +1,268 @@
-"""Run configuration: defaults, YAML files, `--set section.key=value` overrides, validation.
+"""Run configuration: one typed, frozen dataclass per section, with each field's default and meaning.
 
 The config has four sections, kept apart as in TF Model Garden: `data` and `model` (what is
 learned), `train` (how long and how: steps, batch, optimizer, checkpoints) and `runtime` (where:
-strategy, devices, precision, XLA). The defaults below are `configs/char_transformer.yaml`.
+strategy, devices, precision, XLA). The dataclasses below are the one source of truth: the
+defaults are what `python -m tflm.train` runs with no arguments, the comment beside a field is
+its documentation (`--print-config` and every saved `config.yaml` repeat it), and YAML files,
+`--set section.key=value` overrides and the configs saved in run directories all load through
+the same checks, so an impossible value is a one-line error before anything is written.
+
+    config = load_config("configs/char_lstm.yaml", ["train.steps=500"])
+    config.train.steps                       # 500
+    config = updated(config, model={"dropout": 0.2})
 """
 
-import copy
+import dataclasses
 import difflib
+import functools
+import inspect
+import math
+import re
+import typing
+from typing import Annotated
 
 import yaml
 
 from tflm.errors import TflmError
 
-DEFAULTS = {
-    "data": {
-        "source": "default",  # default (embedded Python manual) | files | tfds
-        "paths": [],  # files: paths or globs of UTF-8 text
-        "tfds_name": "",  # tfds: dataset name, e.g. "tiny_shakespeare"
-        "tfds_split": "train",
-        "tfds_validation_split": "validation",
-        "tfds_text_feature": "text",
-        "tfds_data_dir": "",  # tfds: where prepared datasets live ("" = TFDS default)
-        "validation_fraction": 0.1,  # default/files: share of text held out, deterministically
-        "seq_len": 64,  # tokens of context the model sees
-        "max_vocab_size": 1000,  # most frequent characters kept; the rest map to OOV
-        "shuffle_buffer": 10000,  # windows
-        "shard_policy": "auto",  # auto (file when files >= workers, else data) | file | data
-    },
-    "model": {
-        "type": "transformer",  # transformer | lstm
-        "embed_dim": 128,
-        "num_layers": 4,
-        "num_heads": 4,  # transformer only
-        "ff_dim": 512,  # transformer only
-        "lstm_units": 256,  # lstm only
-        "dropout": 0.0,
-    },
-    "train": {
-        "steps": 2000,  # total optimizer steps; a resumed run stops here too
-        "global_batch_size": 12,  # windows per step, summed over all replicas
-        "eval_every": 250,
-        "eval_batches": 0,  # 0 = the whole validation split
-        "checkpoint_every": 0,  # 0 = at every evaluation
-        "keep_checkpoints": 3,
-        "learning_rate": 3.0e-3,  # peak, after linear warmup; cosine decay after
-        "warmup_steps": 100,
-        "min_learning_rate_ratio": 0.1,  # cosine decays to this fraction of the peak
-        "weight_decay": 0.01,
-        "clip_norm": 1.0,  # global norm of the all-reduced gradient
-        "seed": 0,
-    },
-    "runtime": {
-        "strategy": "auto",  # auto | default | mirrored | multi_worker
-        "logical_cpus": 0,  # split the CPU into N logical devices (MirroredStrategy on a laptop)
-        "jit_compile": True,  # XLA for the per-replica forward/backward
-        "precision": "float32",  # float32 | mixed_bfloat16
-        "cluster_timeout_s": 120,  # multi_worker: how long to wait for peers
-        "intra_op_threads": 0,  # 0 = TensorFlow's default (all cores)
-        "inter_op_threads": 0,
-    },
-}
+INT32_MAX = 2**31 - 1
+MANY = 10**12  # a bound for counts of steps: far beyond any run, well inside int64 and float64
 
-CHOICES = {
-    "data.source": ("default", "files", "tfds"),
-    "data.shard_policy": ("auto", "file", "data"),
-    "model.type": ("transformer", "lstm"),
-    "runtime.strategy": ("auto", "default", "mirrored", "multi_worker"),
-    "runtime.precision": ("float32", "mixed_bfloat16"),
-}
 
-POSITIVE = (
-    "data.seq_len", "data.max_vocab_size", "data.shuffle_buffer", "model.embed_dim",
-    "model.num_layers", "model.num_heads", "model.ff_dim", "model.lstm_units", "train.steps",
-    "train.global_batch_size", "train.eval_every", "train.keep_checkpoints",
-    "train.learning_rate", "train.clip_norm", "runtime.cluster_timeout_s",
-)
-NON_NEGATIVE = (
-    "train.eval_batches", "train.checkpoint_every", "train.warmup_steps", "train.weight_decay",
-    "train.min_learning_rate_ratio", "train.seed", "runtime.logical_cpus",
-    "runtime.intra_op_threads", "runtime.inter_op_threads",
-)
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """The value must be one of these."""
+
+    choices: tuple
+
+    def __init__(self, *choices):
+        object.__setattr__(self, "choices", choices)
+
+    def problem(self, value):
+        return None if value in self.choices else f"must be one of {', '.join(self.choices)}, got {value!r}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """low <= value <= high (or low < value when `open_low`); floats must also be finite."""
+
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+
+    def problem(self, value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        if value < self.low or (self.open_low and value == self.low):
+            if self.low == 0:
+                return f"must be positive, got {value}" if self.open_low else f"must not be negative, got {value}"
+            if self.low == 1 and isinstance(value, int):
+                return f"must be positive, got {value}"
+            return f"must be {'greater than' if self.open_low else 'at least'} {self.low}, got {value}"
+        if value > self.high:
+            return f"must be at most {self.high}, got {value}"
+        return None
+
+
+POSITIVE_INT = Range(1, INT32_MAX)
+COUNT = Range(0, INT32_MAX)
+STEPS = Range(1, MANY)
+POSITIVE = Range(0, open_low=True)
+NON_NEGATIVE = Range(0)
+PATHS = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What text the model learns from, and how it is cut into windows."""
+
+    source: Annotated[str, OneOf("default", "files", "tfds")] = "default"  # default: the Python manual in CPython
+    paths: PATHS = ()                     # files: paths or globs of UTF-8 text
+    tfds_name: str = ""                   # tfds: dataset name, e.g. "tiny_shakespeare"
+    tfds_split: str = "train"             # tfds: the split to train on
+    tfds_validation_split: str = "validation"  # tfds: the split to validate on
+    tfds_text_feature: str = "text"       # tfds: the feature that holds the text
+    tfds_data_dir: str = ""               # tfds: where prepared datasets live ("" = TFDS's default)
+    validation_fraction: Annotated[float, Range(0, 1, open_low=True)] = 0.1  # default/files: share held out
+    seq_len: Annotated[int, Range(1, 2**20)] = 64  # tokens of context the model sees
+    max_vocab_size: Annotated[int, Range(3, INT32_MAX)] = 1000  # most frequent characters kept; others are OOV
+    shuffle_buffer: Annotated[int, POSITIVE_INT] = 10000  # windows
+    shard_policy: Annotated[str, OneOf("auto", "file", "data")] = "auto"  # auto: file when files >= workers
+
+    def check(self):
+        if self.validation_fraction >= 1:
+            raise TflmError(f"data.validation_fraction must be between 0 and 1, got {self.validation_fraction}")
+        if self.source == "files" and not self.paths:
+            raise TflmError("data.source=files needs data.paths (files or globs)")
+        if self.source == "tfds" and not self.tfds_name:
+            raise TflmError("data.source=tfds needs data.tfds_name")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network: a Transformer decoder or a stacked LSTM."""
+
+    type: Annotated[str, OneOf("transformer", "lstm")] = "transformer"  # the architecture
+    embed_dim: Annotated[int, Range(1, 65536)] = 128  # width of token embeddings (and of the Transformer)
+    num_layers: Annotated[int, Range(1, 1024)] = 4  # decoder blocks or LSTM layers
+    num_heads: Annotated[int, Range(1, 1024)] = 4  # transformer: attention heads (divide embed_dim)
+    ff_dim: Annotated[int, Range(1, 2**20)] = 512  # transformer: feed-forward width
+    lstm_units: Annotated[int, Range(1, 65536)] = 256  # lstm: units per layer
+    dropout: Annotated[float, Range(0, 1)] = 0.0  # fraction of activations dropped while training
+
+    def check(self):
+        if self.dropout >= 1:
+            raise TflmError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.type == "transformer" and self.embed_dim % self.num_heads:
+            raise TflmError(f"model.embed_dim ({self.embed_dim}) must be divisible by "
+                            f"model.num_heads ({self.num_heads})")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How long and how: steps, batch, optimizer, evaluations and checkpoints."""
+
+    steps: Annotated[int, STEPS] = 2000   # total optimizer steps; a resumed run stops here too
+    global_batch_size: Annotated[int, Range(1, 2**24)] = 12  # windows per step, summed over all replicas
+    eval_every: Annotated[int, STEPS] = 250  # steps between evaluations (and history lines)
+    eval_batches: Annotated[int, COUNT] = 0  # global batches per evaluation; 0 = the whole split
+    checkpoint_every: Annotated[int, Range(0, MANY)] = 0  # steps between checkpoints; 0 = at every evaluation
+    keep_checkpoints: Annotated[int, Range(1, 10**6)] = 3  # newest checkpoints kept
+    learning_rate: Annotated[float, POSITIVE] = 3.0e-3  # peak, after linear warmup; cosine decay after
+    warmup_steps: Annotated[int, Range(0, MANY)] = 100  # steps of linear warmup from 0
+    min_learning_rate_ratio: Annotated[float, Range(0, 1)] = 0.1  # cosine decays to this fraction of the peak
+    weight_decay: Annotated[float, NON_NEGATIVE] = 0.01  # AdamW's, not applied to biases and norms
+    clip_norm: Annotated[float, POSITIVE] = 1.0  # global norm of the all-reduced gradient
+    seed: Annotated[int, Range(0, INT32_MAX)] = 0  # initial weights, shuffling and dropout
+    max_nonfinite_steps: Annotated[int, Range(0, 10**6)] = 0  # steps with a NaN/inf gradient skipped before stopping (exit 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and with what: distribution strategy, devices, threads, precision, XLA."""
+
+    strategy: Annotated[str, OneOf("auto", "default", "mirrored", "multi_worker")] = "auto"  # auto: TF_CONFIG -> multi_worker, >= 2 devices -> mirrored
+    logical_cpus: Annotated[int, Range(0, 256)] = 0  # >= 2 splits the CPU so MirroredStrategy runs on a laptop
+    jit_compile: bool = True              # XLA for the per-replica forward/backward
+    precision: Annotated[str, OneOf("float32", "mixed_bfloat16")] = "float32"  # mixed_bfloat16: bf16 compute, fp32 weights
+    cluster_timeout_s: Annotated[int, Range(1, 7 * 86400)] = 120  # multi_worker: how long an unreachable peer is waited for
+    intra_op_threads: Annotated[int, Range(0, 4096)] = 0  # 0 = TensorFlow's default (all cores)
+    inter_op_threads: Annotated[int, Range(0, 4096)] = 0  # 0 = TensorFlow's default
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run's configuration: build it with `load_config`, `Config.from_dict` or `updated`."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    @classmethod
+    def from_dict(cls, sections, origin="config"):
+        """A validated Config from {section: {key: value}}; missing keys take their defaults."""
+        return updated(cls(), origin=origin, **sections)
+
+    def to_dict(self):
+        """{section: {key: value}} with plain YAML/JSON types (lists, not tuples)."""
+        return {name: {f.name: _plain(getattr(getattr(self, name), f.name))
+                       for f in dataclasses.fields(SECTIONS[name])} for name in SECTIONS}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def updated(config, origin="--set", **sections):
+    """`config` with {key: value} changes per section, checked as a config file is: unknown
+    names get a suggestion, values are converted to the field's type and range-checked."""
+    changes = {}
+    for section, values in sections.items():
+        if section not in SECTIONS:
+            raise TflmError(f"{origin}: unknown section {section!r}{suggest(section, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise TflmError(f"{origin}: section {section!r} must be a mapping")
+        fields = field_types(SECTIONS[section])
+        converted = {}
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if key not in fields:
+                raise TflmError(f"{origin}: unknown key {dotted!r}{suggest(dotted, all_keys())}")
+            converted[key] = convert(dotted, value, *fields[key])
+        changes[section] = dataclasses.replace(getattr(config, section), **converted)
+    config = dataclasses.replace(config, **changes)
+    validate(config)
+    return config
+
+
+@functools.cache
+def field_types(cls):
+    """{field name: (base type, constraint or None)} of a section class."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    result = {}
+    for name, hint in hints.items():
+        constraint = None
+        if typing.get_origin(hint) is Annotated:
+            hint, constraint = typing.get_args(hint)[:2]
+        result[name] = (hint, constraint)
+    return result
+
+
+def convert(key, value, kind, constraint):
+    """`value` as type `kind` within `constraint`, or a TflmError naming `key`."""
+    value = _convert_type(key, value, kind)
+    problem = constraint.problem(value) if constraint else None
+    if problem:
+        raise TflmError(f"{key} {problem}")
+    return value
+
+
+def _convert_type(key, value, kind):
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "3e-3" as a string
+            except ValueError:
+                pass
+    if kind is str and isinstance(value, str):
+        return value
+    if kind == PATHS:
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    name = "list of strings" if kind == PATHS else kind.__name__
+    raise TflmError(f"{key} must be {name}, got {value!r}")
+
+
+def validate(config):
+    """Raise a TflmError for the first impossible value (fields are checked as they are set)."""
+    for section in SECTIONS:
+        check = getattr(getattr(config, section), "check", None)
+        if check:
+            check()
 
 
 def load_config(path=None, overrides=()):
     """Defaults, then the YAML file at `path`, then `section.key=value` overrides; validated."""
-    config = copy.deepcopy(DEFAULTS)
+    config = Config()
     if path:
-        merge(config, read_yaml(path), origin=str(path))
+        config = updated(config, origin=str(path), **read_yaml(path))
     for override in overrides:
         key, value = parse_override(override)
-        merge(config, {key.split(".")[0]: {key.split(".")[1]: value}}, origin="--set")
-    validate(config)
+        section, name = key.split(".")
+        config = updated(config, **{section: {name: value}})
     return config
 
 
@@ -101,7 +273,7 @@ def read_yaml(path):
             data = yaml.safe_load(f)
     except OSError as error:
         raise TflmError(f"cannot read config {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise TflmError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if data is None:
         return {}
@@ -122,23 +294,9 @@ def parse_override(text):
     return key.strip(), value
 
 
-def merge(config, updates, origin):
-    """Copy `updates` (section -> key -> value) into `config`, checking names and types."""
-    for section, values in updates.items():
-        if section not in DEFAULTS:
-            raise TflmError(f"{origin}: unknown section {section!r}{suggest(section, DEFAULTS)}")
-        if not isinstance(values, dict):
-            raise TflmError(f"{origin}: section {section!r} must be a mapping")
-        for key, value in values.items():
-            if key not in DEFAULTS[section]:
-                dotted = f"{section}.{key}"
-                raise TflmError(f"{origin}: unknown key {dotted!r}{suggest(dotted, all_keys())}")
-            config[section][key] = coerce(f"{section}.{key}", value, DEFAULTS[section][key])
-
-
 def all_keys():
     """Every valid `section.key` name."""
-    return [f"{s}.{k}" for s, keys in DEFAULTS.items() for k in keys]
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
 def suggest(name, candidates):
@@ -147,85 +305,45 @@ def suggest(name, candidates):
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def coerce(key, value, default):
-    """`value` converted to the type of `default`, or a TflmError naming `key`."""
-    expected = type(default)
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-    elif expected is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif expected is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "3e-3" as a string
-            except ValueError:
-                pass
-    elif expected is list:
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-    elif expected is str:
-        if isinstance(value, str):
-            return value
-    raise TflmError(f"{key} must be {expected.__name__}, got {value!r}")
-
-
-def validate(config):
-    """Raise a TflmError for the first impossible value."""
-    for key, choices in CHOICES.items():
-        if get(config, key) not in choices:
-            raise TflmError(f"{key} must be one of {', '.join(choices)}, got {get(config, key)!r}")
-    for key in POSITIVE:
-        if get(config, key) <= 0:
-            raise TflmError(f"{key} must be positive, got {get(config, key)}")
-    for key in NON_NEGATIVE:
-        if get(config, key) < 0:
-            raise TflmError(f"{key} must not be negative, got {get(config, key)}")
-    data, model, train = config["data"], config["model"], config["train"]
-    if not 0 < data["validation_fraction"] < 1:
-        raise TflmError(f"data.validation_fraction must be between 0 and 1, got {data['validation_fraction']}")
-    if not 0 <= model["dropout"] < 1:
-        raise TflmError(f"model.dropout must be in [0, 1), got {model['dropout']}")
-    if train["min_learning_rate_ratio"] > 1:
-        raise TflmError("train.min_learning_rate_ratio must be at most 1")
-    if model["type"] == "transformer" and model["embed_dim"] % model["num_heads"]:
-        raise TflmError(
-            f"model.embed_dim ({model['embed_dim']}) must be divisible by model.num_heads ({model['num_heads']})"
-        )
-    if data["source"] == "files" and not data["paths"]:
-        raise TflmError("data.source=files needs data.paths (files or globs)")
-    if data["source"] == "tfds" and not data["tfds_name"]:
-        raise TflmError("data.source=tfds needs data.tfds_name")
-
-
-def get(config, dotted):
-    """config["section"]["key"] for "section.key"."""
-    section, key = dotted.split(".")
-    return config[section][key]
+@functools.cache
+def field_comments(cls):
+    """{field name: the comment beside it in this file} for a section class."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+): .*?  # (.*)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return comments
 
 
 def dump(config):
-    """The config as YAML text, sections in their usual order."""
-    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    """The config as YAML, every key with the comment from its dataclass."""
+    lines = []
+    for section, values in config.to_dict().items():
+        cls = SECTIONS[section]
+        lines.append(f"{section}:  # {cls.__doc__}")
+        comments = field_comments(cls)
+        for key, value in values.items():
+            text = yaml.safe_dump({key: value}, default_flow_style=True, allow_unicode=True, width=10**6)
+            text = text.strip()[1:-1]  # "{key: value}" -> "key: value"
+            lines.append((f"  {text:<36}" + (f"  # {comments[key]}" if key in comments else "")).rstrip())
+    return "\n".join(lines) + "\n"
 
 
-# Keys that may change when a run directory is resumed: how long to train, and where.
+# Keys that may change when a run directory is resumed: how long to train, and how often to look.
 RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
-                     "train.keep_checkpoints")
+                     "train.keep_checkpoints", "train.max_nonfinite_steps")
 
 
 def check_resume_compatible(saved, requested):
     """Raise if `requested` changes what the run in a directory learns (model, data, optimizer)."""
+    saved_values, requested_values = saved.to_dict(), requested.to_dict()
     for key in all_keys():
-        if key.startswith("runtime.") or key in RESUMABLE_CHANGES:
+        section, name = key.split(".")
+        if section == "runtime" or key in RESUMABLE_CHANGES:
             continue
-        if get(saved, key) != get(requested, key):
+        if saved_values[section][name] != requested_values[section][name]:
             raise TflmError(
-                f"the run directory was trained with {key}={get(saved, key)!r}, not "
-                f"{get(requested, key)!r}; use a new --run-dir or the same setting"
+                f"the run directory was trained with {key}={saved_values[section][name]!r}, not "
+                f"{requested_values[section][name]!r}; use a new --run-dir or the same setting"
             )

@@ -50,7 +50,7 @@ def load_corpus(data_config, tokenizer=None):
         counts = sum(train_counts, collections.Counter())
         if not counts:
             raise TflmError("the training split is empty")
-        tokenizer = CharTokenizer.from_counts(counts, data_config["max_vocab_size"])
+        tokenizer = CharTokenizer.from_counts(counts, data_config.max_vocab_size)
     return Corpus(source, tokenizer, token_counts)
 
 
@@ -69,7 +69,7 @@ def check_corpus_fits(corpus, seq_len, global_batch_size):
 
 def shard_policy(config, num_workers, num_files):
     """'file' or 'data': by file when every worker gets at least one file, unless configured."""
-    policy = config["data"]["shard_policy"]
+    policy = config.data.shard_policy
     if policy == "auto":
         policy = "file" if num_files >= num_workers > 1 else "data"
     if policy == "file" and num_files < num_workers:
@@ -97,9 +97,9 @@ def train_windows(corpus, config, pipelines=1, index=0, epochs=None):
     """This input pipeline's training windows: shuffled (seeded), repeated, sharded explicitly."""
     policy = shard_policy(config, pipelines, len(corpus.source.files))
     files = corpus.source.files[index::pipelines] if policy == "file" else None
-    windows = split_windows(corpus.source, "train", corpus.tokenizer, config["data"]["seq_len"], files)
+    windows = split_windows(corpus.source, "train", corpus.tokenizer, config.data.seq_len, files)
     windows = windows.shuffle(
-        config["data"]["shuffle_buffer"], seed=config["train"]["seed"], reshuffle_each_iteration=True
+        config.data.shuffle_buffer, seed=config.train.seed, reshuffle_each_iteration=True
     ).repeat(epochs)
     return windows.shard(pipelines, index) if policy == "data" and pipelines > 1 else windows
 
@@ -119,7 +119,7 @@ def _finish(windows, per_replica_batch):
 
 def train_dataset_fn(corpus, config, start_step=0):
     """A `distribute_datasets_from_function` input fn for training, starting at `start_step`."""
-    global_batch = config["train"]["global_batch_size"]
+    global_batch = config.train.global_batch_size
 
     def dataset_fn(input_context):
         pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
@@ -133,14 +133,14 @@ def train_dataset_fn(corpus, config, start_step=0):
 
 def eval_batches_per_pass(corpus, config):
     """How many global batches one evaluation runs (all full batches unless train.eval_batches)."""
-    available = corpus.windows("validation", config["data"]["seq_len"]) // config["train"]["global_batch_size"]
-    wanted = config["train"]["eval_batches"]
+    available = corpus.windows("validation", config.data.seq_len) // config.train.global_batch_size
+    wanted = config.train.eval_batches
     return min(wanted, available) if wanted else available
 
 
 def eval_dataset_fn(corpus, config):
     """Input fn for validation: the same windows, in order, every pass (repeats forever)."""
-    seq_len, global_batch = config["data"]["seq_len"], config["train"]["global_batch_size"]
+    seq_len, global_batch = config.data.seq_len, config.train.global_batch_size
     batches = eval_batches_per_pass(corpus, config)
 
     def dataset_fn(input_context):

@@ -106,7 +106,7 @@ def describe(loaded, stride, ops):
         "run_dir": loaded.run_dir,
         "checkpoint": os.path.basename(loaded.checkpoint),
         "model": {"type": loaded.model_type, "context": loaded.context,
-                  "vocabulary_size": loaded.tokenizer.vocabulary_size, **loaded.config["model"]},
+                  "vocabulary_size": loaded.tokenizer.vocabulary_size, **loaded.config.to_dict()["model"]},
         "tokenizer": {"type": "char", "pad_id": PAD_ID, "oov_id": OOV_ID, "in_graph": True,
                       "characters": loaded.tokenizer.characters},
         "signatures": {

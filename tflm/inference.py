@@ -33,7 +33,7 @@ class LoadedRun:
     @property
     def model_type(self):
         """"transformer" or "lstm"."""
-        return self.config["model"]["type"]
+        return self.config.model.type
 
     @property
     def context(self):
@@ -41,7 +41,7 @@ class LoadedRun:
 
         Prompts keep their last `context` tokens; the Transformer scores longer text in windows.
         """
-        return self.config["data"]["seq_len"]
+        return self.config.data.seq_len
 
     def function(self, name, build):
         """The tf.function `name`, built by `build()` on first use (its traces are reused)."""
@@ -64,7 +64,7 @@ def load_run(run_dir):
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        model = build_model(config, tokenizer.vocabulary_size)
+        model = build_model(config.model, tokenizer.vocabulary_size, config.data.seq_len)
     finally:
         keras.config.set_dtype_policy(policy)
     restore_weights(model, checkpoint)

@@ -150,13 +150,12 @@ def core_op_cache_updates():
         keras.ops.slice_update = original
 
 
-def build_model(config, vocabulary_size):
-    """The model named by `model.type`, with sizes from the config, built on a dummy batch."""
-    m, seq_len = config["model"], config["data"]["seq_len"]
-    if m["type"] == "lstm":
-        model = LstmLM(vocabulary_size, m["embed_dim"], m["num_layers"], m["lstm_units"], m["dropout"])
+def build_model(model_config, vocabulary_size, seq_len):
+    """The model named by `model.type`, with its sizes, built on a dummy batch of `seq_len`."""
+    m = model_config
+    if m.type == "lstm":
+        model = LstmLM(vocabulary_size, m.embed_dim, m.num_layers, m.lstm_units, m.dropout)
     else:
-        model = TransformerLM(vocabulary_size, seq_len, m["embed_dim"], m["num_layers"],
-                              m["num_heads"], m["ff_dim"], m["dropout"])
+        model = TransformerLM(vocabulary_size, seq_len, m.embed_dim, m.num_layers, m.num_heads, m.ff_dim, m.dropout)
     model(keras.ops.zeros((1, seq_len), dtype="int32"))
     return model

@@ -15,10 +15,8 @@ import json
 import os
 import shutil
 
-import yaml
-
 from tflm.atomic import staging_dir, write_text
-from tflm.config import dump
+from tflm.config import Config, dump, read_yaml
 from tflm.errors import TflmError
 from tflm.tokenizer import CharTokenizer
 
@@ -29,7 +27,7 @@ HISTORY_KEYS = ("step", "tokens_seen", "elapsed_s", "loss", "accuracy", "val_los
 def default_run_dir(config):
     """runs/<model type>-<UTC timestamp>."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{config['model']['type']}-{stamp}")
+    return os.path.join("runs", f"{config.model.type}-{stamp}")
 
 
 def config_path(run_dir):
@@ -60,9 +58,9 @@ def check_usable(run_dir):
 
 
 def read_config(run_dir):
-    """The config a run was created with."""
-    with open(config_path(run_dir), encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    """The config a run was created with, checked as any config is."""
+    path = config_path(run_dir)
+    return Config.from_dict(read_yaml(path), origin=path)
 
 
 def create(run_dir, config, tokenizer):

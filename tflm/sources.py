@@ -21,16 +21,16 @@ LINES_PER_BLOCK = 100  # files are split into train/validation in blocks of this
 
 def make_source(data_config):
     """The source named by `data.source`."""
-    kind = data_config["source"]
+    kind = data_config.source
     if kind == "default":
-        return DefaultCorpus(data_config["validation_fraction"])
+        return DefaultCorpus(data_config.validation_fraction)
     if kind == "files":
-        return TextFiles(data_config["paths"], data_config["validation_fraction"])
+        return TextFiles(data_config.paths, data_config.validation_fraction)
     return TfdsSource(
-        data_config["tfds_name"],
-        {"train": data_config["tfds_split"], "validation": data_config["tfds_validation_split"]},
-        data_config["tfds_text_feature"],
-        data_config["tfds_data_dir"] or None,
+        data_config.tfds_name,
+        {"train": data_config.tfds_split, "validation": data_config.tfds_validation_split},
+        data_config.tfds_text_feature,
+        data_config.tfds_data_dir or None,
     )
 
 

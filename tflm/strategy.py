@@ -94,26 +94,26 @@ def split_cpu(logical_cpus):
 
 def resolve_strategy_name(runtime):
     """The concrete strategy name for runtime.strategy (resolving auto)."""
-    name = runtime["strategy"]
+    name = runtime.strategy
     if name != "auto":
         return name
     if os.environ.get("TF_CONFIG", "").strip():
         return "multi_worker"
-    if len(tf.config.list_physical_devices("GPU")) >= 2 or runtime["logical_cpus"] >= 2:
+    if len(tf.config.list_physical_devices("GPU")) >= 2 or runtime.logical_cpus >= 2:
         return "mirrored"
     return "default"
 
 
 def configure_threads(runtime):
     """Apply runtime.intra_op_threads / inter_op_threads (before TensorFlow starts)."""
-    if runtime["intra_op_threads"] == 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    if runtime.intra_op_threads == 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
         # XLA's CPU code has its own thread pool that ignores TensorFlow's setting.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     try:
-        if runtime["intra_op_threads"]:
-            tf.config.threading.set_intra_op_parallelism_threads(runtime["intra_op_threads"])
-        if runtime["inter_op_threads"]:
-            tf.config.threading.set_inter_op_parallelism_threads(runtime["inter_op_threads"])
+        if runtime.intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(runtime.intra_op_threads)
+        if runtime.inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(runtime.inter_op_threads)
     except RuntimeError:
         raise TflmError("runtime.*_op_threads must be set before TensorFlow starts in this process") from None
 
@@ -122,7 +122,7 @@ def make_strategy(runtime):
     """Build the strategy named by runtime.strategy (call once, early, after current_task()
     has validated TF_CONFIG)."""
     configure_threads(runtime)
-    split_cpu(runtime["logical_cpus"])
+    split_cpu(runtime.logical_cpus)
     name = resolve_strategy_name(runtime)
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG", "").strip():
@@ -130,7 +130,7 @@ def make_strategy(runtime):
         return tf.distribute.MultiWorkerMirroredStrategy(
             communication_options=tf.distribute.experimental.CommunicationOptions(
                 implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
-                timeout_seconds=runtime["cluster_timeout_s"],
+                timeout_seconds=runtime.cluster_timeout_s,
                 # One all-reduce for all gradients instead of one per variable: on localhost
                 # gRPC each collective costs round trips (measured: 2-worker scaling 1.27x per
                 # variable, 1.40x packed). 25 MB, as PyTorch DDP's default bucket.

@@ -61,14 +61,14 @@ def train(config, run_dir=None):
     prefix = f"[{task.name}] " if task.num_workers > 1 else ""
 
     if task.num_workers > 1:
-        wait_for_peers(task, config["runtime"]["cluster_timeout_s"])
-    deadline = StartupDeadline(task, config["runtime"]["cluster_timeout_s"])
-    strategy = make_strategy(config["runtime"])
-    replicas, global_batch = strategy.num_replicas_in_sync, config["train"]["global_batch_size"]
+        wait_for_peers(task, config.runtime.cluster_timeout_s)
+    deadline = StartupDeadline(task, config.runtime.cluster_timeout_s)
+    strategy = make_strategy(config.runtime)
+    replicas, global_batch = strategy.num_replicas_in_sync, config.train.global_batch_size
     if global_batch % replicas:
         raise TflmError(f"train.global_batch_size={global_batch} is not divisible by the {replicas} replicas")
-    corpus = load_corpus(config["data"], runs.load_tokenizer(run_dir) if resuming else None)
-    check_corpus_fits(corpus, config["data"]["seq_len"], global_batch)
+    corpus = load_corpus(config.data, runs.load_tokenizer(run_dir) if resuming else None)
+    check_corpus_fits(corpus, config.data.seq_len, global_batch)
 
     if task.is_chief:
         if resuming:
@@ -78,14 +78,14 @@ def train(config, run_dir=None):
     print(f"{prefix}tflm: run directory {run_dir} ({type(strategy).__name__}, {replicas} replica(s))",
           flush=True)
 
-    keras.mixed_precision.set_dtype_policy(config["runtime"]["precision"])
-    keras.utils.set_random_seed(config["train"]["seed"])
+    keras.mixed_precision.set_dtype_policy(config.runtime.precision)
+    keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = build_model(config, corpus.tokenizer.vocabulary_size)
-        optimizer = make_optimizer(config["train"])
+        model = build_model(config.model, corpus.tokenizer.vocabulary_size, config.data.seq_len)
+        optimizer = make_optimizer(config.train)
         optimizer.build(model.trainable_variables)
     deadline.ready()  # building mirrored variables broadcast them: every peer is up
-    checkpointer = Checkpointer(run_dir, task, model, optimizer, config["train"]["keep_checkpoints"])
+    checkpointer = Checkpointer(run_dir, task, model, optimizer, config.train.keep_checkpoints)
     try:
         run_loop(config, run_dir, task, strategy, corpus, Trainer(strategy, model, optimizer, config),
                  checkpointer, prefix)
@@ -96,13 +96,13 @@ def train(config, run_dir=None):
 
 def run_loop(config, run_dir, task, strategy, corpus, trainer, checkpointer, prefix):
     """Restore, then train to train.steps with evaluations, history and checkpoints."""
-    t = config["train"]
+    t = config.train
     restored = checkpointer.restore_latest()
     step = int(trainer.optimizer.iterations.numpy())
-    tokens_per_step = t["global_batch_size"] * config["data"]["seq_len"]
-    progress = Progress(t["steps"], tokens_per_step, prefix)
-    if step >= t["steps"]:
-        progress.log(f"run already finished: step {step} of train.steps={t['steps']}; nothing to do")
+    tokens_per_step = t.global_batch_size * config.data.seq_len
+    progress = Progress(t.steps, tokens_per_step, prefix)
+    if step >= t.steps:
+        progress.log(f"run already finished: step {step} of train.steps={t.steps}; nothing to do")
         return
     if restored:
         progress.log(f"resuming from {restored} at step {step}")
@@ -117,19 +117,19 @@ def run_loop(config, run_dir, task, strategy, corpus, trainer, checkpointer, pre
     train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn(corpus, config, step)))
     eval_iterator = iter(strategy.distribute_datasets_from_function(eval_dataset_fn(corpus, config)))
     eval_batches = eval_batches_per_pass(corpus, config)
-    checkpoint_every = t["checkpoint_every"] or t["eval_every"]
+    checkpoint_every = t.checkpoint_every or t.eval_every
 
     trainer.train_metrics.reset()
     start = period_start = time.perf_counter()
     period_start_step = step
     progress.start(step)
     with exit_if_a_peer_is_lost(task, prefix, lambda: step):
-        while step < t["steps"]:
+        while step < t.steps:
             preemption.save_checkpoint_if_preempted()
             trainer.train_step(train_iterator)
             step += 1
             progress.update(step, lambda: trainer.train_metrics.result()["loss"])
-            if step % t["eval_every"] == 0 or step == t["steps"]:
+            if step % t.eval_every == 0 or step == t.steps:
                 train_metrics = trainer.train_metrics.result()  # waits for the last step to finish
                 train_time_s = time.perf_counter() - period_start
                 val = trainer.evaluate(eval_iterator, eval_batches)
@@ -141,11 +141,11 @@ def run_loop(config, run_dir, task, strategy, corpus, trainer, checkpointer, pre
                     "val_perplexity": val["perplexity"],
                     "tokens_per_sec": (step - period_start_step) * tokens_per_step / train_time_s,
                 }
-                report(record, train_metrics, val, progress, writer, t["steps"], run_dir if task.is_chief else None)
+                report(record, train_metrics, val, progress, writer, t.steps, run_dir if task.is_chief else None)
                 trainer.train_metrics.reset()
-            if step % checkpoint_every == 0 or step == t["steps"]:
+            if step % checkpoint_every == 0 or step == t.steps:
                 checkpointer.save(step)
-            if step % t["eval_every"] == 0:
+            if step % t.eval_every == 0:
                 period_start, period_start_step = time.perf_counter(), step
     progress.log(f"done: step {step}; checkpoints in {checkpointer.shared_dir}")
 

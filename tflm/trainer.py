@@ -33,12 +33,12 @@ def make_optimizer(train_config):
     t = train_config
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
-        decay_steps=max(1, t["steps"] - t["warmup_steps"]),
-        alpha=t["min_learning_rate_ratio"],
-        warmup_target=t["learning_rate"],
-        warmup_steps=t["warmup_steps"],
+        decay_steps=max(1, t.steps - t.warmup_steps),
+        alpha=t.min_learning_rate_ratio,
+        warmup_target=t.learning_rate,
+        warmup_steps=t.warmup_steps,
     )
-    optimizer = PreReducedAdamW(learning_rate=schedule, weight_decay=t["weight_decay"], beta_2=0.99)
+    optimizer = PreReducedAdamW(learning_rate=schedule, weight_decay=t.weight_decay, beta_2=0.99)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 
@@ -87,11 +87,11 @@ class Trainer:
 
     def __init__(self, strategy, model, optimizer, config):
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
-        self.clip_norm = config["train"]["clip_norm"]
-        global_batch, seq_len = config["train"]["global_batch_size"], config["data"]["seq_len"]
+        self.clip_norm = config.train.clip_norm
+        global_batch, seq_len = config.train.global_batch_size, config.data.seq_len
         self.global_tokens = float(global_batch * seq_len)
         self.train_metrics, self.eval_metrics = TokenMetrics(), TokenMetrics()
-        jit = config["runtime"]["jit_compile"]
+        jit = config.runtime.jit_compile
         self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=jit)
         self._forward = tf.function(self._forward_fn, jit_compile=jit)
         self.train_step = tf.function(self._train_step_fn)
