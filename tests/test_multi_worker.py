@@ -189,3 +189,65 @@ def test_cluster_errors_are_one_line_nonzero_and_leave_the_run_dir_untouched(tmp
 
 def last_line(result):
     return (result.stderr.strip().splitlines() or [""])[-1]
+
+
+def test_cluster_descriptions_that_would_hang_or_split_the_run_are_one_line_exit_2(tmp_path):
+    config_path = write_config(tmp_path / "c.yaml", small_config(train={"steps": 2, "eval_every": 2}))
+    port = reserve_ports(0, 1)[0]
+    same_address = {"cluster": {"worker": [f"localhost:{port}", f"localhost:{port}"]},
+                    "task": {"type": "worker", "index": 0}}
+    result = run_tflm("train", "--config", config_path, "--run-dir", str(tmp_path / "run"),
+                      env={"TF_CONFIG": json.dumps(same_address)}, timeout=90)
+    assert result.returncode == 2
+    assert last_line(result) == (f"tflm: error: TF_CONFIG gives worker 0 and worker 1 the same address "
+                                 f"localhost:{port}; every task needs its own host:port")
+
+    result = run_tflm("launch", "--workers", "2", "--", "--config", config_path, "--run-dir", str(tmp_path / "run"),
+                      "--strategy", "default")
+    assert result.returncode == 2
+    assert ("tflm: error: TF_CONFIG describes a cluster of 2 workers, but runtime.strategy=default would train "
+            "each of them alone") in result.stdout
+    assert not (tmp_path / "run").exists()
+
+
+SLOW_DATA_ON_WORKER_1 = """
+import json, os
+if json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index") == 1:
+    import time
+    import tflm.data
+
+    def slow_load_corpus(*args, _load=tflm.data.load_corpus, **kwargs):
+        time.sleep(float(os.environ["TFLM_TEST_DATA_DELAY_S"]))
+        return _load(*args, **kwargs)
+
+    tflm.data.load_corpus = slow_load_corpus
+"""
+
+
+def test_reading_data_has_no_deadline_even_when_one_worker_is_much_slower(tmp_path):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_DATA_ON_WORKER_1)
+    config = small_config(train={"steps": 4, "eval_every": 2, "eval_batches": 1}, runtime={"cluster_timeout_s": 4})
+    config_path = write_config(tmp_path / "c.yaml", config)
+    env = {"PYTHONPATH": os.pathsep.join([str(hooks), REPO]), "TFLM_TEST_DATA_DELAY_S": "15"}
+    result = run_tflm("launch", "--workers", "2", "--", "--config", config_path, "--run-dir", str(tmp_path / "run"),
+                      env=env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert [r["step"] for r in runs.read_history(str(tmp_path / "run"))] == [2, 4]
+
+
+def test_a_peer_that_answers_but_never_starts_tensorflow_ends_in_one_line(tmp_path):
+    config_path = write_config(tmp_path / "c.yaml", small_config(runtime={"cluster_timeout_s": 5}))
+    with socket.socket() as fake_peer:  # passes the rendezvous, then never speaks TensorFlow's protocol
+        fake_peer.bind(("localhost", 0))
+        fake_peer.listen()
+        cluster = {"worker": [f"localhost:{reserve_ports(0, 1)[0]}", f"localhost:{fake_peer.getsockname()[1]}"]}
+        started = time.monotonic()
+        result = run_tflm("train", "--config", config_path, "--run-dir", str(tmp_path / "run"), timeout=120,
+                          env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})})
+    assert result.returncode == -signal.SIGKILL and time.monotonic() - started < 90
+    assert last_line(result) == (
+        "[worker 0] tflm: error: TensorFlow did not start the cluster within runtime.cluster_timeout_s=5s "
+        "(a peer went away after the rendezvous?); relaunch the same command on every worker")
+    assert not (tmp_path / "run").exists()

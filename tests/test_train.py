@@ -1,6 +1,7 @@
 """The foundation: training lowers validation loss, resume equals uninterrupted, errors are clear."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,22 +40,30 @@ def test_finished_run_does_nothing_and_says_so(tmp_path, capsys):
     assert open(runs.history_path(run_dir)).read() == before
 
 
-@pytest.mark.parametrize("model_type", ["lstm"])
-def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path, model_type):
+STOPS = {  # signal: (exit code, what the last line says, pattern of the saved step)
+    signal.SIGTERM: (42, "tflm: preempted: SIGTERM received; checkpoint saved at step ", r"saved at step (\d+)"),
+    signal.SIGINT: (130, "tflm: interrupted: Ctrl-C at step ", r"Ctrl-C at step (\d+); checkpoint saved"),
+}
+
+
+@pytest.mark.parametrize("stop_signal", list(STOPS), ids=lambda s: s.name)
+def test_resume_after_a_stop_signal_matches_uninterrupted_run(tmp_path, stop_signal):
     # dropout > 0 so the resumed run must also restore the dropout RNG stream position.
-    config = small_config(model_type, model={"dropout": 0.1},
+    config = small_config("lstm", model={"dropout": 0.1},
                           train={"steps": 40, "eval_every": 5, "checkpoint_every": 5})
     config_path = write_config(tmp_path / "config.yaml", config)
     interrupted = str(tmp_path / "interrupted")
     proc = subprocess.Popen([sys.executable, "-m", "tflm.train", "--config", config_path, "--run-dir", interrupted],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_history(interrupted, step=10, proc=proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop_signal)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 42, err
-    assert "preempted: SIGTERM received; checkpoint saved at step" in err
-    stopped_at = int(err.split("checkpoint saved at step ")[1].split()[0])
+    code, line, step_pattern = STOPS[stop_signal]
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith(line) and "Traceback" not in err
+    stopped_at = int(re.search(step_pattern, err).group(1))
     assert 10 <= stopped_at < 40
+    assert os.path.exists(os.path.join(interrupted, "checkpoints", f"ckpt-{stopped_at}.index"))
 
     resumed = run_tflm("train", "--config", config_path, "--run-dir", interrupted)
     assert resumed.returncode == 0, resumed.stderr
@@ -86,6 +95,15 @@ CONFIG_ERRORS = [
     (["--set", "steps=5"], "--set expects section.key=value"),
     (["--set", "data.seq_len=1000000"], "data.seq_len=1000000 is larger than the training split"),
     (["--config", "/nonexistent.yaml"], "cannot read config /nonexistent.yaml"),
+    # Values that passed the old checks and crashed (or trained NaN) after the run directory existed:
+    (["--set", "train.seed=4294967296"], "train.seed must be at most 2147483647, got 4294967296"),
+    (["--set", f"data.shuffle_buffer={2**63}"], "data.shuffle_buffer must be at most 2147483647"),
+    (["--set", "train.learning_rate=nan"], "train.learning_rate must be a finite number, got nan"),
+    (["--set", "train.learning_rate=inf"], "train.learning_rate must be a finite number, got inf"),
+    (["--set", "train.clip_norm=nan"], "train.clip_norm must be a finite number, got nan"),
+    (["--set", "train.weight_decay=.nan"], "train.weight_decay must be a finite number, got nan"),
+    (["--set", "train.min_learning_rate_ratio=nan"], "train.min_learning_rate_ratio must be a finite number"),
+    (["--set", "model.dropout=-0.5"], "model.dropout must not be negative, got -0.5"),
 ]
 
 

@@ -4,13 +4,25 @@ As in TensorFlow's multi-worker guide, every task saves (saving can involve coll
 the chief saves into the run directory; the other tasks save into temporary directories that they
 delete. Every task restores from the chief's directory, so it must be on a shared filesystem when
 the tasks run on different hosts.
+
+The checkpoint files themselves are the ledger, not CheckpointManager's `checkpoint` state file:
+restoring lists `ckpt-N.index` files and takes the newest one that reads back whole and finite, so
+a lost or truncated state file never turns a resume into a fresh start, and a damaged newest
+checkpoint falls back to the one before it (moved aside, with a warning, never overwritten).
+Nothing non-finite is ever saved.
 """
 
 import os
+import re
 import shutil
+import sys
 import tempfile
 
 import tensorflow as tf
+
+from tflm.errors import Diverged, TflmError
+
+CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
 def checkpoint_dir(run_dir):
@@ -18,31 +30,123 @@ def checkpoint_dir(run_dir):
     return os.path.join(run_dir, "checkpoints")
 
 
+def list_checkpoints(directory):
+    """Checkpoint prefixes (".../ckpt-N") in `directory`, oldest first, from the files present."""
+    if not os.path.isdir(directory):
+        return []
+    numbered = [(int(m.group(1)), m.group(0)[: -len(".index")])
+                for m in map(CHECKPOINT_INDEX.match, os.listdir(directory)) if m]
+    return [os.path.join(directory, name) for _, name in sorted(numbered)]
+
+
+def checkpoint_step(path):
+    """N of ".../ckpt-N"."""
+    return int(path.rsplit("-", 1)[1])
+
+
+def all_finite(variables):
+    """Whether every value of `variables` is finite (a scalar bool tensor)."""
+    floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in floats]) if floats else tf.constant(True)
+
+
 class Checkpointer:
     """A tf.train.CheckpointManager per task over tf.train.Checkpoint(model, optimizer)."""
 
-    def __init__(self, run_dir, task, model, optimizer, max_to_keep):
+    def __init__(self, run_dir, task, model, optimizer, max_to_keep, extra=None):
+        """`extra`: more {name: variable} to save beside the model and optimizer."""
         # Keras keeps dropout's RNG state in SeedGenerator variables that tf.train.Checkpoint does
         # not reach through the model; saving them makes a resumed run draw the same masks.
         rng_states = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states,
+                                              **(extra or {}))
+        self.variables = list(model.variables) + list(optimizer.variables)
         self.shared_dir = checkpoint_dir(run_dir)
+        self.is_chief, self.max_to_keep = task.is_chief, max_to_keep
         self._handler_dir = None
         self._private_dir = None if task.is_chief else tempfile.mkdtemp(prefix=f"tflm-{task.type}{task.index}-")
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._private_dir or self.shared_dir, max_to_keep=max_to_keep
-        )
+        self._finite = tf.function(lambda: all_finite(self.variables))
+        self.manager = None
 
     def restore_latest(self):
-        """Restore the chief's latest checkpoint; returns its path, or None to start fresh."""
-        path = tf.train.latest_checkpoint(self.shared_dir)
-        if path:
+        """Restore the newest checkpoint that reads back whole and finite; returns its path, or
+        None when there is none. Newer damaged ones are moved aside with a warning; a TflmError
+        if checkpoints exist and none of them can be read."""
+        candidates = list_checkpoints(self.shared_dir)
+        problems = []
+        for path in reversed(candidates):
+            problem = self._try_restore(path)
+            if problem is None:
+                if self.is_chief:
+                    self._set_aside_newer_than(path, problems)
+                    self._point_state_at(path, candidates[: candidates.index(path) + 1])
+                self._make_manager()
+                return path
+            print(f"tflm: warning: cannot restore {path}: {problem}", file=sys.stderr, flush=True)
+            problems.append((path, problem))
+        if problems:
+            newest, problem = problems[0]
+            raise TflmError(f"no checkpoint in {self.shared_dir} can be restored (the newest, "
+                            f"{os.path.basename(newest)}: {problem}); restore the files from a copy, "
+                            "or start over with --restart")
+        self._make_manager()
+        return None
+
+    def _try_restore(self, path):
+        """None if `path` restored every variable with finite values, else what went wrong."""
+        try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
-        return path
+        except Exception as error:  # a damaged file raises DataLossError, OutOfRange, IndexError, ...
+            return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        if not bool(self._finite()):
+            return "it holds non-finite weights"
+        return None
+
+    def _set_aside_newer_than(self, restored, problems):
+        """Move the files of damaged checkpoints newer than `restored` into checkpoints/damaged/."""
+        damaged = [path for path, _ in problems if checkpoint_step(path) > checkpoint_step(restored)]
+        if not damaged:
+            return
+        target = os.path.join(self.shared_dir, "damaged")
+        os.makedirs(target, exist_ok=True)
+        for path in damaged:
+            prefix = os.path.basename(path)
+            for name in os.listdir(self.shared_dir):
+                if name == f"{prefix}.index" or name.startswith(f"{prefix}.data-"):
+                    os.replace(os.path.join(self.shared_dir, name), os.path.join(target, name))
+        print(f"tflm: warning: resuming from {os.path.basename(restored)}; moved "
+              f"{', '.join(os.path.basename(p) for p in damaged)} to {target}", file=sys.stderr, flush=True)
+
+    def _point_state_at(self, latest, paths):
+        """Rewrite CheckpointManager's state file if it does not name `latest` (lost, damaged, or
+        naming a checkpoint set aside), listing `paths` so they rotate out as usual."""
+        try:
+            state = tf.train.get_checkpoint_state(self.shared_dir)
+        except Exception:  # a damaged state file is rewritten below
+            state = None
+        if state is not None and os.path.basename(state.model_checkpoint_path) == os.path.basename(latest):
+            return
+        tf.compat.v1.train.update_checkpoint_state(
+            self.shared_dir, latest, all_model_checkpoint_paths=paths,
+            all_model_checkpoint_timestamps=[os.path.getmtime(f"{p}.index") for p in paths],
+            last_preserved_timestamp=0.0)
+
+    def _make_manager(self):
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self._private_dir or self.shared_dir,
+                                                  max_to_keep=self.max_to_keep)
 
     def save(self, step):
-        """Save as checkpoint number `step` (every task must call this together)."""
+        """Save as checkpoint number `step` (every task must call this together); a Diverged
+        error instead if any weight is not finite, so no NaN checkpoint rotates good ones out."""
+        if not bool(self._finite()):
+            raise Diverged(f"the weights are not finite at step {step}; not saving a checkpoint "
+                           f"(the last finite one is {self.latest() or 'none'})")
         return self.manager.save(checkpoint_number=step)
+
+    def latest(self):
+        """The newest checkpoint in the chief's directory, or None."""
+        found = list_checkpoints(self.shared_dir)
+        return found[-1] if found else None
 
     def preemption_handler(self, cluster_resolver, current_step, exit_fn):
         """A PreemptionCheckpointHandler: on SIGTERM to any worker, every worker saves through

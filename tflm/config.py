@@ -164,14 +164,31 @@ class Config:
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
     @classmethod
-    def from_dict(cls, sections, origin="config"):
-        """A validated Config from {section: {key: value}}; missing keys take their defaults."""
+    def from_dict(cls, sections, origin="config", saved=False):
+        """A validated Config from {section: {key: value}}; missing keys take their defaults,
+        except in a `saved` config (a run directory's), which must be whole."""
+        if saved:
+            check_complete(sections, origin)
         return updated(cls(), origin=origin, **sections)
 
     def to_dict(self):
         """{section: {key: value}} with plain YAML/JSON types (lists, not tuples)."""
         return {name: {f.name: _plain(getattr(getattr(self, name), f.name))
                        for f in dataclasses.fields(SECTIONS[name])} for name in SECTIONS}
+
+
+# Keys that configs saved by an older tflm lack; such configs load with their defaults.
+ADDED_SINCE_0_1 = ("train.max_nonfinite_steps",)
+
+
+def check_complete(sections, origin):
+    """Raise unless a saved config names every key (a truncated file would otherwise load with
+    defaults in place of what the run was trained with)."""
+    for key in all_keys():
+        section, name = key.split(".")
+        if key not in ADDED_SINCE_0_1 and name not in (sections.get(section) or {}):
+            raise TflmError(f"{origin} has no {key}: the file is damaged; restore it from a copy "
+                            "(it must match the run's checkpoints)")
 
 
 def _plain(value):

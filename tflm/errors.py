@@ -4,9 +4,11 @@ import functools
 import sys
 
 
-EXIT_USER_ERROR = 2  # bad input: config, TF_CONFIG, data, arguments
+EXIT_USER_ERROR = 2  # bad input: config, TF_CONFIG, data, arguments, a run directory in use
 EXIT_CLUSTER_ERROR = 3  # a peer was lost or never came up; relaunch to resume
+EXIT_DIVERGED = 4  # the loss or gradient became NaN/inf; the last finite checkpoint is kept
 EXIT_PREEMPTED = 42  # SIGTERM: every worker checkpointed at the same step; relaunch to resume
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): a checkpoint was saved if training had started; rerun to resume
 
 
 class TflmError(Exception):
@@ -22,6 +24,20 @@ class ClusterError(TflmError):
     exit_code = EXIT_CLUSTER_ERROR
 
 
+class Diverged(TflmError):
+    """The loss or gradient norm became non-finite: one line, exit code 4; nothing was saved after it."""
+
+    exit_code = EXIT_DIVERGED
+    label = "diverged"
+
+
+class Interrupted(TflmError):
+    """SIGINT arrived: one line, exit code 130 (a checkpoint was saved if training had started)."""
+
+    exit_code = EXIT_INTERRUPTED
+    label = "interrupted"
+
+
 class Preempted(TflmError):
     """SIGTERM arrived; a checkpoint was saved: one line, exit code 42 (relaunch to resume)."""
 
@@ -30,7 +46,8 @@ class Preempted(TflmError):
 
 
 def exit_on_user_error(main):
-    """Wrap a command-line `main` so a TflmError prints one line and exits with its code."""
+    """Wrap a command-line `main` so a TflmError prints one line and exits with its code, and
+    Ctrl-C before anything was started prints one line and exits 130 instead of a traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -39,5 +56,8 @@ def exit_on_user_error(main):
         except TflmError as error:
             print(f"tflm: {error.label}: {error}", file=sys.stderr, flush=True)
             sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            print("tflm: interrupted", file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper

@@ -1,19 +1,29 @@
-"""The run directory: resolved config, tokenizer vocabulary, checkpoints, history, TensorBoard.
+"""The run directory: a ledger of one training run that no code path silently destroys.
 
     RUN_DIR/config.yaml      the resolved config this run trains with
     RUN_DIR/vocab.json       the character vocabulary
     RUN_DIR/checkpoints/     tf.train.CheckpointManager files (model, optimizer, step)
     RUN_DIR/history.jsonl    one JSON object per evaluation
     RUN_DIR/tensorboard/     event files
+    RUN_DIR/lock             held by the trainer writing here (pid, host, start time)
 
-A new run directory appears whole or not at all: it is assembled under a temporary name and
-renamed into place. Only the chief writes here.
+A new run directory appears whole or not at all: it is assembled under a temporary name, lock
+included, and renamed into place. Only the chief writes here, and only while it holds the lock.
+An existing directory is resumed, never restarted: its damaged parts are reported or repaired
+(tflm.checkpoint for checkpoints, `repair_history` here), and starting over takes `--restart`,
+which moves the old directory aside rather than deleting it.
 """
 
+import contextlib
 import datetime
 import json
 import os
+import secrets
 import shutil
+import socket
+import sys
+import threading
+import time
 
 from tflm.atomic import staging_dir, write_text
 from tflm.config import Config, dump, read_yaml
@@ -22,12 +32,19 @@ from tflm.tokenizer import CharTokenizer
 
 HISTORY_KEYS = ("step", "tokens_seen", "elapsed_s", "loss", "accuracy", "val_loss", "val_accuracy",
                 "val_perplexity", "tokens_per_sec")
+LOCK_FILE = "lock"
+LOCK_REFRESH_S = 10  # a trainer touches its lock this often
+LOCK_LEASE_S = 60  # a lock from another host untouched this long belongs to a trainer that is gone
+
+
+def utc_stamp():
+    """'20261123-142233' in UTC."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
 def default_run_dir(config):
-    """runs/<model type>-<UTC timestamp>."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{config.model.type}-{stamp}")
+    """runs/<model type>-<UTC time>-<random>: two runs started in the same second still differ."""
+    return os.path.join("runs", f"{config.model.type}-{utc_stamp()}-{secrets.token_hex(3)}")
 
 
 def config_path(run_dir):
@@ -45,6 +62,11 @@ def history_path(run_dir):
     return os.path.join(run_dir, "history.jsonl")
 
 
+def lock_path(run_dir):
+    """The lock file of a run."""
+    return os.path.join(run_dir, LOCK_FILE)
+
+
 def is_run_dir(run_dir):
     """Whether `run_dir` holds a tflm run."""
     return os.path.isfile(config_path(run_dir)) and os.path.isfile(vocab_path(run_dir))
@@ -58,24 +80,44 @@ def check_usable(run_dir):
 
 
 def read_config(run_dir):
-    """The config a run was created with, checked as any config is."""
+    """The config a run was created with, checked as any config is (a damaged file is an error)."""
     path = config_path(run_dir)
-    return Config.from_dict(read_yaml(path), origin=path)
+    return Config.from_dict(read_yaml(path), origin=path, saved=True)
 
 
 def create(run_dir, config, tokenizer):
-    """Create `run_dir` with its config and vocabulary, atomically."""
+    """Create `run_dir` with its config, vocabulary and this process's lock, atomically."""
     staging = staging_dir(os.path.dirname(os.path.abspath(run_dir)), ".tflm-new-",
                           f"create run directory {run_dir}")
     try:
         write_text(config_path(staging), dump(config))
         tokenizer.save(vocab_path(staging))
-        if os.path.isdir(run_dir):
-            os.rmdir(run_dir)  # empty, checked by check_usable
-        os.rename(staging, run_dir)
+        write_text(lock_path(staging), json.dumps(lock_record()))
+        if os.path.isdir(run_dir) and not os.listdir(run_dir):
+            os.rmdir(run_dir)  # an empty directory the user made for the run
+        try:
+            os.rename(staging, run_dir)
+        except OSError:
+            raise TflmError(f"{run_dir} was created by another process meanwhile; use another --run-dir") from None
+        _refresh_while_held(lock_path(run_dir))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def replace_config(run_dir, config, tokenizer=None):
+    """Rewrite a run's config (resuming: only steps and intervals may differ), and its vocabulary
+    when it has not trained yet."""
+    write_text(config_path(run_dir), dump(config))
+    if tokenizer is not None:
+        tokenizer.save(vocab_path(run_dir))
+
+
+def move_aside(run_dir):
+    """`--restart`: rename an existing run directory to RUN_DIR.replaced-<time>; returns the new name."""
+    target = f"{os.path.normpath(run_dir)}.replaced-{utc_stamp()}"
+    os.rename(run_dir, target)
+    return target
 
 
 def load_tokenizer(run_dir):
@@ -83,29 +125,193 @@ def load_tokenizer(run_dir):
     return CharTokenizer.load(vocab_path(run_dir))
 
 
+# --- history -------------------------------------------------------------------------------
+
 def read_history(run_dir):
-    """The evaluation records of a run, oldest first."""
-    path = history_path(run_dir)
+    """The evaluation records of a run, oldest first. A partial last line (a crash while
+    appending) is left out; any other malformed line is a TflmError naming file and line."""
+    return _parse_history(history_path(run_dir))[0]
+
+
+def _parse_history(path):
+    """(records, whether the file needs rewriting: its last line has no newline)."""
     if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [], False
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline, as every complete append does
+    records = [_parse_record(path, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if tail.strip():
+        try:
+            records.append(_parse_record(path, len(lines) + 1, tail))
+        except TflmError:
+            pass  # the partial line of an interrupted append
+    return records, bool(tail)
 
 
-def truncate_history(run_dir, last_step):
-    """Drop records after `last_step` (written after the checkpoint a run resumes from)."""
-    kept = [r for r in read_history(run_dir) if r["step"] <= last_step]
-    if os.path.exists(history_path(run_dir)):
-        write_text(history_path(run_dir), "".join(json.dumps(r) + "\n" for r in kept))
+def _parse_record(path, number, line):
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise TflmError(f"{path}:{number}: not a history record (a JSON object with a 'step'); "
+                        "fix or remove that line")
+    return record
+
+
+def repair_history(run_dir, last_step):
+    """Keep the records up to `last_step` (the checkpoint a run resumes from) and drop a partial
+    last line; returns the kept records. Says what it dropped."""
+    path = history_path(run_dir)
+    records, unterminated = _parse_history(path)
+    kept = [r for r in records if r["step"] <= last_step]
+    if len(kept) == len(records) and not unterminated:
+        return kept
+    if len(kept) != len(records):
+        print(f"tflm: warning: {path}: dropped {len(records) - len(kept)} record(s) after step {last_step}, "
+              "the checkpoint training resumes from", file=sys.stderr)
+    elif unterminated:
+        print(f"tflm: warning: {path}: repaired its last line (a crash while writing it)", file=sys.stderr)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 
 def append_history(run_dir, record):
-    """Append one evaluation record."""
+    """Append one evaluation record, flushed to disk."""
     with open(history_path(run_dir), "a", encoding="utf-8") as f:
         f.write(json.dumps({k: record[k] for k in HISTORY_KEYS}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def write_config(run_dir, config):
-    """Replace a run's config (on resume, where only steps and intervals may change)."""
-    write_text(config_path(run_dir), dump(config))
+# --- the lock --------------------------------------------------------------------------------
+
+def lock_record():
+    """Who holds a lock: this process."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "process_start": process_start(os.getpid()),
+            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)}
+
+
+def process_start(pid):
+    """A process's start time in clock ticks since boot (Linux), to tell a reused pid apart; None
+    where /proc is not there."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _proc_stat(pid):
+    """The fields of /proc/PID/stat after the command name, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        int(fields[19])
+        return fields
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def holder_is_gone(holder, path):
+    """Whether the trainer in a lock record has stopped: on this host, its process is gone; on
+    another host, it stopped refreshing the lock (it does every LOCK_REFRESH_S) for LOCK_LEASE_S.
+    For another host's recently refreshed lock this waits, at most LOCK_LEASE_S, to tell."""
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        return not _process_alive(holder["pid"], holder.get("process_start"))
+    first_seen = _mtime(path)
+    while time.time() - _mtime(path) < LOCK_LEASE_S:
+        if _mtime(path) != first_seen:
+            return False  # refreshed: alive
+        time.sleep(1.0)
+    return True
+
+
+def _process_alive(pid, started):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    fields = _proc_stat(pid)
+    if fields is None:
+        return True  # no /proc: the pid exists, assume it is the holder
+    return fields[0] not in ("Z", "X") and (started is None or int(fields[19]) == started)
+
+
+def acquire_lock(run_dir):
+    """Take the run directory's lock for this process, clearing a stale one; a TflmError naming
+    the holder if another live trainer has it. The lock is refreshed while held."""
+    path = lock_path(run_dir)
+    for _ in range(40):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_lock(path)
+            if holder == {}:
+                continue  # released meanwhile
+            if holder is None and time.time() - _mtime(path) < 5:
+                time.sleep(0.25)  # being written right now
+                continue
+            if holder is not None and not holder_is_gone(holder, path):
+                raise TflmError(
+                    f"{run_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} since "
+                    f"{holder.get('since')}; wait for it to finish, or delete {path} if that process is gone"
+                ) from None
+            print(f"tflm: warning: removing the stale lock of a trainer that is gone: {path}", file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            continue
+        except OSError as error:
+            raise TflmError(f"cannot lock {run_dir}: {error.strerror}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(lock_record(), f)
+        _refresh_while_held(path)
+        return
+    raise TflmError(f"cannot lock {run_dir}: another process keeps taking {path}")
+
+
+_held_locks = set()
+
+
+def _refresh_while_held(path):
+    """Touch `path` every LOCK_REFRESH_S until it is released, so other hosts see it is alive."""
+    _held_locks.add(os.path.abspath(path))
+    if len(_held_locks) == 1:
+        threading.Thread(target=_refresh_locks, name="tflm-lock-refresh", daemon=True).start()
+
+
+def _refresh_locks():
+    while _held_locks:
+        time.sleep(LOCK_REFRESH_S)
+        for path in list(_held_locks):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+
+def _mtime(path):
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return 0.0
+
+
+def read_lock(path):
+    """The record in a lock file; None if it is empty or unreadable (a crash while writing it)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) else None
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return None
+
+
+def release_lock(run_dir):
+    """Remove the lock if this process holds it."""
+    path = lock_path(run_dir)
+    _held_locks.discard(os.path.abspath(path))
+    holder = read_lock(path)
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        os.remove(path)

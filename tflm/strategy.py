@@ -7,11 +7,11 @@ strategy. `runtime.logical_cpus` splits the CPU so MirroredStrategy runs on a la
 
 import contextlib
 import dataclasses
-import faulthandler
 import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -67,7 +67,18 @@ def parse_tf_config(text):
                         f"(0..{len(cluster[kind]) - 1})")
     num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
     addresses = tuple((Task(k, i).name, a) for k in ("chief", "worker") for i, a in enumerate(cluster.get(k, [])))
+    check_distinct_addresses(addresses)
     return Task(kind, index, num_workers, "chief" in cluster, addresses)
+
+
+def check_distinct_addresses(addresses):
+    """Raise if two tasks of a TF_CONFIG cluster share an address (they would wait for each other forever)."""
+    seen = {}
+    for name, address in addresses:
+        if address in seen:
+            raise TflmError(f"TF_CONFIG gives {seen[address]} and {name} the same address {address}; "
+                            "every task needs its own host:port")
+        seen[address] = name
 
 
 def current_task():
@@ -92,14 +103,15 @@ def split_cpu(logical_cpus):
                             f"with {current} CPU devices in this process") from None
 
 
-def resolve_strategy_name(runtime):
-    """The concrete strategy name for runtime.strategy (resolving auto)."""
+def resolve_strategy_name(runtime, probe_devices=True):
+    """The concrete strategy name for runtime.strategy (resolving auto; without `probe_devices`,
+    GPUs are not counted)."""
     name = runtime.strategy
     if name != "auto":
         return name
     if os.environ.get("TF_CONFIG", "").strip():
         return "multi_worker"
-    if len(tf.config.list_physical_devices("GPU")) >= 2 or runtime.logical_cpus >= 2:
+    if runtime.logical_cpus >= 2 or (probe_devices and len(tf.config.list_physical_devices("GPU")) >= 2):
         return "mirrored"
     return "default"
 
@@ -165,11 +177,11 @@ def wait_for_peers(task, timeout_s):
     Python thread, not even a SIGTERM handler, runs), so the waiting has to happen here.
     """
     own = dict(task.addresses)[task.name]
-    host, _, port = own.rpartition(":")
+    port = own.rpartition(":")[2]
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener.bind((host, int(port)))
+        listener.bind(("", int(port)))  # every interface: the task's own name may not resolve to it yet
     except OSError:
         listener.close()
         raise TflmError(f"{task.name}'s address {own} is already in use") from None
@@ -188,23 +200,50 @@ def wait_for_peers(task, timeout_s):
         listener.close()
 
 
-class StartupDeadline:
-    """Backstop for a peer that vanishes between the rendezvous and the first collective: ends
-    the process (exit code 1) if TensorFlow has not finished starting the cluster in time.
-    faulthandler's timer is a C thread, so it fires even while TensorFlow holds the GIL."""
+WATCHDOG = """
+import os, select, signal, sys
+parent, timeout_s, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], timeout_s)[0]:  # neither disarmed nor ended in time
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    os.kill(parent, signal.SIGKILL)
+"""
 
-    def __init__(self, task, timeout_s):
-        self._armed = task.num_workers > 1
-        if self._armed:
-            self._devnull = open(os.devnull, "w")
-            faulthandler.dump_traceback_later(timeout_s, exit=True, file=self._devnull)
 
-    def ready(self):
-        """The cluster is up: disarm."""
-        if self._armed:
-            faulthandler.cancel_dump_traceback_later()
-            self._devnull.close()
-            self._armed = False
+@contextlib.contextmanager
+def startup_watchdog(task, timeout_s, prefix):
+    """Backstop for a peer that vanishes between the rendezvous and TensorFlow's cluster start:
+    TensorFlow then waits without a deadline while holding the GIL, so no Python thread or
+    signal handler runs. A watchdog process prints one line and kills this one (status 137) if
+    the block has not finished in `timeout_s`; closing its stdin disarms it, and it also ends
+    when this process does."""
+    if task.num_workers <= 1:
+        yield
+        return
+    message = (f"{prefix}tflm: error: TensorFlow did not start the cluster within runtime.cluster_timeout_s="
+               f"{timeout_s}s (a peer went away after the rendezvous?); relaunch the same command on every worker")
+    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(timeout_s), message],
+                                stdin=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        watchdog.stdin.close()
+        watchdog.wait()
+
+
+DATA_BARRIER_TIMEOUT_S = 7 * 86400
+
+
+def wait_for_every_worker(strategy):
+    """A barrier with no practical deadline (a week): after each worker has read its data, which
+    can take long and unevenly, before the first collective with runtime.cluster_timeout_s. A
+    peer that dies meanwhile still fails it at once (its connection resets)."""
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=DATA_BARRIER_TIMEOUT_S)
+
+    def arrive():
+        return tf.distribute.get_replica_context().all_reduce("SUM", tf.constant(1.0), options=options)
+
+    tf.function(lambda: strategy.run(arrive))()
 
 
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
@@ -252,7 +291,8 @@ def lost_peer_error(error, task, step):
         peer = "a peer"
     reason = re.search(r"connection reset by peer|connection refused|socket closed|heartbeat|deadline exceeded",
                        text, re.IGNORECASE)
-    return ClusterError(f"lost {peer} at step {step} ({reason.group(0) if reason else type(error).__name__}); "
+    when = "during start-up" if step is None else f"at step {step}"
+    return ClusterError(f"lost {peer} {when} ({reason.group(0) if reason else type(error).__name__}); "
                         f"relaunch the same command to resume from the last checkpoint")
 
 

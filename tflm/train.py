@@ -1,29 +1,36 @@
 """`python -m tflm.train`: train a language model into a run directory.
 
 Runs alone, or on every worker of a `TF_CONFIG` cluster (see `tflm.launch` for localhost).
-Running the same command on an existing run directory resumes from its latest checkpoint.
+Running the same command on an existing run directory resumes from its latest checkpoint; a run
+directory is never restarted, truncated or overwritten unless `--restart` says so (and then the
+old one is moved aside, not deleted).
+
+Start-up order, so that bad input fails before anything is written: check the config and the
+cluster description; check the run directory (and lock it if it exists); meet the other workers
+(deadline: runtime.cluster_timeout_s); start TensorFlow's cluster (same deadline, enforced by a
+watchdog); read the data (no deadline: it can take long on a large corpus); build the model;
+restore; only then create the run directory, and train.
 """
 
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from tflm import run_dir as runs  # noqa: E402
-from tflm.checkpoint import Checkpointer  # noqa: E402
-from tflm.config import check_resume_compatible, load_config  # noqa: E402
+from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir  # noqa: E402
+from tflm.config import check_resume_compatible, dump, load_config  # noqa: E402
+from tflm.controller import Controller  # noqa: E402
 from tflm.data import (check_corpus_fits, eval_batches_per_pass, eval_dataset_fn,  # noqa: E402
                        load_corpus, train_dataset_fn)
-from tflm.errors import Preempted, TflmError, exit_on_user_error  # noqa: E402
+from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
 from tflm.models import build_model  # noqa: E402
 from tflm.progress import Progress  # noqa: E402
-from tflm.strategy import (StartupDeadline, current_task, exit_if_a_peer_is_lost,  # noqa: E402
-                           make_strategy, wait_for_peers)
+from tflm.strategy import (current_task, exit_if_a_peer_is_lost, make_strategy,  # noqa: E402
+                           resolve_strategy_name, startup_watchdog, wait_for_every_worker, wait_for_peers)
 from tflm.trainer import Trainer, make_optimizer  # noqa: E402
 
 
@@ -33,50 +40,96 @@ def parse_args(argv):
     parser.add_argument("--config", help="YAML config (default: the built-in char_transformer)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable)")
-    parser.add_argument("--run-dir", help="where to write (default: runs/<model>-<time>); resumes if it exists")
+    parser.add_argument("--run-dir", help="where to write (default: runs/<model>-<time>-<id>); resumes if it exists")
     parser.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi_worker"),
                         help="shorthand for --set runtime.strategy=...")
+    parser.add_argument("--restart", action="store_true",
+                        help="start over in an existing --run-dir: it is first renamed to RUN_DIR.replaced-<time>")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser.parse_args(argv)
 
 
 @exit_on_user_error
 def main(argv=None):
-    """Entry point of `python -m tflm.train` and the `tflm-train` script."""
+    """Entry point of `python -m tflm.train` and `tflm train`."""
     args = parse_args(argv)
     overrides = args.set + ([f"runtime.strategy={args.strategy}"] if args.strategy else [])
-    train(load_config(args.config, overrides), args.run_dir)
+    config = load_config(args.config, overrides)
+    if args.print_config:
+        print(dump(config), end="")
+        return 0
+    train(config, args.run_dir, restart=args.restart)
     return 0
 
 
-def train(config, run_dir=None):
+def train(config, run_dir=None, restart=False):
     """Train (or resume) the run in `run_dir` as configured; returns the run directory."""
     task = current_task()
+    check_strategy_matches_cluster(config.runtime, task)
     if task.num_workers > 1 and not run_dir:
         raise TflmError("multi-worker training needs --run-dir, the same shared path on every worker")
     run_dir = run_dir or runs.default_run_dir(config)
-    runs.check_usable(run_dir)
-    resuming = runs.is_run_dir(run_dir)
-    if resuming:
-        check_resume_compatible(runs.read_config(run_dir), config)
     prefix = f"[{task.name}] " if task.num_workers > 1 else ""
+    locked = False
+    try:
+        resuming, locked = open_run_dir(run_dir, config, task, restart)
+        if task.num_workers > 1:
+            wait_for_peers(task, config.runtime.cluster_timeout_s)
+        with startup_watchdog(task, config.runtime.cluster_timeout_s, prefix):
+            strategy = make_strategy(config.runtime)
+        with exit_if_a_peer_is_lost(task, prefix, lambda: None):
+            return train_in(config, run_dir, task, strategy, resuming, prefix)
+    finally:
+        if locked or (task.is_chief and runs.is_run_dir(run_dir)):
+            runs.release_lock(run_dir)
 
-    if task.num_workers > 1:
-        wait_for_peers(task, config.runtime.cluster_timeout_s)
-    deadline = StartupDeadline(task, config.runtime.cluster_timeout_s)
-    strategy = make_strategy(config.runtime)
+
+def check_strategy_matches_cluster(runtime, task):
+    """Raise if TF_CONFIG describes several workers but the strategy would train each alone."""
+    if task.num_workers > 1 and resolve_strategy_name(runtime, probe_devices=False) != "multi_worker":
+        raise TflmError(f"TF_CONFIG describes a cluster of {task.num_workers} workers, but "
+                        f"runtime.strategy={runtime.strategy} would train each of them alone on the same "
+                        "run directory; use runtime.strategy=multi_worker (or auto)")
+
+
+def open_run_dir(run_dir, config, task, restart):
+    """Check `run_dir` before anything else is done; returns (resuming, locked).
+
+    The chief locks an existing run directory at once, so a second trainer stops here. `restart`
+    moves an existing directory aside. A directory that holds no checkpoint and no history (a
+    run that failed before its first checkpoint) starts again with the new config.
+    """
+    runs.check_usable(run_dir)
+    if not runs.is_run_dir(run_dir):
+        return False, False
+    if not task.is_chief:
+        return has_progress(run_dir) and not restart, False
+    runs.acquire_lock(run_dir)
+    if restart:
+        moved = runs.move_aside(run_dir)
+        os.remove(os.path.join(moved, runs.LOCK_FILE))
+        print(f"tflm: --restart: moved the previous run to {moved}", flush=True)
+        return False, False
+    if has_progress(run_dir):
+        check_resume_compatible(runs.read_config(run_dir), config)
+        return True, True
+    return False, True
+
+
+def has_progress(run_dir):
+    """Whether a run directory holds anything a run produced: a checkpoint or a history record."""
+    return bool(list_checkpoints(checkpoint_dir(run_dir))) or bool(runs.read_history(run_dir))
+
+
+def train_in(config, run_dir, task, strategy, resuming, prefix):
+    """Data, model, restore, then the run directory and the loop (strategy started)."""
     replicas, global_batch = strategy.num_replicas_in_sync, config.train.global_batch_size
     if global_batch % replicas:
         raise TflmError(f"train.global_batch_size={global_batch} is not divisible by the {replicas} replicas")
     corpus = load_corpus(config.data, runs.load_tokenizer(run_dir) if resuming else None)
     check_corpus_fits(corpus, config.data.seq_len, global_batch)
-
-    if task.is_chief:
-        if resuming:
-            runs.write_config(run_dir, config)
-        else:
-            runs.create(run_dir, config, corpus.tokenizer)
-    print(f"{prefix}tflm: run directory {run_dir} ({type(strategy).__name__}, {replicas} replica(s))",
-          flush=True)
+    if task.num_workers > 1:
+        wait_for_every_worker(strategy)
 
     keras.mixed_precision.set_dtype_policy(config.runtime.precision)
     keras.utils.set_random_seed(config.train.seed)
@@ -84,94 +137,41 @@ def train(config, run_dir=None):
         model = build_model(config.model, corpus.tokenizer.vocabulary_size, config.data.seq_len)
         optimizer = make_optimizer(config.train)
         optimizer.build(model.trainable_variables)
-    deadline.ready()  # building mirrored variables broadcast them: every peer is up
-    checkpointer = Checkpointer(run_dir, task, model, optimizer, config.train.keep_checkpoints)
+    trainer = Trainer(strategy, model, optimizer, config.train, config.data.seq_len, config.runtime.jit_compile)
+    checkpointer = Checkpointer(run_dir, task, model, optimizer, config.train.keep_checkpoints, trainer.state())
     try:
-        run_loop(config, run_dir, task, strategy, corpus, Trainer(strategy, model, optimizer, config),
-                 checkpointer, prefix)
+        with exit_if_a_peer_is_lost(task, prefix, lambda: trainer.step):
+            restored = checkpointer.restore_latest()
+            if resuming and not restored:
+                raise TflmError(f"{run_dir} has training history but no checkpoint in {checkpointer.shared_dir}; "
+                                "restore the checkpoint files, or start over with --restart")
+            step = trainer.step
+            if task.is_chief:
+                if resuming:
+                    runs.replace_config(run_dir, config)
+                elif runs.is_run_dir(run_dir):
+                    runs.replace_config(run_dir, config, corpus.tokenizer)  # nothing trained in it yet
+                else:
+                    runs.create(run_dir, config, corpus.tokenizer)
+            print(f"{prefix}tflm: run directory {run_dir} ({type(strategy).__name__}, {replicas} replica(s))",
+                  flush=True)
+            progress = Progress(config.train.steps, global_batch * config.data.seq_len, prefix)
+            if step >= config.train.steps:
+                progress.log(f"run already finished: step {step} of train.steps={config.train.steps}; nothing to do")
+                return run_dir
+            if restored:
+                progress.log(f"resuming from {restored} at step {step}")
+            history = runs.repair_history(run_dir, step) if task.is_chief else []
+            train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn(corpus, config, step)))
+            eval_iterator = iter(strategy.distribute_datasets_from_function(eval_dataset_fn(corpus, config)))
+            controller = Controller(trainer, checkpointer, config.train, global_batch * config.data.seq_len,
+                                    run_dir, task, progress)
+            controller.run(train_iterator, eval_iterator, eval_batches_per_pass(corpus, config),
+                           strategy.cluster_resolver if task.num_workers > 1 else None,
+                           history[-1]["elapsed_s"] if history else 0.0)
     finally:
         checkpointer.close()
     return run_dir
-
-
-def run_loop(config, run_dir, task, strategy, corpus, trainer, checkpointer, prefix):
-    """Restore, then train to train.steps with evaluations, history and checkpoints."""
-    t = config.train
-    restored = checkpointer.restore_latest()
-    step = int(trainer.optimizer.iterations.numpy())
-    tokens_per_step = t.global_batch_size * config.data.seq_len
-    progress = Progress(t.steps, tokens_per_step, prefix)
-    if step >= t.steps:
-        progress.log(f"run already finished: step {step} of train.steps={t.steps}; nothing to do")
-        return
-    if restored:
-        progress.log(f"resuming from {restored} at step {step}")
-    history = runs.truncate_history(run_dir, step) if task.is_chief else []
-    elapsed_before_s = history[-1]["elapsed_s"] if history else 0.0
-    writer = (tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if task.is_chief
-              else tf.summary.create_noop_writer())
-
-    preemption = checkpointer.preemption_handler(
-        strategy.cluster_resolver if task.num_workers > 1 else None, lambda: step, lambda: preempted(step)
-    )
-    train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn(corpus, config, step)))
-    eval_iterator = iter(strategy.distribute_datasets_from_function(eval_dataset_fn(corpus, config)))
-    eval_batches = eval_batches_per_pass(corpus, config)
-    checkpoint_every = t.checkpoint_every or t.eval_every
-
-    trainer.train_metrics.reset()
-    start = period_start = time.perf_counter()
-    period_start_step = step
-    progress.start(step)
-    with exit_if_a_peer_is_lost(task, prefix, lambda: step):
-        while step < t.steps:
-            preemption.save_checkpoint_if_preempted()
-            trainer.train_step(train_iterator)
-            step += 1
-            progress.update(step, lambda: trainer.train_metrics.result()["loss"])
-            if step % t.eval_every == 0 or step == t.steps:
-                train_metrics = trainer.train_metrics.result()  # waits for the last step to finish
-                train_time_s = time.perf_counter() - period_start
-                val = trainer.evaluate(eval_iterator, eval_batches)
-                record = {
-                    "step": step, "tokens_seen": step * tokens_per_step,
-                    "elapsed_s": round(elapsed_before_s + time.perf_counter() - start, 3),
-                    "loss": train_metrics["loss"], "accuracy": train_metrics["accuracy"],
-                    "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                    "val_perplexity": val["perplexity"],
-                    "tokens_per_sec": (step - period_start_step) * tokens_per_step / train_time_s,
-                }
-                report(record, train_metrics, val, progress, writer, t.steps, run_dir if task.is_chief else None)
-                trainer.train_metrics.reset()
-            if step % checkpoint_every == 0 or step == t.steps:
-                checkpointer.save(step)
-            if step % t.eval_every == 0:
-                period_start, period_start_step = time.perf_counter(), step
-    progress.log(f"done: step {step}; checkpoints in {checkpointer.shared_dir}")
-
-
-def preempted(step):
-    """PreemptionCheckpointHandler's exit: the checkpoint at `step` is saved on every worker."""
-    raise Preempted(f"SIGTERM received; checkpoint saved at step {step} on every worker; "
-                    "relaunch the same command to resume")
-
-
-def report(record, train_metrics, val, progress, writer, total_steps, history_dir):
-    """Log an evaluation, append it to history.jsonl (chief) and TensorBoard."""
-    progress.log(
-        f"step {record['step']}/{total_steps}  loss {record['loss']:.4f}  acc {record['accuracy']:.3f}  "
-        f"val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}  "
-        f"val_ppl {record['val_perplexity']:.2f}  val_bpc {val['bits_per_char']:.3f}  "
-        f"{record['tokens_per_sec']:.0f} tok/s"
-    )
-    if history_dir:
-        runs.append_history(history_dir, record)
-    with writer.as_default(step=record["step"]):
-        for name, value in {**{f"train/{k}": v for k, v in train_metrics.items()},
-                            **{f"validation/{k}": v for k, v in val.items()},
-                            "tokens_per_sec": record["tokens_per_sec"]}.items():
-            tf.summary.scalar(name, value)
-    writer.flush()
 
 
 if __name__ == "__main__":

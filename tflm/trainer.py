@@ -83,19 +83,36 @@ def token_loss_and_accuracy(targets, logits):
 
 
 class Trainer:
-    """Owns the compiled train and eval steps for one model, optimizer and strategy."""
+    """Owns the compiled train and eval steps for one model, optimizer and strategy.
 
-    def __init__(self, strategy, model, optimizer, config):
+    A step whose all-reduced gradient norm is NaN or inf is skipped: no update, and
+    `nonfinite_steps` counts it (the loop stops past train.max_nonfinite_steps). The optimizer's
+    `iterations` still advances, so it counts the batches consumed, which is the step number
+    everything else (data position, checkpoints, history) uses.
+    """
+
+    def __init__(self, strategy, model, optimizer, train_config, seq_len, jit_compile):
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
-        self.clip_norm = config.train.clip_norm
-        global_batch, seq_len = config.train.global_batch_size, config.data.seq_len
-        self.global_tokens = float(global_batch * seq_len)
+        self.clip_norm = train_config.clip_norm
+        self.global_tokens = float(train_config.global_batch_size * seq_len)
         self.train_metrics, self.eval_metrics = TokenMetrics(), TokenMetrics()
-        jit = config.runtime.jit_compile
-        self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=jit)
-        self._forward = tf.function(self._forward_fn, jit_compile=jit)
+        with strategy.scope():
+            self.nonfinite_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_steps")
+            self.first_nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False,
+                                                    name="first_nonfinite_step")
+        self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=jit_compile)
+        self._forward = tf.function(self._forward_fn, jit_compile=jit_compile)
         self.train_step = tf.function(self._train_step_fn)
         self.eval_step = tf.function(self._eval_step_fn)
+
+    @property
+    def step(self):
+        """Batches trained on so far (applied or skipped): the optimizer's iteration count."""
+        return int(self.optimizer.iterations.numpy())
+
+    def state(self):
+        """Variables a checkpoint must hold beside the model and optimizer."""
+        return {"nonfinite_steps": self.nonfinite_steps, "first_nonfinite_step": self.first_nonfinite_step}
 
     def _forward_backward_fn(self, inputs, targets):
         with tf.GradientTape() as tape:
@@ -105,17 +122,35 @@ class Trainer:
         grads = tape.gradient(scaled_loss, self.model.trainable_variables)
         return grads, loss_sum, correct
 
-    def _replica_train_step(self, inputs, targets):
+    def _replica_gradients(self, inputs, targets):
+        """All-reduced, clipped gradients; [loss sum, correct, tokens]; whether the norm is finite
+        (the same on every replica, since the gradients are the same)."""
         grads, loss_sum, correct = self._forward_backward(inputs, targets)
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        grads, _ = tf.clip_by_global_norm(grads, self.clip_norm)
+        norm = tf.linalg.global_norm(grads)
+        grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
+        return grads, tf.stack([loss_sum, correct, tf.cast(tf.size(targets), tf.float32)]), tf.math.is_finite(norm)
+
+    def _replica_apply(self, grads):
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return tf.stack([loss_sum, correct, tf.cast(tf.size(targets), tf.float32)])
 
     def _train_step_fn(self, iterator):
         inputs, targets = next(iterator)
-        sums = self.strategy.run(self._replica_train_step, args=(inputs, targets))
-        self.train_metrics.update(self.strategy.reduce("SUM", sums, axis=None))
+        grads, sums, finite = self.strategy.run(self._replica_gradients, args=(inputs, targets))
+        finite = self.strategy.experimental_local_results(finite)[0]
+
+        def apply():
+            self.strategy.run(self._replica_apply, args=(grads,))
+
+        def skip():  # in cross-replica context: a cond branch cannot hold the optimizer's merge_call
+            self.first_nonfinite_step.assign(tf.where(self.first_nonfinite_step < 0,
+                                                      self.optimizer.iterations + 1, self.first_nonfinite_step))
+            self.nonfinite_steps.assign_add(1)
+            self.optimizer.iterations.assign_add(1)
+
+        tf.cond(finite, apply, skip)
+        sums = self.strategy.reduce("SUM", sums, axis=None)
+        self.train_metrics.update(tf.where(finite, sums, tf.zeros_like(sums)))
 
     def _forward_fn(self, inputs, targets):
         loss_sum, correct = token_loss_and_accuracy(targets, self.model(inputs, training=False))

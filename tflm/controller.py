@@ -1,0 +1,144 @@
+"""The outer training loop: steps, evaluations, history, checkpoints, and every way a run stops.
+
+As in Orbit, the Controller owns the loop and the Trainer (tflm.trainer) owns the compiled steps.
+The step counter is the optimizer's `iterations` variable, restored with the checkpoint. Between
+steps the Controller checks, in order: a preemption notice (SIGTERM: every worker saves at the
+same step, exit 42), Ctrl-C (single process: save, exit 130), and divergence (a NaN/inf gradient
+beyond train.max_nonfinite_steps: stop without saving, exit 4).
+"""
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import tensorflow as tf
+
+from tflm import run_dir as runs
+from tflm.errors import Diverged, Interrupted, Preempted
+
+
+class Controller:
+    """Runs a Trainer to train.steps with evaluations, history, TensorBoard and checkpoints."""
+
+    def __init__(self, trainer, checkpointer, train_config, tokens_per_step, run_dir, task, progress):
+        self.trainer, self.checkpointer, self.config = trainer, checkpointer, train_config
+        self.tokens_per_step, self.run_dir, self.task, self.progress = tokens_per_step, run_dir, task, progress
+        self.checkpoint_every = train_config.checkpoint_every or train_config.eval_every
+        self.writer = (tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if task.is_chief
+                       else tf.summary.create_noop_writer())
+        self._sigint = False
+        self._saved_step = None
+        self._nonfinite_seen = int(trainer.nonfinite_steps.numpy())
+
+    def run(self, train_iterator, eval_iterator, eval_batches, cluster_resolver, elapsed_before_s):
+        """Train from the restored step to train.steps."""
+        t, trainer, progress = self.config, self.trainer, self.progress
+        step = trainer.step
+        preemption = self.checkpointer.preemption_handler(
+            cluster_resolver, lambda: trainer.step, lambda: self._preempted(trainer.step))
+        trainer.train_metrics.reset()
+        start = period_start = time.perf_counter()
+        period_start_step = step
+        progress.start(step)
+        with self._ctrl_c_saves():
+            while step < t.steps:
+                self._stop_if_asked(preemption, step)
+                trainer.train_step(train_iterator)
+                step = trainer.step
+                self._check_divergence(step)
+                progress.update(step, lambda: trainer.train_metrics.result()["loss"])
+                if step % t.eval_every == 0 or step == t.steps:
+                    train_metrics = trainer.train_metrics.result()  # waits for the last step to finish
+                    train_time_s = time.perf_counter() - period_start
+                    val = trainer.evaluate(eval_iterator, eval_batches)
+                    record = {
+                        "step": step, "tokens_seen": step * self.tokens_per_step,
+                        "elapsed_s": round(elapsed_before_s + time.perf_counter() - start, 3),
+                        "loss": train_metrics["loss"], "accuracy": train_metrics["accuracy"],
+                        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                        "val_perplexity": val["perplexity"],
+                        "tokens_per_sec": (step - period_start_step) * self.tokens_per_step / train_time_s,
+                    }
+                    self._report(record, train_metrics, val)
+                    trainer.train_metrics.reset()
+                    period_start, period_start_step = time.perf_counter(), step
+                if step % self.checkpoint_every == 0 or step == t.steps:
+                    self._save(step)
+        progress.log(f"done: step {step}; checkpoints in {self.checkpointer.shared_dir}")
+
+    def _save(self, step):
+        if self._saved_step != step:
+            self.checkpointer.save(step)
+            self._saved_step = step
+
+    def _stop_if_asked(self, preemption, step):
+        preemption.save_checkpoint_if_preempted()
+        if self._sigint:
+            self._save(step)
+            raise Interrupted(f"Ctrl-C at step {step}; checkpoint saved ({self.checkpointer.latest()}); "
+                              "run the same command to resume")
+
+    def _preempted(self, step):
+        """PreemptionCheckpointHandler's exit: the checkpoint at `step` is saved on every worker."""
+        raise Preempted(f"SIGTERM received; checkpoint saved at step {step} on every worker; "
+                        "relaunch the same command to resume")
+
+    def _check_divergence(self, step):
+        """Stop past train.max_nonfinite_steps skipped steps; warn about each one skipped."""
+        count = int(self.trainer.nonfinite_steps.numpy())
+        if count == self._nonfinite_seen:
+            return
+        self._nonfinite_seen = count
+        allowed, first = self.config.max_nonfinite_steps, int(self.trainer.first_nonfinite_step.numpy())
+        if count > allowed:
+            raise Diverged(
+                f"the loss or gradient became NaN/inf at step {first} ({count} such step(s), "
+                f"train.max_nonfinite_steps={allowed}); stopped at step {step} without saving; the last "
+                f"finite checkpoint is {self.checkpointer.latest() or 'none'}; lower train.learning_rate, "
+                "or resume with a larger train.max_nonfinite_steps to skip the bad batches")
+        self.progress.log(f"warning: step {step}: NaN/inf gradient, update skipped ({count} of at most {allowed})")
+
+    @contextlib.contextmanager
+    def _ctrl_c_saves(self):
+        """While training alone, Ctrl-C asks the loop to checkpoint and stop (a second one stops at
+        once); in a cluster it becomes SIGTERM, which checkpoints every worker at the same step."""
+        if not _in_main_thread():
+            yield
+            return
+
+        def on_sigint(signum, frame):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if self.task.num_workers > 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                self._sigint = True
+                self.progress.log("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _report(self, record, train_metrics, val):
+        """Log an evaluation, append it to history.jsonl (chief) and TensorBoard."""
+        self.progress.log(
+            f"step {record['step']}/{self.config.steps}  loss {record['loss']:.4f}  acc {record['accuracy']:.3f}  "
+            f"val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}  "
+            f"val_ppl {record['val_perplexity']:.2f}  val_bpc {val['bits_per_char']:.3f}  "
+            f"{record['tokens_per_sec']:.0f} tok/s"
+        )
+        if self.task.is_chief:
+            runs.append_history(self.run_dir, record)
+        with self.writer.as_default(step=record["step"]):
+            for name, value in {**{f"train/{k}": v for k, v in train_metrics.items()},
+                                **{f"validation/{k}": v for k, v in val.items()},
+                                "tokens_per_sec": record["tokens_per_sec"]}.items():
+                tf.summary.scalar(name, value)
+        self.writer.flush()
+
+
+def _in_main_thread():
+    return threading.current_thread() is threading.main_thread()
