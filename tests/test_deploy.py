@@ -4,9 +4,13 @@ versions."""
 
 import json
 import os
+import shlex
+import signal
 import subprocess
+import time
 
 import pytest
+import yaml
 
 from tflm.cluster import SLURM_PORT_BASE, slurm_tf_config, use_cluster
 from tflm.config import RuntimeConfig, load_config
@@ -15,7 +19,31 @@ from tflm.strategy import parse_tf_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "deploy")
+TFJOB = os.path.join(DEPLOY, "kubeflow", "tfjob.yaml")
 SBATCH = os.path.join(DEPLOY, "slurm", "train.sbatch")
+
+
+def operator_retries(code):
+    """The training operator's rule for restartPolicy ExitCode (kubeflow/training-operator,
+    pkg/util/train/train_util.go: IsRetryableExitCode is `exitCode >= 128`)."""
+    return code >= 128
+
+
+def deploy_files(*suffixes):
+    """Paths of the files under deploy/ whose names end with one of `suffixes`."""
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(DEPLOY) for f in files if f.endswith(suffixes))
+
+
+def yaml_docs(path):
+    """The documents of a YAML file."""
+    with open(path, encoding="utf-8") as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc is not None]
+
+
+def doc_of_kind(path, kind):
+    """The one document of `kind` in a manifest."""
+    (doc,) = [d for d in yaml_docs(path) if d.get("kind") == kind]
+    return doc
 
 
 # --- Slurm: TF_CONFIG from srun's variables -------------------------------------------------------
@@ -121,3 +149,105 @@ def test_sbatch_requeues_after_a_lost_peer_or_preemption_only(tmp_path, code, re
                                         capture_output=True, text=True, timeout=30)
         assert retried_enough.returncode == code
         assert (tmp_path / "scontrol").read_text() == "requeue 77\n"  # not again after 5 requeues
+
+
+# --- Kubeflow TFJob: tflm's exit codes under restartPolicy ExitCode ---------------------------------
+
+def tfjob_containers():
+    """{replica type: its `tensorflow` container} of the TFJob."""
+    specs = doc_of_kind(TFJOB, "TFJob")["spec"]["tfReplicaSpecs"]
+    return {kind: next(c for c in spec["template"]["spec"]["containers"] if c["name"] == "tensorflow")
+            for kind, spec in specs.items()}
+
+
+def test_tfjob_has_a_chief_and_workers_that_retry_by_exit_code_on_a_shared_volume():
+    tfjob = doc_of_kind(TFJOB, "TFJob")
+    specs = tfjob["spec"]["tfReplicaSpecs"]
+    assert set(specs) == {"Chief", "Worker"}  # tflm's TF_CONFIG task types: chief and worker
+    claim = doc_of_kind(TFJOB, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for kind, spec in specs.items():
+        assert spec["restartPolicy"] == "ExitCode", kind
+        container = tfjob_containers()[kind]
+        args = container["args"]
+        assert args[:3] == ["python", "-m", "tflm.train"]
+        run_dir = args[args.index("--run-dir") + 1]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+        shared = [name for name, path in mounts.items() if run_dir.startswith(path + "/")]
+        assert shared and volumes[shared[0]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+
+@pytest.mark.parametrize("code, retried", [(0, False), (1, False), (2, False), (3, True), (4, False), (42, True)])
+def test_tfjob_retries_a_lost_peer_and_preemption_but_not_bad_input_or_divergence(code, retried):
+    for kind, container in tfjob_containers().items():
+        result = subprocess.run(container["command"] + ["sh", "-c", f"exit {code}"], timeout=30)
+        assert result.returncode != 0 or code == 0, kind
+        assert operator_retries(result.returncode) == retried, (kind, result.returncode)
+        if code in (0, 2, 4):
+            assert result.returncode == code  # what the user reads in the pod status
+
+
+def test_tfjob_passes_sigterm_on_and_keeps_the_preempted_exit_code(tmp_path):
+    ready = tmp_path / "ready"
+    training = f"trap 'exit 42' TERM; touch {ready}; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(tfjob_containers()["Worker"]["command"] + ["sh", "-c", training])
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what the kubelet sends PID 1 on eviction or preemption
+    assert proc.wait(timeout=20) == 128 + 42
+    assert operator_retries(proc.returncode)
+
+
+# --- Every config key and file a recipe names exists -----------------------------------------------
+
+def string_lists(node):
+    """Every list of strings inside a parsed YAML document (container commands and args)."""
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from string_lists(value)
+    elif isinstance(node, list):
+        if node and all(isinstance(item, str) for item in node):
+            yield node
+        for value in node:
+            yield from string_lists(value)
+
+
+def command_lines():
+    """(file, tokens) for every command line in deploy/: YAML string lists and shell lines."""
+    for path in deploy_files(".yaml", ".yml"):
+        for doc in yaml_docs(path):
+            for tokens in string_lists(doc):
+                yield path, tokens
+    for path in deploy_files(".sbatch", ".sh"):
+        with open(path, encoding="utf-8") as f:
+            for line in f.read().replace("\\\n", " ").splitlines():
+                yield path, shlex.split(line, comments=True)
+
+
+def option_values(tokens, option):
+    """The values of `option` in a command line, as `option value` or `option=value`."""
+    return [tokens[i + 1] if token == option else token.split("=", 1)[1]
+            for i, token in enumerate(tokens)
+            if (token == option and i + 1 < len(tokens)) or token.startswith(option + "=")]
+
+
+def test_every_set_and_config_in_the_recipes_names_a_real_key_and_file():
+    seen = set()
+    for path, tokens in command_lines():
+        sets, configs = option_values(tokens, "--set"), option_values(tokens, "--config")
+        for config in configs:
+            assert os.path.isfile(os.path.join(REPO, config)), f"{path}: --config {config} does not exist"
+        if sets or configs:
+            load_config(os.path.join(REPO, configs[0]) if configs else None, sets)  # raises naming the key
+            seen.update((os.path.relpath(path, REPO), option) for option in sets + configs)
+    assert ("deploy/slurm/train.sbatch", "runtime.cluster=slurm") in seen
+    assert ("deploy/kubeflow/tfjob.yaml", "configs/char_transformer.yaml") in seen
+
+
+def test_every_manifest_parses():
+    paths = deploy_files(".yaml", ".yml")
+    assert {os.path.relpath(p, DEPLOY) for p in paths} >= {"kubeflow/tfjob.yaml"}
+    for path in paths:
+        assert yaml_docs(path), path
