@@ -4,6 +4,7 @@ versions."""
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -21,6 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "deploy")
 TFJOB = os.path.join(DEPLOY, "kubeflow", "tfjob.yaml")
 SBATCH = os.path.join(DEPLOY, "slurm", "train.sbatch")
+COMPOSE = os.path.join(DEPLOY, "serving", "docker-compose.yaml")
+KUBERNETES = os.path.join(DEPLOY, "serving", "kubernetes.yaml")
+MODELS_CONFIG = os.path.join(DEPLOY, "serving", "models.config")
 
 
 def operator_retries(code):
@@ -248,6 +252,104 @@ def test_every_set_and_config_in_the_recipes_names_a_real_key_and_file():
 
 def test_every_manifest_parses():
     paths = deploy_files(".yaml", ".yml")
-    assert {os.path.relpath(p, DEPLOY) for p in paths} >= {"kubeflow/tfjob.yaml"}
+    assert {os.path.relpath(p, DEPLOY) for p in paths} >= {
+        "kubeflow/tfjob.yaml", "serving/docker-compose.yaml", "serving/kubernetes.yaml"}
     for path in paths:
         assert yaml_docs(path), path
+
+
+# --- TF Serving over saved_models/ -----------------------------------------------------------------
+
+def readme_serving_ports():
+    """(gRPC, REST) ports as the README's serving section documents them."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        match = re.search(r"REST on (\d+), gRPC on (\d+)", f.read())
+    return int(match.group(2)), int(match.group(1))
+
+
+def serving_container():
+    """The TF Serving container of the Kubernetes Deployment."""
+    (container,) = doc_of_kind(KUBERNETES, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def flags(args):
+    """{--flag: value} of `--flag=value` arguments."""
+    return dict(arg.split("=", 1) for arg in args)
+
+
+def test_serving_ports_and_probes_agree_with_the_readme():
+    grpc, rest = readme_serving_ports()
+    container = serving_container()
+    assert container["command"] == ["tensorflow_model_server"]
+    server = flags(container["args"])
+    assert (int(server["--port"]), int(server["--rest_api_port"])) == (grpc, rest)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": grpc, "rest": rest}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == rest, probe
+    service = doc_of_kind(KUBERNETES, "Service")
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        ("grpc", grpc, grpc), ("rest", rest, rest)}
+
+    compose = yaml_docs(COMPOSE)[0]["services"]["serving"]
+    assert compose["entrypoint"] == ["tensorflow_model_server"]
+    server = flags(compose["command"])
+    assert (int(server["--port"]), int(server["--rest_api_port"])) == (grpc, rest)
+    assert set(compose["ports"]) == {f"{grpc}:{grpc}", f"{rest}:{rest}"}
+    assert f"/dev/tcp/127.0.0.1/{rest} " in compose["healthcheck"]["test"][-1]
+
+
+def served_models(text):
+    """{name: base_path} of a TF Serving models.config, parsed as TF Serving parses it."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    return {model.name: model.base_path for model in config.model_config_list.config}
+
+
+def compose_mounts(service):
+    """{path in the container: path on this machine} of a compose service's bind mounts."""
+    mounts = {}
+    for volume in service["volumes"]:
+        host, container = volume.split(":")[:2]
+        mounts[container] = os.path.normpath(os.path.join(os.path.dirname(COMPOSE), host))
+    return mounts
+
+
+def test_probes_ask_for_a_model_that_the_servers_load_from_saved_models():
+    with open(MODELS_CONFIG, encoding="utf-8") as f:
+        text = f.read()
+    models = served_models(text)
+    assert len(models) >= 2 and all(path == f"/models/{name}" for name, path in models.items())
+    assert doc_of_kind(KUBERNETES, "ConfigMap")["data"]["models.config"] == text
+
+    container = serving_container()
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"].removeprefix("/v1/models/") in models, probe
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/models"]["subPath"] == "saved_models"
+    assert os.path.dirname(flags(container["args"])["--model_config_file"]) in mounts
+
+    compose = yaml_docs(COMPOSE)[0]["services"]["serving"]
+    mounts = compose_mounts(compose)
+    assert mounts["/models"] == os.path.join(REPO, "saved_models")
+    assert mounts[flags(compose["command"])["--model_config_file"]] == MODELS_CONFIG
+    asked = re.search(r"GET /v1/models/(\w+) ", compose["healthcheck"]["test"][-1]).group(1)
+    assert asked in models
+
+
+def test_images_match_the_versions_setup_py_pins():
+    with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as f:
+        setup = f.read()
+    tensorflow = re.search(r'"tensorflow==(\d+\.\d+)\.\*"', setup).group(1)
+    for image in (serving_container()["image"], yaml_docs(COMPOSE)[0]["services"]["serving"]["image"]):
+        assert re.fullmatch(rf"tensorflow/serving:{re.escape(tensorflow)}\.\d+", image), image
+
+    version = re.search(r'version="([^"]+)"', setup).group(1)
+    for kind, container in tfjob_containers().items():
+        assert container["image"].endswith(f"/tflm:{version}"), kind
+    with open(os.path.join(DEPLOY, "docker", "Dockerfile"), encoding="utf-8") as f:
+        base = re.search(r"^FROM python:(\d+)\.(\d+)", f.read(), re.MULTILINE)
+    oldest = re.search(r'python_requires=">=(\d+)\.(\d+)', setup)
+    assert (int(base.group(1)), int(base.group(2))) >= (int(oldest.group(1)), int(oldest.group(2)))
