@@ -75,9 +75,11 @@ def set_slurm_task(monkeypatch, nodelist, tasks_per_node, tasks, procid):
 
 @pytest.fixture
 def no_commands(monkeypatch, tmp_path):
-    """PATH with nothing on it: building TF_CONFIG must not need scontrol or nvidia-smi."""
+    """PATH with nothing on it: building TF_CONFIG must not need scontrol or nvidia-smi. TF_CONFIG is
+    unset, and unset again afterwards whatever the test wrote."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setenv("TF_CONFIG", "")  # records the value to restore, set or not
+    monkeypatch.delenv("TF_CONFIG")
 
 
 @pytest.mark.parametrize("nodelist, tasks_per_node, tasks, workers", SLURM_STEPS)
