@@ -8,23 +8,29 @@ setup(
     description="Language models with Keras 3, keras-nlp and tf.distribute, exported for TF Serving",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    license="Apache-2.0",
+    python_requires=">=3.11",  # keras 3.15 and keras-hub 0.32 require it
     packages=find_packages(include=["tflm", "tflm.*"]),
     install_requires=[
-        "tensorflow==2.21.*",
+        "tensorflow==2.21.*",  # tensorboard, tensorflow-text and tensorflow-serving-api move with it
         "tensorboard==2.21.*",  # tf.summary needs it; TF 2.21 no longer pulls it in
-        "keras>=3.15",
+        "tensorflow-text==2.21.*",
+        "tensorflow-serving-api==2.21.*",  # tflm.export writes TF Serving warmup requests with it
+        # tflm overrides keras.optimizers.AdamW._all_reduce_sum_gradients (tflm/trainer.py), a private
+        # method, and builds on keras-nlp / keras-hub layer internals: the minors it is tested with.
+        "keras==3.15.*",
         "keras-nlp==0.32.*",
         "keras-hub==0.32.*",
-        "tensorflow-text==2.21.*",
         "tensorflow-datasets>=4.9.10",
+        "numpy>=1.26",
         "matplotlib>=3.8",
         "pyyaml>=6.0",
     ],
     extras_require={
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],  # CUDA and cuDNN from pip, for NVIDIA GPUs on Linux
         "dev": [
             "pytest>=8",
-            "tensorflow-serving-api==2.21.*",  # warmup requests and the gRPC client example
+            "protobuf",  # the tests read TF Serving's models.config with protobuf's text format
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",

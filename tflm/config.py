@@ -143,6 +143,7 @@ class RuntimeConfig:
     """Where and with what: distribution strategy, devices, threads, precision, XLA."""
 
     strategy: Annotated[str, OneOf("auto", "default", "mirrored", "multi_worker")] = "auto"  # auto: TF_CONFIG -> multi_worker, >= 2 devices -> mirrored
+    cluster: Annotated[str, OneOf("tf_config", "slurm")] = "tf_config"  # tf_config: the cluster is in TF_CONFIG; slurm: built from srun's SLURM_* variables
     logical_cpus: Annotated[int, Range(0, 256)] = 0  # >= 2 splits the CPU so MirroredStrategy runs on a laptop
     jit_compile: bool = True              # XLA for the per-replica forward/backward
     precision: Annotated[str, OneOf("float32", "mixed_bfloat16")] = "float32"  # mixed_bfloat16: bf16 compute, fp32 weights
