@@ -179,7 +179,7 @@ class Config:
 
 
 # Keys that configs saved by an older tflm lack; such configs load with their defaults.
-ADDED_SINCE_0_1 = ("train.max_nonfinite_steps",)
+ADDED_SINCE_0_1 = ("train.max_nonfinite_steps", "runtime.cluster")
 
 
 def check_complete(sections, origin):

@@ -4,7 +4,7 @@ Starts N `python -m tflm.train` processes, each with the `TF_CONFIG` of one task
 cluster, prefixes every line they print with their task, and exits with the first non-zero exit
 code of any worker after stopping the rest. It starts TensorFlow's own multi-worker runtime; it
 is no scheduler. On SIGINT/SIGTERM it forwards SIGTERM, so every worker checkpoints at the same
-step and exits with the restart code (see tflm.train.RESTART_EXIT_CODE).
+step and exits with code 42 (see tflm.errors).
 """
 
 import argparse
@@ -143,7 +143,7 @@ def main(argv=None):
     code = supervise(procs)
     for thread in threads:
         thread.join(timeout=5)
-    return code
+    return 128 - code if code < 0 else code  # a worker killed by signal N exits as a shell reports it
 
 
 if __name__ == "__main__":

@@ -254,9 +254,9 @@ PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.A
 def exit_if_a_peer_is_lost(task, prefix, current_step):
     """In a multi-worker run, turn a collective that failed because a peer died into one line
     naming the peer and exit code 3, at once: TensorFlow's teardown can block on the dead peer."""
-    previous_hook = threading.excepthook
-    if task.num_workers > 1:
-        threading.excepthook = _quiet_watcher_hook(previous_hook)
+    if task.num_workers > 1 and not getattr(threading.excepthook, "quiet_watchers", False):
+        # For the rest of the process: the watcher threads also see peers end after a clean finish.
+        threading.excepthook = _quiet_watcher_hook(threading.excepthook)
     try:
         yield
     except PEER_ERRORS as error:
@@ -264,8 +264,6 @@ def exit_if_a_peer_is_lost(task, prefix, current_step):
             raise
         lost = lost_peer_error(error, task, current_step())
         exit_now(f"{prefix}tflm: error: {lost}", lost.exit_code)
-    finally:
-        threading.excepthook = previous_hook
 
 
 def _quiet_watcher_hook(previous_hook):
@@ -279,6 +277,7 @@ def _quiet_watcher_hook(previous_hook):
         if not (watcher and isinstance(args.exc_value, tf.errors.OpError)):
             previous_hook(args)
 
+    hook.quiet_watchers = True
     return hook
 
 

@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from tflm import run_dir as runs  # noqa: E402
+from tflm.cluster import use_cluster  # noqa: E402
 from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir  # noqa: E402
 from tflm.config import check_resume_compatible, dump, load_config  # noqa: E402
 from tflm.controller import Controller  # noqa: E402
@@ -64,6 +65,7 @@ def main(argv=None):
 
 def train(config, run_dir=None, restart=False):
     """Train (or resume) the run in `run_dir` as configured; returns the run directory."""
+    use_cluster(config.runtime)
     task = current_task()
     check_strategy_matches_cluster(config.runtime, task)
     if task.num_workers > 1 and not run_dir:
