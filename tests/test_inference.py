@@ -14,7 +14,8 @@ from conftest import small_config
 from tflm.errors import TflmError
 from tflm.generate import MAX_NEW_TOKENS, generate, generate_ids
 from tflm.inference import load_run, next_token_logits
-from tflm.score import score_texts
+from tflm import score as score_module
+from tflm.score import score_ids, score_texts
 from tflm.train import train
 
 MODEL_TYPES = ("transformer", "lstm")
@@ -109,6 +110,47 @@ def test_batches_mixing_empty_unseen_and_long_texts_score_like_single_texts(load
         assert math.isfinite(result["log_prob"])
         assert result["log_prob"] == pytest.approx(alone["log_prob"], abs=1e-4)
         assert result["num_tokens"] == alone["num_tokens"] == max(len(text) - 1, 0)
+
+
+class TokenCounter:
+    """Wraps a model and records how many token positions each call runs it on."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, tokens, training=False):
+        self.calls.append(int(tf.size(tokens)))
+        return self.model(tokens, training=training)
+
+    def call_with_state(self, tokens, states):
+        self.calls.append(int(tf.size(tokens)))
+        return self.model.call_with_state(tokens, states)
+
+    def initial_state(self, batch_size):
+        return self.model.initial_state(batch_size)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_scoring_runs_the_model_on_the_tokens_sent_in_bounded_chunks(loaded, model_type, monkeypatch):
+    run = loaded[model_type]
+    monkeypatch.setattr(score_module, "CHUNK_TOKENS", 256)
+    long_text = "x = 1\n" * 300  # 1800 characters
+
+    def tokens_run(texts):
+        counter = TokenCounter(run.model)
+        context = CONTEXT if model_type == "transformer" else None
+        log_prob, _ = score_ids(counter, run.tokenizer.tokenize(tf.constant(texts)), context, 16)
+        return counter.calls, log_prob.numpy()
+
+    alone, alone_log_prob = tokens_run([long_text])
+    beside_empty, log_probs = tokens_run([long_text] + [""] * 31)
+    assert sum(beside_empty) == sum(alone)  # not 32 rows padded to the longest
+    assert max(beside_empty) <= 256
+    assert log_probs[0] == pytest.approx(alone_log_prob[0], abs=1e-3) and not log_probs[1:].any()
+    if model_type == "lstm":
+        assert sum(alone) == len(long_text) - 1  # one pass: every input token once
+    else:
+        assert sum(alone) == CONTEXT * (1 + -(-(len(long_text) - 1 - CONTEXT) // 16))  # its windows only
 
 
 def test_bad_score_arguments_are_user_errors(loaded):
