@@ -11,11 +11,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import small_config
-from tflm.errors import TflmError
-from tflm.generate import MAX_NEW_TOKENS, generate, generate_ids
-from tflm.inference import load_run, next_token_logits
 from tflm import score as score_module
+from tflm.errors import TflmError
+from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate, generate_ids, sample
+from tflm.inference import load_run, next_token_logits
 from tflm.score import score_ids, score_texts
+from tflm.tokenizer import PAD_ID
 from tflm.train import train
 
 MODEL_TYPES = ("transformer", "lstm")
@@ -203,12 +204,24 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(loaded):
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_new_tokens": MAX_NEW_TOKENS + 1}, "max_new_tokens"),
     ({"temperature": -0.5}, "temperature"),
+    ({"temperature": float("inf")}, "temperature must be a finite number"),
+    ({"seed": MAX_SEED + 1}, "seed must be an integer from 0 to 2147483647"),
+    ({"seed": -1}, "seed"),
     ({"top_k": -1}, "top_k"),
     ({"top_p": 0.0}, "top_p"),
 ])
 def test_bad_generation_arguments_are_user_errors(loaded, kwargs, match):
     with pytest.raises(TflmError, match=match):
         generate(loaded["lstm"], ["abc"], **kwargs)
+
+
+def test_padding_is_never_drawn_however_high_the_temperature():
+    logits = tf.constant([[3.0] + [0.0] * 9] * 4000)  # padding the likeliest; 1 in 10 if not masked
+    for temperature in (0.0, 1.0, 1e30):
+        drawn = sample(logits, tf.constant(temperature), tf.constant(0), tf.constant(1.0), tf.constant(5),
+                       tf.constant(1)).numpy()
+        assert PAD_ID not in drawn
+    assert len(set(drawn)) == 9  # a huge temperature is uniform over the other tokens
 
 
 def test_command_lines_score_and_generate(runs, loaded, tmp_path, tflm_cli):
@@ -229,15 +242,17 @@ def test_command_lines_score_and_generate(runs, loaded, tmp_path, tflm_cli):
 
 
 
-@pytest.mark.parametrize("module, trained, args", [
-    ("generate", False, ["--max-new-tokens", "5"]),  # an empty directory is not a run
-    ("generate", True, ["--max-new-tokens", "0", "--prompt", "a"]),
-    ("score", True, ["--stride", "0", "abc"]),
+@pytest.mark.parametrize("module, trained, args, named", [
+    ("generate", False, ["--max-new-tokens", "5"], "not a tflm run directory"),  # an empty directory
+    ("generate", True, ["--max-new-tokens", "0", "--prompt", "a"], "max_new_tokens"),
+    ("generate", True, ["--seed", "3000000000", "--prompt", "a"], "seed"),
+    ("score", True, ["--stride", "0", "abc"], "stride"),
 ])
-def test_command_line_mistakes_print_one_line_and_exit_2(runs, tmp_path, capsys, module, trained, args):
+def test_command_line_mistakes_print_one_line_and_exit_2(runs, tmp_path, capsys, module, trained, args, named):
     main = importlib.import_module(f"tflm.{module}").main
     with pytest.raises(SystemExit) as exit_info:
         main(["--run-dir", runs["transformer"] if trained else str(tmp_path), *args])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("tflm: error:") and error.count("\n") == 1
+    assert named in error
