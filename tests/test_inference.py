@@ -14,7 +14,7 @@ from conftest import small_config
 from tflm import score as score_module
 from tflm.errors import TflmError
 from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate, generate_ids, sample
-from tflm.inference import load_run, next_token_logits
+from tflm.inference import load_run, next_token_logits, read_texts
 from tflm.score import score_ids, score_texts
 from tflm.tokenizer import PAD_ID
 from tflm.train import train
@@ -154,6 +154,14 @@ def test_scoring_runs_the_model_on_the_tokens_sent_in_bounded_chunks(loaded, mod
         assert sum(alone) == CONTEXT * (1 + -(-(len(long_text) - 1 - CONTEXT) // 16))  # its windows only
 
 
+def test_a_file_holds_one_text_per_newline_and_keeps_other_line_breaks(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_bytes("page\fbreak\u2028sep\r\nwindows\r\n\nlone\rcr\nlast".encode("utf-8"))
+    assert read_texts(["arg"], str(path)) == ["arg", "page\fbreak\u2028sep", "windows", "", "lone\rcr", "last"]
+    path.write_bytes(b"one\ntwo\n")
+    assert read_texts([], str(path)) == ["one", "two"]
+
+
 def test_bad_score_arguments_are_user_errors(loaded):
     with pytest.raises(TflmError, match="stride"):
         score_texts(loaded["transformer"], ["abc"], stride=CONTEXT + 1)
@@ -241,12 +249,13 @@ def test_command_lines_score_and_generate(runs, loaded, tmp_path, tflm_cli):
     assert generated.stdout.rstrip("\n") == "def " + generate(loaded["lstm"], ["def "], 20, temperature=0.0)[0]
 
 
-
 @pytest.mark.parametrize("module, trained, args, named", [
     ("generate", False, ["--max-new-tokens", "5"], "not a tflm run directory"),  # an empty directory
     ("generate", True, ["--max-new-tokens", "0", "--prompt", "a"], "max_new_tokens"),
     ("generate", True, ["--seed", "3000000000", "--prompt", "a"], "seed"),
+    ("generate", True, ["--prompt", "ok", "--prompt", "caf\udce9"], "'caf\\udce9' is not"),  # bytes b"caf\xe9"
     ("score", True, ["--stride", "0", "abc"], "stride"),
+    ("score", True, ["fine", "caf\udce9"], "'caf\\udce9' is not"),  # argv decoded with surrogateescape
 ])
 def test_command_line_mistakes_print_one_line_and_exit_2(runs, tmp_path, capsys, module, trained, args, named):
     main = importlib.import_module(f"tflm.{module}").main
