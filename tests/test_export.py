@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -139,6 +140,24 @@ def test_exported_generate_rejects_max_new_tokens_out_of_range(exports, max_new_
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_new_tokens must be"):
         signature(prompts=tf.constant(["a"]), max_new_tokens=tf.constant(max_new_tokens),
                   temperature=tf.constant(0.0), top_k=tf.constant(0), seed=tf.constant(0))
+
+
+def test_a_diverged_run_is_neither_loaded_nor_exported(runs, tmp_path, tflm_cli):
+    """A NaN weight saved the way training saves checkpoints."""
+    diverged = tmp_path / "diverged"
+    shutil.copytree(runs["transformer"], diverged)
+    run = load_run(str(diverged))
+    run.model.head.bias.assign(np.full(run.model.head.bias.shape, np.nan, np.float32))
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=run.model), str(diverged / "checkpoints"),
+                                         max_to_keep=5)
+    manager.save(checkpoint_number=10**6)
+    with pytest.raises(TflmError, match="checkpoint .*ckpt-1000000 has non-finite weights: the run diverged"):
+        load_run(str(diverged))
+    failed = tflm_cli("export", "--run-dir", str(diverged), "--base", str(tmp_path / "models"))
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1].startswith("tflm: error: checkpoint")
+    assert "Traceback" not in failed.stderr
+    assert not os.path.exists(tmp_path / "models" / "diverged")
 
 
 def test_unwritable_base_and_failed_exports_leave_no_version(runs, tmp_path, monkeypatch):

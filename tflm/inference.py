@@ -10,6 +10,7 @@ import os
 import sys
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tflm import run_dir as runs
@@ -70,6 +71,7 @@ def load_run(run_dir):
     finally:
         keras.config.set_dtype_policy(policy)
     restore_weights(model, checkpoint)
+    check_finite(model, checkpoint)
     return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint)
 
 
@@ -82,6 +84,14 @@ def restore_weights(model, checkpoint):
     except AssertionError as error:
         raise TflmError(f"checkpoint {checkpoint} does not match the model in its run's config.yaml: "
                         f"{str(error).splitlines()[0]}") from None
+
+
+def check_finite(model, checkpoint):
+    """Raise a TflmError if a weight restored from `checkpoint` holds NaN or inf."""
+    for weight in model.weights:
+        if not np.isfinite(weight.numpy()).all():
+            raise TflmError(f"checkpoint {checkpoint} has non-finite weights: the run diverged (NaN or inf in "
+                            f"{weight.path}); retrain it, e.g. with a lower train.learning_rate")
 
 
 def next_token_logits(loaded, token_ids):
