@@ -14,7 +14,7 @@ from conftest import small_config
 from tflm import score as score_module
 from tflm.errors import TflmError
 from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate, generate_ids, sample
-from tflm.inference import load_run, next_token_logits, read_texts
+from tflm.inference import MAX_BATCH_SIZE, load_run, next_token_logits, read_texts
 from tflm.score import score_ids, score_texts
 from tflm.tokenizer import PAD_ID
 from tflm.train import train
@@ -152,6 +152,15 @@ def test_scoring_runs_the_model_on_the_tokens_sent_in_bounded_chunks(loaded, mod
         assert sum(alone) == len(long_text) - 1  # one pass: every input token once
     else:
         assert sum(alone) == CONTEXT * (1 + -(-(len(long_text) - 1 - CONTEXT) // 16))  # its windows only
+
+
+def test_score_texts_takes_more_texts_than_one_request_may_hold(loaded):
+    run = loaded["lstm"]
+    texts = [f"x = {i}" for i in range(2 * MAX_BATCH_SIZE + 3)]
+    results = score_texts(run, texts)
+    assert [r["text"] for r in results] == texts
+    for i in (0, MAX_BATCH_SIZE, len(texts) - 1):  # the first of each batch
+        assert results[i]["log_prob"] == pytest.approx(score_texts(run, [texts[i]])[0]["log_prob"], abs=1e-4)
 
 
 def test_a_file_holds_one_text_per_newline_and_keeps_other_line_breaks(tmp_path):

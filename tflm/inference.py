@@ -20,6 +20,10 @@ from tflm.models import build_model
 from tflm.tokenizer import PAD_ID, CharTokenizer
 
 CHUNK_TOKENS = 8192  # tokens per model call when scoring or reading long rows: bounds memory
+# Limits of one request to an exported signature (listed in assets.extra/tflm_export.json); the
+# Python API has none, and score_texts sends MAX_BATCH_SIZE texts at a time.
+MAX_BATCH_SIZE = 64  # texts per `score` request, prompts per `generate`, rows per `serving_default`
+MAX_TEXT_CHARS = 100_000  # characters per text or prompt, token ids per `serving_default` row
 
 
 @dataclasses.dataclass

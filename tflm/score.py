@@ -21,7 +21,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
-from tflm.inference import CHUNK_TOKENS, check_strings, load_run, longest, read_texts, tokens_at  # noqa: E402
+from tflm.inference import (CHUNK_TOKENS, MAX_BATCH_SIZE, check_strings, load_run, longest,  # noqa: E402
+                            read_texts, tokens_at)
+
+
+SCORES = ("log_prob", "mean_nll", "perplexity", "num_tokens")
 
 
 def default_stride(context):
@@ -147,14 +151,16 @@ def score_function(loaded, stride):
 
 
 def score_texts(loaded, texts, stride=None):
-    """Score each text: [{text, log_prob, mean_nll, perplexity, num_tokens}], in order."""
+    """Score any number of texts, MAX_BATCH_SIZE at a time: [{text, log_prob, mean_nll, perplexity,
+    num_tokens}], in order."""
     texts = check_strings(texts, "texts")
-    stride = check_stride(stride, loaded.context)
-    if not texts:
-        return []
-    results = {k: v.numpy().tolist() for k, v in score_function(loaded, stride)(tf.constant(texts)).items()}
-    return [{"text": text, **{k: results[k][i] for k in ("log_prob", "mean_nll", "perplexity", "num_tokens")}}
-            for i, text in enumerate(texts)]
+    scorer = score_function(loaded, check_stride(stride, loaded.context))
+    results = []
+    for begin in range(0, len(texts), MAX_BATCH_SIZE):
+        batch = texts[begin:begin + MAX_BATCH_SIZE]
+        scores = {k: v.numpy().tolist() for k, v in scorer(tf.constant(batch)).items()}
+        results += [{"text": text, **{k: scores[k][i] for k in SCORES}} for i, text in enumerate(batch)]
+    return results
 
 
 def parse_args(argv):
