@@ -9,6 +9,10 @@ longer text is scored in windows of seq_len that start every `stride` tokens: th
 scores all its tokens, each later one only the last `stride` (those no window scored yet), so
 every token is conditioned on at least seq_len - stride earlier tokens (all of them near the
 start). stride = seq_len is plain chunking; stride = 1 gives every token a full context.
+
+Cost is linear in the tokens sent: each text gets only the windows (or LSTM steps) it needs, the
+windows of all texts run together, CHUNK_TOKENS tokens per model call in a tf.while_loop, and
+their log-probs are summed back per text; memory holds one chunk, however long the texts.
 """
 
 import argparse
