@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,8 +15,8 @@ from conftest import small_config
 from tflm import export as export_module
 from tflm.errors import TflmError
 from tflm.export import OUTPUTS, export_run
-from tflm.generate import MAX_NEW_TOKENS, generate
-from tflm.inference import load_run, next_token_logits
+from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate
+from tflm.inference import MAX_BATCH_SIZE, MAX_TEXT_CHARS, load_run, next_token_logits
 from tflm.score import score_texts
 from tflm.serving_warmup import read_warmup_requests
 from tflm.train import train
@@ -57,6 +58,10 @@ def test_export_is_a_tf_serving_model_repository(exports, runs):
         assert set(description["signatures"]) == {"serving_default", "score", "generate"}
         assert description["signatures"]["generate"]["inputs"]["top_k"] == {"dtype": "int32", "shape": []}
         assert description["tokenizer"]["characters"] == load_run(runs["lstm"]).tokenizer.characters
+        assert description["limits"]["score"] == {"max_texts": MAX_BATCH_SIZE, "max_chars_per_text": MAX_TEXT_CHARS}
+        assert description["limits"]["generate"]["seed"] == [0, MAX_SEED]
+        vocabulary_size = description["model"]["vocabulary_size"]
+        assert description["limits"]["serving_default"]["token_ids"] == [0, vocabulary_size - 1]
     again = export_run(runs["lstm"], base=base, name="lstm")  # a new version, never a replacement
     assert again == os.path.join(base, "lstm", "2")
     assert sorted(os.listdir(os.path.join(base, "lstm"))) == ["1", "2"]
@@ -139,6 +144,61 @@ def test_exported_generate_rejects_max_new_tokens_out_of_range(exports, max_new_
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_new_tokens must be"):
         signature(prompts=tf.constant(["a"]), max_new_tokens=tf.constant(max_new_tokens),
                   temperature=tf.constant(0.0), top_k=tf.constant(0), seed=tf.constant(0))
+
+
+def generate_inputs(**changes):
+    """A valid `generate` request with `changes`."""
+    inputs = {"prompts": ["a"], "max_new_tokens": 4, "temperature": 0.0, "top_k": 0, "seed": 0, **changes}
+    return {k: tf.constant(v) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("signature, inputs, match", [
+    ("score", {"texts": tf.constant(["a"] * (MAX_BATCH_SIZE + 1))}, f"at most {MAX_BATCH_SIZE} texts"),
+    ("score", {"texts": tf.constant(["", "\u2603" * (MAX_TEXT_CHARS + 1)])}, f"at most {MAX_TEXT_CHARS} characters"),
+    ("generate", generate_inputs(prompts=["a"] * (MAX_BATCH_SIZE + 1)), f"at most {MAX_BATCH_SIZE} prompts"),
+    ("generate", generate_inputs(prompts=["x" * (MAX_TEXT_CHARS + 1)]), f"at most {MAX_TEXT_CHARS} characters"),
+    ("generate", generate_inputs(temperature=float("inf")), "temperature must be finite"),
+    ("generate", generate_inputs(seed=-1), "seed must be from 0"),
+    ("serving_default", {"token_ids": tf.constant([[5, -1]])}, "token_ids must be >= 0"),
+    ("serving_default", {"token_ids": tf.constant([[5, 10_000]])}, "token_ids must be < the vocabulary size"),
+    ("serving_default", {"token_ids": tf.ones([MAX_BATCH_SIZE + 1, 2], tf.int32)}, f"at most {MAX_BATCH_SIZE} rows"),
+])
+def test_exported_signatures_reject_requests_over_their_limits(exports, signature, inputs, match):
+    _, paths = exports
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        tf.saved_model.load(paths["transformer"]).signatures[signature](**inputs)
+
+
+def test_exported_signatures_take_requests_at_their_limits(exports, loaded):
+    _, paths = exports
+    model = tf.saved_model.load(paths["transformer"])
+    longest = "x = 1\n" * (MAX_TEXT_CHARS // 6) + "y" * (MAX_TEXT_CHARS % 6)
+    texts = [longest] + [f"print({i})" for i in range(MAX_BATCH_SIZE - 1)]
+    scores = model.signatures["score"](texts=tf.constant(texts))
+    assert scores["num_tokens"].numpy().tolist() == [len(text) - 1 for text in texts]
+    np.testing.assert_allclose(scores["log_prob"].numpy()[1:], [r["log_prob"] for r in score_texts(
+        loaded["transformer"], texts[1:])], atol=1e-4)
+    vocabulary_size = loaded["transformer"].tokenizer.vocabulary_size
+    logits = model.signatures["serving_default"](token_ids=tf.constant([[vocabulary_size - 1, 0]] * MAX_BATCH_SIZE))
+    assert logits["logits"].shape == (MAX_BATCH_SIZE, vocabulary_size)
+
+
+def test_a_diverged_run_is_neither_loaded_nor_exported(runs, tmp_path, tflm_cli):
+    """A NaN weight saved the way training saves checkpoints."""
+    diverged = tmp_path / "diverged"
+    shutil.copytree(runs["transformer"], diverged)
+    run = load_run(str(diverged))
+    run.model.head.bias.assign(np.full(run.model.head.bias.shape, np.nan, np.float32))
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=run.model), str(diverged / "checkpoints"),
+                                         max_to_keep=5)
+    manager.save(checkpoint_number=10**6)
+    with pytest.raises(TflmError, match="checkpoint .*ckpt-1000000 has non-finite weights: the run diverged"):
+        load_run(str(diverged))
+    failed = tflm_cli("export", "--run-dir", str(diverged), "--base", str(tmp_path / "models"))
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1].startswith("tflm: error: checkpoint")
+    assert "Traceback" not in failed.stderr
+    assert not os.path.exists(tmp_path / "models" / "diverged")
 
 
 def test_unwritable_base_and_failed_exports_leave_no_version(runs, tmp_path, monkeypatch):

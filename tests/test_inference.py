@@ -11,10 +11,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import small_config
+from tflm import score as score_module
 from tflm.errors import TflmError
-from tflm.generate import MAX_NEW_TOKENS, generate, generate_ids
-from tflm.inference import load_run, next_token_logits
-from tflm.score import score_texts
+from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate, generate_ids, sample
+from tflm.inference import MAX_BATCH_SIZE, load_run, next_token_logits, read_texts
+from tflm.score import score_ids, score_texts
+from tflm.tokenizer import PAD_ID
 from tflm.train import train
 
 MODEL_TYPES = ("transformer", "lstm")
@@ -111,6 +113,64 @@ def test_batches_mixing_empty_unseen_and_long_texts_score_like_single_texts(load
         assert result["num_tokens"] == alone["num_tokens"] == max(len(text) - 1, 0)
 
 
+class TokenCounter:
+    """Wraps a model and records how many token positions each call runs it on."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, tokens, training=False):
+        self.calls.append(int(tf.size(tokens)))
+        return self.model(tokens, training=training)
+
+    def call_with_state(self, tokens, states):
+        self.calls.append(int(tf.size(tokens)))
+        return self.model.call_with_state(tokens, states)
+
+    def initial_state(self, batch_size):
+        return self.model.initial_state(batch_size)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_scoring_runs_the_model_on_the_tokens_sent_in_bounded_chunks(loaded, model_type, monkeypatch):
+    run = loaded[model_type]
+    monkeypatch.setattr(score_module, "CHUNK_TOKENS", 256)
+    long_text = "x = 1\n" * 300  # 1800 characters
+
+    def tokens_run(texts):
+        counter = TokenCounter(run.model)
+        context = CONTEXT if model_type == "transformer" else None
+        log_prob, _ = score_ids(counter, run.tokenizer.tokenize(tf.constant(texts)), context, 16)
+        return counter.calls, log_prob.numpy()
+
+    alone, alone_log_prob = tokens_run([long_text])
+    beside_empty, log_probs = tokens_run([long_text] + [""] * 31)
+    assert sum(beside_empty) == sum(alone)  # not 32 rows padded to the longest
+    assert max(beside_empty) <= 256
+    assert log_probs[0] == pytest.approx(alone_log_prob[0], abs=1e-3) and not log_probs[1:].any()
+    if model_type == "lstm":
+        assert sum(alone) == len(long_text) - 1  # one pass: every input token once
+    else:
+        assert sum(alone) == CONTEXT * (1 + -(-(len(long_text) - 1 - CONTEXT) // 16))  # its windows only
+
+
+def test_score_texts_takes_more_texts_than_one_request_may_hold(loaded):
+    run = loaded["lstm"]
+    texts = [f"x = {i}" for i in range(2 * MAX_BATCH_SIZE + 3)]
+    results = score_texts(run, texts)
+    assert [r["text"] for r in results] == texts
+    for i in (0, MAX_BATCH_SIZE, len(texts) - 1):  # the first of each batch
+        assert results[i]["log_prob"] == pytest.approx(score_texts(run, [texts[i]])[0]["log_prob"], abs=1e-4)
+
+
+def test_a_file_holds_one_text_per_newline_and_keeps_other_line_breaks(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_bytes("page\fbreak\u2028sep\r\nwindows\r\n\nlone\rcr\nlast".encode("utf-8"))
+    assert read_texts(["arg"], str(path)) == ["arg", "page\fbreak\u2028sep", "windows", "", "lone\rcr", "last"]
+    path.write_bytes(b"one\ntwo\n")
+    assert read_texts([], str(path)) == ["one", "two"]
+
+
 def test_bad_score_arguments_are_user_errors(loaded):
     with pytest.raises(TflmError, match="stride"):
         score_texts(loaded["transformer"], ["abc"], stride=CONTEXT + 1)
@@ -161,12 +221,24 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(loaded):
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_new_tokens": MAX_NEW_TOKENS + 1}, "max_new_tokens"),
     ({"temperature": -0.5}, "temperature"),
+    ({"temperature": float("inf")}, "temperature must be a finite number"),
+    ({"seed": MAX_SEED + 1}, "seed must be an integer from 0 to 2147483647"),
+    ({"seed": -1}, "seed"),
     ({"top_k": -1}, "top_k"),
     ({"top_p": 0.0}, "top_p"),
 ])
 def test_bad_generation_arguments_are_user_errors(loaded, kwargs, match):
     with pytest.raises(TflmError, match=match):
         generate(loaded["lstm"], ["abc"], **kwargs)
+
+
+def test_padding_is_never_drawn_however_high_the_temperature():
+    logits = tf.constant([[3.0] + [0.0] * 9] * 4000)  # padding the likeliest; 1 in 10 if not masked
+    for temperature in (0.0, 1.0, 1e30):
+        drawn = sample(logits, tf.constant(temperature), tf.constant(0), tf.constant(1.0), tf.constant(5),
+                       tf.constant(1)).numpy()
+        assert PAD_ID not in drawn
+    assert len(set(drawn)) == 9  # a huge temperature is uniform over the other tokens
 
 
 def test_command_lines_score_and_generate(runs, loaded, tmp_path, tflm_cli):
@@ -186,16 +258,19 @@ def test_command_lines_score_and_generate(runs, loaded, tmp_path, tflm_cli):
     assert generated.stdout.rstrip("\n") == "def " + generate(loaded["lstm"], ["def "], 20, temperature=0.0)[0]
 
 
-
-@pytest.mark.parametrize("module, trained, args", [
-    ("generate", False, ["--max-new-tokens", "5"]),  # an empty directory is not a run
-    ("generate", True, ["--max-new-tokens", "0", "--prompt", "a"]),
-    ("score", True, ["--stride", "0", "abc"]),
+@pytest.mark.parametrize("module, trained, args, named", [
+    ("generate", False, ["--max-new-tokens", "5"], "not a tflm run directory"),  # an empty directory
+    ("generate", True, ["--max-new-tokens", "0", "--prompt", "a"], "max_new_tokens"),
+    ("generate", True, ["--seed", "3000000000", "--prompt", "a"], "seed"),
+    ("generate", True, ["--prompt", "ok", "--prompt", "caf\udce9"], "'caf\\udce9' is not"),  # bytes b"caf\xe9"
+    ("score", True, ["--stride", "0", "abc"], "stride"),
+    ("score", True, ["fine", "caf\udce9"], "'caf\\udce9' is not"),  # argv decoded with surrogateescape
 ])
-def test_command_line_mistakes_print_one_line_and_exit_2(runs, tmp_path, capsys, module, trained, args):
+def test_command_line_mistakes_print_one_line_and_exit_2(runs, tmp_path, capsys, module, trained, args, named):
     main = importlib.import_module(f"tflm.{module}").main
     with pytest.raises(SystemExit) as exit_info:
         main(["--run-dir", runs["transformer"] if trained else str(tmp_path), *args])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("tflm: error:") and error.count("\n") == 1
+    assert named in error

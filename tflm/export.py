@@ -16,7 +16,9 @@ Signatures (named inputs -> named outputs); the tokenizer is in the graph, so RE
               -> completions string [batch]
 They trace the same functions `tflm.score` and `tflm.generate` run in Python, without XLA: a
 jit-compiled function in a SavedModel needs an XLA-enabled TF Serving build, and each request
-shape would compile anew.
+shape would compile anew. A request over the limits (MAX_BATCH_SIZE texts, prompts or rows;
+MAX_TEXT_CHARS characters per text or prompt, token ids per row), a token id outside the
+vocabulary, or a bad sampling input fails with INVALID_ARGUMENT before any work is done.
 """
 
 import argparse
@@ -33,8 +35,8 @@ import tensorflow as tf  # noqa: E402
 
 from tflm.atomic import staging_dir, write_json  # noqa: E402
 from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
-from tflm.generate import MAX_NEW_TOKENS, generate_strings  # noqa: E402
-from tflm.inference import load_run, next_token_logits  # noqa: E402
+from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate_strings  # noqa: E402
+from tflm.inference import MAX_BATCH_SIZE, MAX_TEXT_CHARS, load_run, next_token_logits  # noqa: E402
 from tflm.score import default_stride, score_strings  # noqa: E402
 from tflm.serving_warmup import (WARMUP_FILE, graph_ops, non_core_ops, warmup_inputs,  # noqa: E402
                                  write_warmup_requests)
@@ -59,27 +61,53 @@ OUTPUTS = {
 
 def signature_functions(loaded, stride):
     """{signature name: python function} over the loaded run; argument names are input names."""
+    vocabulary_size = loaded.tokenizer.vocabulary_size
 
     def serving_default(token_ids):
+        token_ids = checked(token_ids, [
+            tf.debugging.assert_less_equal(tf.shape(token_ids)[0], MAX_BATCH_SIZE,
+                                           message=f"at most {MAX_BATCH_SIZE} rows of token_ids per request"),
+            tf.debugging.assert_less_equal(tf.shape(token_ids)[1], MAX_TEXT_CHARS,
+                                           message=f"token_ids may have at most {MAX_TEXT_CHARS} columns"),
+            tf.debugging.assert_non_negative(token_ids, message="token_ids must be >= 0"),
+            tf.debugging.assert_less(token_ids, vocabulary_size,
+                                     message=f"token_ids must be < the vocabulary size, {vocabulary_size}"),
+        ])
         return {"logits": next_token_logits(loaded, token_ids)}
 
     def score(texts):
-        return score_strings(loaded, texts, stride)
+        return score_strings(loaded, checked(texts, text_checks(texts, "texts")), stride)
 
     def generate(prompts, max_new_tokens, temperature, top_k, seed):
-        checks = [
+        prompts = checked(prompts, text_checks(prompts, "prompts") + [
             tf.debugging.assert_greater(max_new_tokens, 0, message="max_new_tokens must be at least 1"),
             tf.debugging.assert_less_equal(max_new_tokens, MAX_NEW_TOKENS,
                                            message=f"max_new_tokens must be at most {MAX_NEW_TOKENS}"),
             tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0 (0 = greedy)"),
+            tf.debugging.assert_less(temperature, float("inf"), message="temperature must be finite"),
             tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = no limit)"),
-        ]
-        with tf.control_dependencies(checks):
-            max_new_tokens = tf.identity(max_new_tokens)
+            tf.debugging.assert_non_negative(seed, message=f"seed must be from 0 to {MAX_SEED}"),
+        ])
         return {"completions": generate_strings(loaded, prompts, max_new_tokens, temperature, top_k,
                                                 tf.constant(1.0), seed)}
 
     return {"serving_default": serving_default, "score": score, "generate": generate}
+
+
+def text_checks(texts, name):
+    """Assertions that the 1-D string tensor `texts` is within MAX_BATCH_SIZE and MAX_TEXT_CHARS."""
+    return [
+        tf.debugging.assert_less_equal(tf.size(texts), MAX_BATCH_SIZE,
+                                       message=f"at most {MAX_BATCH_SIZE} {name} per request"),
+        tf.debugging.assert_less_equal(tf.strings.length(texts, unit="UTF8_CHAR"), MAX_TEXT_CHARS,
+                                       message=f"{name} may have at most {MAX_TEXT_CHARS} characters each"),
+    ]
+
+
+def checked(value, checks):
+    """`value`, available only once every assertion in `checks` has passed."""
+    with tf.control_dependencies(checks):
+        return tf.identity(value)
 
 
 def write_saved_model(loaded, path, stride):
@@ -116,9 +144,22 @@ def describe(loaded, stride, ops):
         },
         "score": {"stride": stride},
         "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "top_p": 1.0, "greedy_when_temperature": 0},
+        "limits": limits(loaded.tokenizer.vocabulary_size),
         "ops": ops,
         "non_core_ops": non_core_ops(ops),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+
+
+def limits(vocabulary_size):
+    """What one request to each signature may hold (larger ones fail with INVALID_ARGUMENT)."""
+    return {
+        "serving_default": {"max_rows": MAX_BATCH_SIZE, "max_columns": MAX_TEXT_CHARS,
+                            "token_ids": [0, vocabulary_size - 1]},
+        "score": {"max_texts": MAX_BATCH_SIZE, "max_chars_per_text": MAX_TEXT_CHARS},
+        "generate": {"max_prompts": MAX_BATCH_SIZE, "max_chars_per_prompt": MAX_TEXT_CHARS,
+                     "max_new_tokens": [1, MAX_NEW_TOKENS], "temperature": ">= 0, finite", "top_k": ">= 0",
+                     "seed": [0, MAX_SEED]},
     }
 
 

@@ -21,6 +21,8 @@ variable. The loop below uses core TF ops (tf.sort, tf.random.stateless_categori
 """
 
 import argparse
+import math
+import numbers
 import os
 import random
 import sys
@@ -35,7 +37,8 @@ from tflm.tokenizer import PAD_ID  # noqa: E402
 
 MAX_NEW_TOKENS = 1024  # the most tokens one request may ask for (Python and the SavedModel)
 LENGTH_BUCKET = 64  # Python pads the token buffer to a multiple of this (one XLA program each)
-MASKED = -1e9  # logit of a token that must not be drawn
+MAX_SEED = 2**31 - 1  # seeds are 0..MAX_SEED (int32, as the SavedModel takes them)
+MASKED = -math.inf  # logit of a token that must not be drawn
 
 
 def prepare_prompts(ids, context):
@@ -55,10 +58,11 @@ def prepare_prompts(ids, context):
 def sample(logits, temperature, top_k, top_p, seed, position):
     """Next token ids [batch] from float32 logits [batch, vocab] (see the module docstring)."""
     vocab = tf.shape(logits)[1]
-    logits = tf.where(tf.range(vocab)[None, :] == PAD_ID, MASKED, logits)
+    is_padding = tf.range(vocab)[None, :] == PAD_ID
 
     def draw():
-        scaled = logits / tf.maximum(temperature, 1e-6)
+        # Masked after scaling: a huge temperature would bring a masked logit back to the others.
+        scaled = tf.where(is_padding, MASKED, logits / tf.maximum(temperature, 1e-6))
         k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
         kth_largest = tf.gather(tf.sort(scaled, direction="DESCENDING"), k - 1, axis=1)
         scaled = tf.where(scaled < kth_largest[:, None], MASKED, scaled)
@@ -69,7 +73,8 @@ def sample(logits, temperature, top_k, top_p, seed, position):
         return tf.random.stateless_categorical(scaled, 1, seed=tf.stack([seed, position]), dtype=tf.int32)[:, 0]
 
     # Greedy requests skip the sorting (a third of a graph-mode step for a small model).
-    return tf.cond(temperature > 0, draw, lambda: tf.argmax(logits, axis=-1, output_type=tf.int32))
+    return tf.cond(temperature > 0, draw,
+                   lambda: tf.argmax(tf.where(is_padding, MASKED, logits), axis=-1, output_type=tf.int32))
 
 
 def column(tokens, q):
@@ -164,17 +169,20 @@ def generate_strings(loaded, prompts, max_new_tokens, temperature, top_k, top_p,
     return loaded.tokenizer.detokenize(completions(tokens, lengths, max_new_tokens))
 
 
-def check_sampling(max_new_tokens, temperature, top_k, top_p):
+def check_sampling(max_new_tokens, temperature, top_k, top_p, seed):
     """Raise a TflmError naming the first impossible sampling argument."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise TflmError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise TflmError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise TflmError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise TflmError(f"top_k must be an integer >= 0 (0 = no limit), got {top_k!r}")
     if not 0 < top_p <= 1:
         raise TflmError(f"top_p must be in (0, 1] (1 = no limit), got {top_p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed <= MAX_SEED):
+        raise TflmError(f"seed must be an integer from 0 to {MAX_SEED} (2**31 - 1), got {seed!r}")
 
 
 def decode_function(loaded, cached, jit_compile):
@@ -195,10 +203,10 @@ def generate_ids(loaded, prompts, max_new_tokens=100, temperature=1.0, top_k=0, 
     fixed shapes.
     """
     prompts = check_strings(prompts, "prompts")
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     if not prompts:
         raise TflmError("give at least one prompt")
-    seed = random.randrange(2**31) if seed is None else int(seed)
+    seed = random.randint(0, MAX_SEED) if seed is None else int(seed)
     tokens, lengths = prepare_prompts(loaded.tokenizer.tokenize(tf.constant(prompts)), loaded.context)
     end = int(tf.reduce_max(lengths)) + max_new_tokens
     padded = -(-end // LENGTH_BUCKET) * LENGTH_BUCKET  # fewer shapes, fewer XLA compilations
@@ -225,7 +233,7 @@ def parse_args(argv):
                         help="0 = greedy, < 1 less random, > 1 more random")
     parser.add_argument("--top-k", type=int, default=0, help="sample from the k most likely (0 = all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = all)")
-    parser.add_argument("--seed", type=int, help="for reproducible samples (default: random)")
+    parser.add_argument("--seed", type=int, help=f"0 to {MAX_SEED}, for reproducible samples (default: random)")
     return parser.parse_args(argv)
 
 

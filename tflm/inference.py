@@ -10,6 +10,7 @@ import os
 import sys
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tflm import run_dir as runs
@@ -17,6 +18,12 @@ from tflm.checkpoint import checkpoint_dir
 from tflm.errors import TflmError
 from tflm.models import build_model
 from tflm.tokenizer import PAD_ID, CharTokenizer
+
+CHUNK_TOKENS = 8192  # tokens per model call when scoring or reading long rows: bounds memory
+# Limits of one request to an exported signature (listed in assets.extra/tflm_export.json); the
+# Python API has none, and score_texts sends MAX_BATCH_SIZE texts at a time.
+MAX_BATCH_SIZE = 64  # texts per `score` request, prompts per `generate`, rows per `serving_default`
+MAX_TEXT_CHARS = 100_000  # characters per text or prompt, token ids per `serving_default` row
 
 
 @dataclasses.dataclass
@@ -68,6 +75,7 @@ def load_run(run_dir):
     finally:
         keras.config.set_dtype_policy(policy)
     restore_weights(model, checkpoint)
+    check_finite(model, checkpoint)
     return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint)
 
 
@@ -82,44 +90,105 @@ def restore_weights(model, checkpoint):
                         f"{str(error).splitlines()[0]}") from None
 
 
+def check_finite(model, checkpoint):
+    """Raise a TflmError if a weight restored from `checkpoint` holds NaN or inf."""
+    for weight in model.weights:
+        if not np.isfinite(weight.numpy()).all():
+            raise TflmError(f"checkpoint {checkpoint} has non-finite weights: the run diverged (NaN or inf in "
+                            f"{weight.path}); retrain it, e.g. with a lower train.learning_rate")
+
+
 def next_token_logits(loaded, token_ids):
     """Logits [batch, vocab] for the token after each row of int `token_ids` [batch, time].
 
     Padding (id 0) at the end of a row is ignored, so rows of different lengths can share a
-    batch; the Transformer reads each row's last `context` tokens. Core TF ops only.
+    batch; the Transformer reads each row's last `context` tokens, the LSTM whole rows in time
+    chunks. Core TF ops only.
     """
     token_ids = tf.cast(token_ids, tf.int32)
     token_ids = tf.pad(token_ids, [[0, 0], [0, tf.maximum(0, 1 - tf.shape(token_ids)[1])]])
     total = tf.shape(token_ids)[1]
     ends = tf.where(token_ids != PAD_ID, tf.range(1, total + 1)[None, :], 0)
     lengths = tf.maximum(tf.reduce_max(ends, axis=1), 1)
-    window = tf.minimum(loaded.context, total) if loaded.model_type == "transformer" else total
+    if loaded.model_type != "transformer":
+        return lstm_last_logits(loaded.model, token_ids, lengths)
+    window = tf.minimum(loaded.context, total)
     starts = tf.maximum(lengths - window, 0)
     windows = tf.gather(token_ids, starts[:, None] + tf.range(window)[None, :], batch_dims=1)
     logits = loaded.model(windows, training=False)
     return tf.gather(tf.cast(logits, tf.float32), lengths - starts - 1, batch_dims=1)
 
 
+def lstm_last_logits(model, token_ids, lengths):
+    """Logits [batch, vocab] after token lengths[b] - 1 of each row, reading `token_ids` in time
+    chunks of about CHUNK_TOKENS tokens that carry the LSTM's state."""
+    batch = tf.shape(token_ids)[0]
+    steps = tf.maximum(1, CHUNK_TOKENS // tf.maximum(batch, 1))
+
+    def body(begin, states, last_logits):
+        end = tf.minimum(begin + steps, longest(lengths))
+        logits, states = model.call_with_state(token_ids[:, begin:end], states)
+        at = lengths - 1 - begin
+        here = (at >= 0) & (at < end - begin)
+        picked = tf.gather(tf.cast(logits, tf.float32), tf.clip_by_value(at, 0, end - begin - 1), batch_dims=1)
+        return end, states, tf.where(here[:, None], picked, last_logits)
+
+    _, _, last_logits = tf.while_loop(
+        lambda begin, *_: begin < longest(lengths), body,
+        (tf.constant(0), model.initial_state(batch), tf.zeros([batch, model.vocabulary_size])),
+        parallel_iterations=1)
+    return last_logits
+
+
+def longest(lengths):
+    """The largest of int32 `lengths`, 0 for none."""
+    return tf.reduce_max(tf.pad(lengths, [[0, 1]]))
+
+
+def tokens_at(ids, rows, positions):
+    """Tokens of ragged `ids` at `positions` [len(rows) or 1, P] of each row in `rows`: (ids
+    [len(rows), P] with PAD_ID past a row's end, bool mask of the positions inside it)."""
+    row_lengths = tf.gather(tf.cast(ids.row_lengths(), tf.int32), rows)[:, None]
+    inside = positions < row_lengths
+    index = tf.gather(tf.cast(ids.row_starts(), tf.int32), rows)[:, None] + tf.minimum(positions, row_lengths - 1)
+    return tf.where(inside, tf.gather(ids.flat_values, index), PAD_ID), inside
+
+
 def read_texts(texts, path):
     """The texts given on a command line, then the lines of `path` ("-" = stdin), if any."""
     texts = list(texts)
     if path:
-        try:
-            if path == "-":
-                lines = sys.stdin.read().splitlines()
-            else:
-                with open(path, encoding="utf-8") as f:
-                    lines = f.read().splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise TflmError(f"cannot read {path}: {error}") from None
-        texts.extend(lines)
+        texts.extend(read_lines(path))
     if not texts:
         raise TflmError("give at least one text (arguments, or --file PATH with one text per line)")
     return texts
 
 
+def read_lines(path):
+    """The lines of UTF-8 file `path` ("-" = stdin), split at "\n" only, less a CRLF's "\r"."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+        lines = data.decode("utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise TflmError(f"cannot read {path}: {error}") from None
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def check_strings(values, what):
-    """Raise unless `values` is a list of str (a lone str is a common slip)."""
+    """`values` as a list of str; a TflmError for a lone str (a common slip), a non-str, or a str
+    that is not valid UTF-8 (such as command-line bytes decoded with surrogateescape)."""
     if isinstance(values, str) or not all(isinstance(v, str) for v in values):
         raise TflmError(f"{what} must be a list of strings, got {type(values).__name__}")
+    for value in values:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = value if len(value) <= 60 else value[:60] + "..."
+            raise TflmError(f"{what} must be valid UTF-8; {shown!r} is not") from None
     return list(values)
