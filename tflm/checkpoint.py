@@ -54,10 +54,13 @@ class Checkpointer:
     """A tf.train.CheckpointManager per task over tf.train.Checkpoint(model, optimizer)."""
 
     def __init__(self, run_dir, task, model, optimizer, max_to_keep, extra=None):
-        """`extra`: more {name: variable} to save beside the model and optimizer."""
+        """`extra`: more {name: variable} to save beside the model and optimizer; a checkpoint
+        written before one of them existed still restores (it keeps its initial value)."""
         # Keras keeps dropout's RNG state in SeedGenerator variables that tf.train.Checkpoint does
         # not reach through the model; saving them makes a resumed run draw the same masks.
         rng_states = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
+        self._required = tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states)
+        self._optional = tf.train.Checkpoint(**(extra or {}))
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states,
                                               **(extra or {}))
         self.variables = list(model.variables) + list(optimizer.variables)
@@ -95,7 +98,8 @@ class Checkpointer:
     def _try_restore(self, path):
         """None if `path` restored every variable with finite values, else what went wrong."""
         try:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            self._required.restore(path).assert_existing_objects_matched()
+            self._optional.restore(path).expect_partial()
         except Exception as error:  # a damaged file raises DataLossError, OutOfRange, IndexError, ...
             return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         if not bool(self._finite()):

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tflm import run_dir as runs
-from tflm.checkpoint import checkpoint_dir
+from tflm.checkpoint import checkpoint_dir, list_checkpoints
 from tflm.errors import TflmError
 from tflm.models import build_model
 from tflm.tokenizer import PAD_ID, CharTokenizer
@@ -61,8 +61,8 @@ def load_run(run_dir):
     """Load a run directory: its config, tokenizer, and model restored from the latest checkpoint."""
     if not runs.is_run_dir(run_dir):
         raise TflmError(f"{run_dir} is not a tflm run directory (no config.yaml and vocab.json)")
-    checkpoint = tf.train.latest_checkpoint(checkpoint_dir(run_dir))
-    if checkpoint is None:
+    checkpoints = list_checkpoints(checkpoint_dir(run_dir))
+    if not checkpoints:
         raise TflmError(f"{run_dir} has no checkpoint yet; train it first (python -m tflm.train --run-dir {run_dir})")
     config = runs.read_config(run_dir)
     tokenizer = runs.load_tokenizer(run_dir)
@@ -74,9 +74,26 @@ def load_run(run_dir):
         model = build_model(config.model, tokenizer.vocabulary_size, config.data.seq_len)
     finally:
         keras.config.set_dtype_policy(policy)
-    restore_weights(model, checkpoint)
+    checkpoint = restore_newest_readable(model, checkpoints)
     check_finite(model, checkpoint)
     return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint)
+
+
+def restore_newest_readable(model, checkpoints):
+    """Restore the newest of `checkpoints` that reads back (warning about damaged newer ones, as
+    training does); returns its path."""
+    problems = []
+    for path in reversed(checkpoints):
+        try:
+            restore_weights(model, path)
+            return path
+        except TflmError:
+            raise
+        except Exception as error:  # a damaged file: DataLossError, OutOfRange, ...
+            problem = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            print(f"tflm: warning: cannot restore {path}: {problem}", file=sys.stderr, flush=True)
+            problems.append(f"{os.path.basename(path)}: {problem}")
+    raise TflmError(f"no checkpoint of {os.path.dirname(checkpoints[-1])} can be restored ({problems[0]})")
 
 
 def restore_weights(model, checkpoint):
