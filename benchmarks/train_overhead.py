@@ -45,7 +45,7 @@ def bare_tokens_per_sec(config, steps):
 
     @tf.function
     def step(iterator):
-        inputs, targets = next(iterator)
+        inputs, targets, _ = next(iterator)
         grads, _ = tf.clip_by_global_norm(forward_backward(inputs, targets), config.train.clip_norm)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
 

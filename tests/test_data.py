@@ -87,7 +87,29 @@ def test_tfds_dataset_built_locally_is_read_through_the_tfds_source(tmp_path):
 
 def epoch_windows(corpus, config, pipelines, index):
     """This pipeline's windows over one epoch, as tuples."""
-    return [tuple(w) for w in train_windows(corpus, config, pipelines, index, epochs=1).as_numpy_iterator()]
+    return [tuple(w) for _, w in train_windows(corpus, config, pipelines, index, epochs=1).as_numpy_iterator()]
+
+
+def epoch_examples(corpus, config, pipelines, index):
+    """This pipeline's (example id, window) pairs over one epoch."""
+    return [(int(i), tuple(w)) for i, w in train_windows(corpus, config, pipelines, index, epochs=1).as_numpy_iterator()]
+
+
+@pytest.mark.parametrize("policy", ["data", "file"])
+def test_example_ids_name_each_window_once_and_as_one_device_does(tmp_path, policy):
+    data = {"shard_policy": policy, "shuffle_buffer": 50}
+    if policy == "file":
+        data.update(source="files", paths=[write_files(tmp_path, [f"file {i} " * (300 + 97 * i) for i in range(2)])])
+    config = small_config(data=data)
+    corpus = load_corpus(config.data)
+    workers = [epoch_examples(corpus, config, 2, i) for i in range(2)]
+    ids = [i for worker in workers for i, _ in worker]
+    assert len(ids) == len(set(ids))  # never two windows with one id, so never one dropout mask for both
+    if policy == "data":
+        alone = epoch_examples(corpus, config, 1, 0)
+        assert [i for i, _ in alone] == list(range(len(alone)))
+        for index, worker in enumerate(workers):
+            assert worker == [(i, w) for i, w in alone if i % 2 == index]
 
 
 @pytest.mark.parametrize("policy,files", [("data", 0), ("file", 3), ("data", 3)])

@@ -47,7 +47,7 @@ class PoisonableLM(keras.Model):
         self.head = keras.layers.Dense(vocabulary_size)
         self.factor = tf.Variable(1.0, trainable=False)
 
-    def call(self, token_ids, training=False):
+    def call(self, token_ids, training=False, example_ids=None):
         return self.head(self.embedding(token_ids)) * self.factor
 
 
@@ -67,7 +67,8 @@ def poisonable(tmp_path):
     controller = Controller(trainer, checkpointer, config.train, 4 * 8, str(tmp_path), task,
                             Progress(10, 32, stream=open(os.devnull, "w")))
     windows = tf.random.stateless_uniform((64, 5), seed=(1, 2), maxval=16, dtype=tf.int32)
-    batches = tf.data.Dataset.from_tensor_slices(windows).batch(8).map(lambda w: (w[:, :-1], w[:, 1:])).repeat()
+    batches = tf.data.Dataset.from_tensor_slices(windows).enumerate().batch(8).repeat()
+    batches = batches.map(lambda ids, w: (w[:, :-1], w[:, 1:], ids))
     yield trainer, controller, iter(strategy.experimental_distribute_dataset(batches))
     checkpointer.close()
 

@@ -123,12 +123,12 @@ class TokenCounter:
         self.calls.append(int(tf.size(tokens)))
         return self.model(tokens, training=training)
 
-    def call_with_state(self, tokens, states):
+    def call_with_cache(self, tokens, states, index=None):
         self.calls.append(int(tf.size(tokens)))
-        return self.model.call_with_state(tokens, states)
+        return self.model.call_with_cache(tokens, states)
 
-    def initial_state(self, batch_size):
-        return self.model.initial_state(batch_size)
+    def initial_cache(self, batch_size):
+        return self.model.initial_cache(batch_size)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

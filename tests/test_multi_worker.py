@@ -25,10 +25,11 @@ COMPARED_STEPS = 20
 
 def run_config(model_type):
     """Evaluated (on one batch) after every step so history holds per-step losses; the
-    Transformer runs longer because the fault-tolerance test interrupts it twice."""
+    Transformer runs longer because the fault-tolerance test interrupts it twice. With dropout:
+    replicas must draw the masks one device would."""
     steps = 40 if model_type == "transformer" else COMPARED_STEPS
-    return small_config(model_type, train={"steps": steps, "eval_every": 1, "eval_batches": 1,
-                                           "checkpoint_every": 10})
+    return small_config(model_type, model={"dropout": 0.2},
+                        train={"steps": steps, "eval_every": 1, "eval_batches": 1, "checkpoint_every": 10})
 
 
 @pytest.fixture(scope="module")

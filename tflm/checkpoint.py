@@ -98,7 +98,7 @@ class Checkpointer:
     def _try_restore(self, path):
         """None if `path` restored every variable with finite values, else what went wrong."""
         try:
-            self._required.restore(path).assert_existing_objects_matched()
+            self._required.restore(path).assert_existing_objects_matched().expect_partial()
             self._optional.restore(path).expect_partial()
         except Exception as error:  # a damaged file raises DataLossError, OutOfRange, IndexError, ...
             return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]

@@ -94,14 +94,25 @@ def split_windows(source, split, tokenizer, seq_len, files=None):
 
 
 def train_windows(corpus, config, pipelines=1, index=0, epochs=None):
-    """This input pipeline's training windows: shuffled (seeded), repeated, sharded explicitly."""
+    """This input pipeline's training windows as (example id, window): shuffled (seeded),
+    repeated, sharded explicitly.
+
+    The example id is the window's position in the one shuffled stream a single device reads,
+    so a window has the same id (and so the same dropout masks) however many replicas or workers
+    share the global batch. Under the file policy each worker has a stream of its own, and ids
+    are interleaved across workers so that no two windows share one.
+    """
     policy = shard_policy(config, pipelines, len(corpus.source.files))
     files = corpus.source.files[index::pipelines] if policy == "file" else None
     windows = split_windows(corpus.source, "train", corpus.tokenizer, config.data.seq_len, files)
     windows = windows.shuffle(
         config.data.shuffle_buffer, seed=config.train.seed, reshuffle_each_iteration=True
-    ).repeat(epochs)
-    return windows.shard(pipelines, index) if policy == "data" and pipelines > 1 else windows
+    ).repeat(epochs).enumerate()
+    if pipelines == 1:
+        return windows
+    if policy == "data":
+        return windows.shard(pipelines, index)
+    return windows.map(lambda ordinal, window: (ordinal * pipelines + index, window))
 
 
 def to_inputs_and_targets(windows):
@@ -109,8 +120,13 @@ def to_inputs_and_targets(windows):
     return windows[:, :-1], windows[:, 1:]
 
 
-def _finish(windows, per_replica_batch):
-    dataset = windows.batch(per_replica_batch, drop_remainder=True).map(to_inputs_and_targets)
+def to_training_batch(example_ids, windows):
+    """(ids [batch], windows [batch, seq_len + 1]) -> (inputs, targets, example ids)."""
+    return windows[:, :-1], windows[:, 1:], example_ids
+
+
+def _finish(windows, per_replica_batch, to_batch=to_inputs_and_targets):
+    dataset = windows.batch(per_replica_batch, drop_remainder=True).map(to_batch)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -126,7 +142,7 @@ def train_dataset_fn(corpus, config, start_step=0):
         windows = train_windows(corpus, config, pipelines, index)
         windows_per_step = global_batch // pipelines
         return _finish(windows.skip(start_step * windows_per_step),
-                       input_context.get_per_replica_batch_size(global_batch))
+                       input_context.get_per_replica_batch_size(global_batch), to_training_batch)
 
     return dataset_fn
 

@@ -125,12 +125,12 @@ class LstmSteps:
         self.model, self.cached = model, cached
 
     def initial_state(self, batch):
-        return self.model.initial_state(batch) if self.cached else tf.zeros([])
+        return self.model.initial_cache(batch) if self.cached else tf.zeros([])
 
     def step(self, tokens, q, state):
         if not self.cached:
             return self.model(tokens[:, :q + 1], training=False)[:, -1], state
-        logits, state = self.model.call_with_state(column(tokens, q), state)
+        logits, state = self.model.call_with_cache(column(tokens, q), state)
         return logits[:, -1], state
 
 
@@ -140,7 +140,7 @@ def decode(model, tokens, lengths, end, temperature, top_k, top_p, seed, cached=
     All rows advance together, one position per step from position 1: a row still inside its
     prompt keeps its prompt token, the others get a sampled one. Returns the filled tokens.
     """
-    steps = TransformerSteps(model, cached) if hasattr(model, "call_with_cache") else LstmSteps(model, cached)
+    steps = TransformerSteps(model, cached) if model.context is not None else LstmSteps(model, cached)
     total = tf.shape(tokens)[1]
     columns = tf.range(total)[None, :]
 

@@ -144,7 +144,7 @@ def lstm_last_logits(model, token_ids, lengths):
 
     def body(begin, states, last_logits):
         end = tf.minimum(begin + steps, longest(lengths))
-        logits, states = model.call_with_state(token_ids[:, begin:end], states)
+        logits, states = model.call_with_cache(token_ids[:, begin:end], states)
         at = lengths - 1 - begin
         here = (at >= 0) & (at < end - begin)
         picked = tf.gather(tf.cast(logits, tf.float32), tf.clip_by_value(at, 0, end - begin - 1), batch_dims=1)
@@ -152,7 +152,7 @@ def lstm_last_logits(model, token_ids, lengths):
 
     _, _, last_logits = tf.while_loop(
         lambda begin, *_: begin < longest(lengths), body,
-        (tf.constant(0), model.initial_state(batch), tf.zeros([batch, model.vocabulary_size])),
+        (tf.constant(0), model.initial_cache(batch), tf.zeros([batch, model.vocabulary_size])),
         parallel_iterations=1)
     return last_logits
 

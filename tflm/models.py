@@ -1,98 +1,309 @@
 """The language models: a stacked LSTM and a pre-layer-norm Transformer decoder.
 
 Both map int token ids [batch, time] to next-token logits [batch, time, vocabulary_size], in
-float32 even under mixed precision so the loss and sampling stay exact. Both are built from
-Keras / keras-nlp layers and round-trip through `get_config`.
-"""
+float32 even under mixed precision so the loss and sampling stay exact, and both offer the same
+decoding interface (as keras-hub's causal LMs do), so a sampler never asks which model it has:
 
-import contextlib
+    cache = model.initial_cache(batch_size)
+    logits, cache = model.call_with_cache(token_ids, cache, cache_index)   # tokens at cache_index...
+    model.context   # how many tokens the model can condition on (None: unbounded, the LSTM)
+
+Dropout is a pure function of (train.seed, the dropout site, the example's global index in the
+training stream, the element), not of a random-number state: `example_ids` name each row of a
+batch, so N replicas or workers that split a global batch draw exactly the masks one device
+would, and two different examples never share a mask. (keras.layers.Dropout draws from one
+SeedGenerator variable, mirrored across replicas, so every replica drew the *same* mask for
+different examples, and N replicas regularised less than one device.)
+
+The Transformer block is written here rather than taken from keras-nlp's TransformerDecoder for
+that reason and one more: keras-nlp's cached attention writes its cache with
+`keras.ops.slice_update`, an XLA-only op that stock TF Serving lacks. The block keeps
+TransformerDecoder's layers, names and variable shapes, so checkpoints of either load into it.
+"""
 
 import keras
 import keras_nlp
 import tensorflow as tf
 
+GOLDEN = 0x9E3779B9  # 2**32 / golden ratio: spreads consecutive counters across 32 bits
+
+
+def _fmix32(h):
+    """MurmurHash3's 32-bit finaliser: every input bit flips each output bit with p ~ 1/2."""
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
+    h = h * tf.constant(0x85EBCA6B, tf.uint32)
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(13, tf.uint32)))
+    h = h * tf.constant(0xC2B2AE35, tf.uint32)
+    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
+
+
+def example_uniforms(seed, site, example_ids, row_shape):
+    """Uniform floats in [0, 1) of shape [batch, *row_shape], a pure function of (seed, dropout
+    site, example id, position in the row): counter-based, like JAX's or Philox's generators."""
+    ids = tf.cast(example_ids, tf.int64)
+    low = tf.cast(tf.bitwise.bitwise_and(ids, 0xFFFFFFFF), tf.uint32)
+    high = tf.cast(tf.bitwise.right_shift(ids, 32), tf.uint32)
+    base = _fmix32(tf.constant((seed * GOLDEN + site) % 2**32, tf.uint32))
+    keys = _fmix32(_fmix32(tf.bitwise.bitwise_xor(base, low)) + high)  # [batch]
+    size = 1
+    for dim in row_shape:
+        size *= dim
+    counters = tf.reshape(tf.cast(tf.range(size), tf.uint32) * tf.constant(GOLDEN, tf.uint32), row_shape)
+    keys = tf.reshape(keys, [-1] + [1] * len(row_shape))
+    bits = _fmix32(_fmix32(keys + counters))
+    return tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) * (1.0 / (1 << 24))
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class ExampleDropout(keras.layers.Layer):
+    """Dropout whose mask is a pure function of (seed, site, example id, element).
+
+    Args:
+        rate: fraction of elements dropped while training.
+        seed: the run's seed (train.seed).
+        site: a number unique to this dropout in the model.
+        shared_axes: axes (of the input, batch excluded) along which one mask is shared; e.g.
+            (1,) on [batch, time, features] drops the same features at every time step.
+
+    Call it as `dropout(x, example_ids, training=True)`, `example_ids` int [batch].
+    """
+
+    def __init__(self, rate, seed=0, site=0, shared_axes=(), **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.seed, self.site, self.shared_axes = float(rate), int(seed), int(site), tuple(shared_axes)
+
+    def call(self, inputs, example_ids=None, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        if example_ids is None:
+            raise ValueError(f"{self.name}: training with dropout needs example_ids (see tflm.trainer)")
+        row_shape = [1 if axis in self.shared_axes else inputs.shape[axis] for axis in range(1, inputs.shape.rank)]
+        if None in row_shape:
+            raise ValueError(f"{self.name}: dropout needs static shapes (except batch), got {inputs.shape}")
+        keep = example_uniforms(self.seed, self.site, example_ids, row_shape) >= self.rate
+        return tf.where(keep, inputs / tf.cast(1.0 - self.rate, inputs.dtype), tf.zeros_like(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed, "site": self.site,
+                "shared_axes": self.shared_axes}
+
 
 @keras.saving.register_keras_serializable(package="tflm")
 class LstmLM(keras.Model):
-    """Embedding -> N x LSTM (with dropout) -> Dense over the vocabulary."""
+    """Embedding -> N x LSTM (input dropout shared over time) -> dropout -> Dense over the vocabulary."""
 
-    def __init__(self, vocabulary_size, embed_dim, num_layers, lstm_units, dropout=0.0, **kwargs):
+    def __init__(self, vocabulary_size, embed_dim, num_layers, lstm_units, dropout=0.0, seed=0, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size, self.embed_dim = vocabulary_size, embed_dim
-        self.num_layers, self.lstm_units, self.dropout_rate = num_layers, lstm_units, dropout
+        self.num_layers, self.lstm_units, self.dropout_rate, self.seed = num_layers, lstm_units, dropout, seed
         self.embedding = keras.layers.Embedding(vocabulary_size, embed_dim, name="embedding")
         # One attribute per layer, not a list: tf.train.Checkpoint does not follow Keras 3's
         # tracked lists, so layers kept only in a list would be missing from checkpoints.
         for i in range(num_layers):
-            setattr(self, f"lstm_{i}", keras.layers.LSTM(
-                lstm_units, return_sequences=True, return_state=True, dropout=dropout, name=f"lstm_{i}"))
-        self.output_dropout = keras.layers.Dropout(dropout)
+            setattr(self, f"lstm_{i}", keras.layers.LSTM(lstm_units, return_sequences=True, return_state=True,
+                                                          name=f"lstm_{i}"))
+            setattr(self, f"input_dropout_{i}", ExampleDropout(dropout, seed, site=i, shared_axes=(1,),
+                                                               name=f"input_dropout_{i}"))
+        self.output_dropout = ExampleDropout(dropout, seed, site=num_layers, name="output_dropout")
         self.head = keras.layers.Dense(vocabulary_size, dtype="float32", name="logits")
+
+    context = None  # reads any length: the recurrent state carries the past
 
     @property
     def lstm_layers(self):
         """The stacked LSTM layers, bottom first."""
         return [getattr(self, f"lstm_{i}") for i in range(self.num_layers)]
 
-    def call(self, token_ids, training=False):
+    def call(self, token_ids, training=False, example_ids=None):
         """Logits for every position of `token_ids`."""
         x = self.embedding(token_ids)
-        for lstm in self.lstm_layers:
+        for i, lstm in enumerate(self.lstm_layers):
+            x = getattr(self, f"input_dropout_{i}")(x, example_ids, training=training)
             x, _, _ = lstm(x, training=training)
-        return self.head(self.output_dropout(x, training=training))
+        return self.head(self.output_dropout(x, example_ids, training=training))
 
-    def call_with_state(self, token_ids, states):
-        """Logits for `token_ids` [batch, time] run on from `states`, and the states after them.
-
-        `states` is [num_layers, 2, batch, lstm_units] (h and c of each layer; zeros to start), so
-        generation feeds one token per step instead of re-running the prefix.
-        """
+    def call_with_cache(self, token_ids, cache, cache_index=None):
+        """Logits for `token_ids` [batch, time] run on from the recurrent state `cache`
+        [num_layers, 2, batch, lstm_units] (h and c of each layer), and the state after them;
+        `cache_index` is not needed (the state is the whole past)."""
         x = self.embedding(token_ids)
         new_states = []
         for i, lstm in enumerate(self.lstm_layers):
-            x, h, c = lstm(x, initial_state=[states[i, 0], states[i, 1]])
+            x, h, c = lstm(x, initial_state=[cache[i, 0], cache[i, 1]])
             new_states.append(keras.ops.stack([h, c]))
         return self.head(x), keras.ops.stack(new_states)
 
-    def initial_state(self, batch_size):
-        """Zero recurrent states for `call_with_state`."""
+    def initial_cache(self, batch_size):
+        """Zero recurrent states for `call_with_cache`."""
         return keras.ops.zeros((self.num_layers, 2, batch_size, self.lstm_units))
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
                 "embed_dim": self.embed_dim, "num_layers": self.num_layers,
-                "lstm_units": self.lstm_units, "dropout": self.dropout_rate}
+                "lstm_units": self.lstm_units, "dropout": self.dropout_rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class CausalSelfAttention(keras.layers.Layer):
+    """Multi-head causal self-attention with a key/value cache written with core TF ops.
+
+    Its projections are keras.layers.MultiHeadAttention's (`_query_dense`, `_key_dense`,
+    `_value_dense`, `_output_dense`, EinsumDense with the same shapes), so keras-nlp
+    TransformerDecoder checkpoints restore into it.
+    """
+
+    def __init__(self, num_heads, head_dim, dropout=0.0, seed=0, site=0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.dropout_rate, self.seed, self.site = dropout, seed, site
+
+    def build(self, input_shape):
+        embed_dim = input_shape[-1]
+        for name in ("query", "key", "value"):
+            dense = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, self.num_heads, self.head_dim),
+                                             bias_axes="de", name=name, dtype=self.dtype_policy)
+            dense.build(input_shape)
+            setattr(self, f"_{name}_dense", dense)
+        self._output_dense = keras.layers.EinsumDense("abcd,cde->abe", output_shape=(None, embed_dim),
+                                                      bias_axes="e", name="attention_output",
+                                                      dtype=self.dtype_policy)
+        self._output_dense.build((None, None, self.num_heads, self.head_dim))
+        self.probabilities_dropout = ExampleDropout(self.dropout_rate, self.seed, self.site,
+                                                    name="probabilities_dropout")
+
+    def _qkv(self, x):
+        """Queries, keys and values [batch, time, heads, head_dim] from one fused matmul."""
+        kernel = tf.concat([self._query_dense.kernel, self._key_dense.kernel, self._value_dense.kernel], axis=1)
+        bias = tf.concat([self._query_dense.bias, self._key_dense.bias, self._value_dense.bias], axis=0)
+        qkv = tf.einsum("btc,cnh->btnh", x, tf.cast(kernel, x.dtype)) + tf.cast(bias, x.dtype)
+        return tf.split(qkv, 3, axis=2)
+
+    def _attend(self, query, keys, values, mask, example_ids, training):
+        """Softmax(q k^T / sqrt(d)) v over the keys `mask` allows; [batch, time, embed]."""
+        scores = tf.einsum("bqnh,bknh->bnqk", query, keys) * tf.cast(self.head_dim ** -0.5, query.dtype)
+        scores = tf.where(mask, tf.cast(scores, tf.float32), -1e9)
+        probabilities = tf.cast(tf.nn.softmax(scores, axis=-1), query.dtype)
+        probabilities = self.probabilities_dropout(probabilities, example_ids, training=training)
+        return self._output_dense(tf.einsum("bnqk,bknh->bqnh", probabilities, values))
+
+    def call(self, x, example_ids=None, training=False):
+        """Attention of each position to itself and the positions before it."""
+        query, keys, values = self._qkv(x)
+        length = tf.shape(x)[1]
+        causal = tf.range(length)[:, None] >= tf.range(length)[None, :]
+        return self._attend(query, keys, values, causal[None, None], example_ids, training)
+
+    def call_with_cache(self, x, cache, cache_index):
+        """Attention for `x` placed at positions cache_index...; `cache` [batch, 2, capacity,
+        heads, head_dim] holds the keys and values of earlier positions. Returns the output and
+        the cache with x's keys and values written in."""
+        query, keys, values = self._qkv(x)
+        cache = write_along_time(cache, tf.stack([keys, values], axis=1), cache_index)
+        length, capacity = tf.shape(x)[1], tf.shape(cache)[2]
+        positions = cache_index + tf.range(length)
+        visible = tf.range(capacity)[None, :] <= positions[:, None]
+        return self._attend(query, cache[:, 0], cache[:, 1], visible[None, None], None, False), cache
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "head_dim": self.head_dim,
+                "dropout": self.dropout_rate, "seed": self.seed, "site": self.site}
+
+
+def write_along_time(cache, updates, index):
+    """`cache` [batch, 2, capacity, heads, head_dim] with `updates` [batch, 2, n, ...] written at
+    time index..index+n-1, from core TF ops (no XlaDynamicUpdateSlice, which stock TF Serving
+    lacks; fixed shapes, so XLA compiles it too)."""
+    offsets = tf.range(tf.shape(cache)[2]) - index
+    inside = tf.reshape((offsets >= 0) & (offsets < tf.shape(updates)[2]), [1, 1, -1, 1, 1])
+    spread = tf.gather(updates, tf.clip_by_value(offsets, 0, tf.shape(updates)[2] - 1), axis=2)
+    return tf.where(inside, tf.cast(spread, cache.dtype), cache)
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class DecoderBlock(keras.layers.Layer):
+    """x + Dropout(Attention(LN(x))), then x + Dropout(FF(LN(x))): a pre-layer-norm GPT block
+    with keras-nlp TransformerDecoder's sublayer names (`_self_attention_layer`, ...)."""
+
+    def __init__(self, num_heads, ff_dim, dropout=0.0, seed=0, site=0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.ff_dim, self.dropout_rate, self.seed, self.site = num_heads, ff_dim, dropout, seed, site
+
+    def build(self, input_shape):
+        embed_dim = input_shape[-1]
+        policy = self.dtype_policy
+        self._self_attention_layer = CausalSelfAttention(self.num_heads, embed_dim // self.num_heads,
+                                                         self.dropout_rate, self.seed, 3 * self.site,
+                                                         name="self_attention", dtype=policy)
+        self._self_attention_layer.build(input_shape)
+        self._self_attention_layer_norm = keras.layers.LayerNormalization(
+            epsilon=1e-5, name="self_attention_layer_norm", dtype=policy)
+        self._self_attention_layer_norm.build(input_shape)
+        self._self_attention_dropout = ExampleDropout(self.dropout_rate, self.seed, 3 * self.site + 1,
+                                                      name="self_attention_dropout")
+        self._feedforward_intermediate_dense = keras.layers.Dense(
+            self.ff_dim, activation="gelu", name="feedforward_intermediate_dense", dtype=policy)
+        self._feedforward_intermediate_dense.build(input_shape)
+        self._feedforward_output_dense = keras.layers.Dense(embed_dim, name="feedforward_output_dense", dtype=policy)
+        self._feedforward_output_dense.build(tuple(input_shape[:-1]) + (self.ff_dim,))
+        self._feedforward_layer_norm = keras.layers.LayerNormalization(
+            epsilon=1e-5, name="feedforward_layer_norm", dtype=policy)
+        self._feedforward_layer_norm.build(input_shape)
+        self._feedforward_dropout = ExampleDropout(self.dropout_rate, self.seed, 3 * self.site + 2,
+                                                   name="feedforward_dropout")
+
+    def _feedforward(self, x, example_ids, training):
+        y = self._feedforward_output_dense(self._feedforward_intermediate_dense(self._feedforward_layer_norm(x)))
+        return x + self._feedforward_dropout(y, example_ids, training=training)
+
+    def call(self, x, example_ids=None, training=False):
+        """The block over a whole sequence (causal)."""
+        y = self._self_attention_layer(self._self_attention_layer_norm(x), example_ids, training=training)
+        x = x + self._self_attention_dropout(y, example_ids, training=training)
+        return self._feedforward(x, example_ids, training)
+
+    def call_with_cache(self, x, cache, cache_index):
+        """The block for `x` at positions cache_index..., attending to `cache`; (output, cache)."""
+        y, cache = self._self_attention_layer.call_with_cache(self._self_attention_layer_norm(x), cache, cache_index)
+        return self._feedforward(x + y, None, False), cache
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "ff_dim": self.ff_dim,
+                "dropout": self.dropout_rate, "seed": self.seed, "site": self.site}
 
 
 @keras.saving.register_keras_serializable(package="tflm")
 class TransformerLM(keras.Model):
-    """TokenAndPositionEmbedding -> N x TransformerDecoder (causal, pre-LN) -> LayerNorm -> Dense."""
+    """TokenAndPositionEmbedding -> N x DecoderBlock (causal, pre-LN) -> LayerNorm -> Dense."""
 
     def __init__(self, vocabulary_size, seq_len, embed_dim, num_layers, num_heads, ff_dim,
-                 dropout=0.0, **kwargs):
+                 dropout=0.0, seed=0, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size, self.seq_len, self.embed_dim = vocabulary_size, seq_len, embed_dim
-        self.num_layers, self.num_heads, self.ff_dim, self.dropout_rate = num_layers, num_heads, ff_dim, dropout
+        self.num_layers, self.num_heads, self.ff_dim = num_layers, num_heads, ff_dim
+        self.dropout_rate, self.seed = dropout, seed
         self.embedding = keras_nlp.layers.TokenAndPositionEmbedding(
             vocabulary_size, seq_len, embed_dim, name="embedding"
         )
         for i in range(num_layers):  # attributes, not a list: see LstmLM
-            setattr(self, f"decoder_{i}", keras_nlp.layers.TransformerDecoder(
-                intermediate_dim=ff_dim, num_heads=num_heads, dropout=dropout,
-                activation="gelu", normalize_first=True, name=f"decoder_{i}"))
+            setattr(self, f"decoder_{i}", DecoderBlock(num_heads, ff_dim, dropout, seed, site=i, name=f"decoder_{i}"))
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
         self.head = keras.layers.Dense(vocabulary_size, dtype="float32", name="logits")
+
+    @property
+    def context(self):
+        """Positions the model has embeddings for: the most tokens it conditions on."""
+        return self.seq_len
 
     @property
     def blocks(self):
         """The decoder blocks, bottom first."""
         return [getattr(self, f"decoder_{i}") for i in range(self.num_layers)]
 
-    def call(self, token_ids, training=False):
+    def call(self, token_ids, training=False, example_ids=None):
         """Logits for every position of `token_ids` (causal: position t sees tokens <= t)."""
         x = self.embedding(token_ids)
         for block in self.blocks:
-            x = block(x, training=training)
+            x = block(x, example_ids, training=training)
         return self.head(self.final_norm(x))
 
     def call_with_cache(self, token_ids, cache, cache_index):
@@ -104,12 +315,10 @@ class TransformerLM(keras.Model):
         """
         x = self.embedding(token_ids, start_index=cache_index)
         new_cache = []
-        with core_op_cache_updates():
-            for i, block in enumerate(self.blocks):
-                x, block_cache = block(x, self_attention_cache=cache[i],
-                                       self_attention_cache_update_index=cache_index)
-                new_cache.append(block_cache)
-        return self.head(self.final_norm(x)), keras.ops.stack(new_cache)
+        for i, block in enumerate(self.blocks):
+            x, block_cache = block.call_with_cache(x, cache[i], cache_index)
+            new_cache.append(block_cache)
+        return self.head(self.final_norm(x)), tf.stack(new_cache)
 
     def initial_cache(self, batch_size):
         """An empty key/value cache for `call_with_cache`."""
@@ -120,42 +329,16 @@ class TransformerLM(keras.Model):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
                 "seq_len": self.seq_len, "embed_dim": self.embed_dim,
                 "num_layers": self.num_layers, "num_heads": self.num_heads,
-                "ff_dim": self.ff_dim, "dropout": self.dropout_rate}
+                "ff_dim": self.ff_dim, "dropout": self.dropout_rate, "seed": self.seed}
 
 
-def update_along_time(inputs, start_indices, updates):
-    """`keras.ops.slice_update` for a key/value cache [batch, time, heads, head_dim] written at
-    start [0, index, 0, 0], from core TF ops (gather + select; fixed shapes, so XLA compiles it).
-    """
-    index, length = start_indices[1], tf.shape(updates)[1]
-    offsets = tf.range(tf.shape(inputs)[1]) - index
-    inside = tf.reshape((offsets >= 0) & (offsets < length), [1, -1, 1, 1])
-    spread = tf.gather(updates, tf.clip_by_value(offsets, 0, length - 1), axis=1)
-    return tf.where(inside, tf.cast(spread, inputs.dtype), inputs)
-
-
-@contextlib.contextmanager
-def core_op_cache_updates():
-    """Route keras-nlp's cache writes through `update_along_time` while the blocks run.
-
-    Keras' TensorFlow backend implements `slice_update` with XlaDynamicUpdateSlice, an op stock
-    TF Serving lacks, and keras-nlp's CachedMultiHeadAttention offers no other hook; swapping the
-    function while our own code traces (or runs) the cached call keeps exported graphs core-only.
-    """
-    original = keras.ops.slice_update
-    keras.ops.slice_update = update_along_time
-    try:
-        yield
-    finally:
-        keras.ops.slice_update = original
-
-
-def build_model(model_config, vocabulary_size, seq_len):
-    """The model named by `model.type`, with its sizes, built on a dummy batch of `seq_len`."""
+def build_model(model_config, vocabulary_size, seq_len, seed=0):
+    """The model named by `model.type`, with its sizes and dropout seed, built on a dummy batch."""
     m = model_config
     if m.type == "lstm":
-        model = LstmLM(vocabulary_size, m.embed_dim, m.num_layers, m.lstm_units, m.dropout)
+        model = LstmLM(vocabulary_size, m.embed_dim, m.num_layers, m.lstm_units, m.dropout, seed)
     else:
-        model = TransformerLM(vocabulary_size, seq_len, m.embed_dim, m.num_layers, m.num_heads, m.ff_dim, m.dropout)
+        model = TransformerLM(vocabulary_size, seq_len, m.embed_dim, m.num_layers, m.num_heads, m.ff_dim,
+                              m.dropout, seed)
     model(keras.ops.zeros((1, seq_len), dtype="int32"))
     return model

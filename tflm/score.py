@@ -68,7 +68,7 @@ def token_log_probs(model, tokens, states=None):
     if states is None:
         logits = model(tokens[:, :-1], training=False)
     else:
-        logits, states = model.call_with_state(tokens[:, :-1], states)
+        logits, states = model.call_with_cache(tokens[:, :-1], states)
     log_probs = -tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:],
                                                                 logits=tf.cast(logits, tf.float32))
     return log_probs, states
@@ -132,7 +132,7 @@ def lstm_log_probs(model, ids, lengths):
         sums = tf.cast(tf.reduce_sum(tf.where(inside[:, 1:], log_probs, 0.0), axis=1), tf.float64)
         return end, states, tf.tensor_scatter_nd_add(totals, active[:, None], sums)
 
-    states = tf.transpose(model.initial_state(batch), [2, 0, 1, 3])  # [batch, layers, 2, units]
+    states = tf.transpose(model.initial_cache(batch), [2, 0, 1, 3])  # [batch, layers, 2, units]
     _, _, totals = tf.while_loop(lambda begin, *_: begin < last_input, body,
                                  (tf.constant(0), states, tf.zeros([batch], tf.float64)), parallel_iterations=1)
     return totals

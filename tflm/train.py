@@ -136,7 +136,7 @@ def train_in(config, run_dir, task, strategy, resuming, prefix):
     keras.mixed_precision.set_dtype_policy(config.runtime.precision)
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = build_model(config.model, corpus.tokenizer.vocabulary_size, config.data.seq_len)
+        model = build_model(config.model, corpus.tokenizer.vocabulary_size, config.data.seq_len, config.train.seed)
         optimizer = make_optimizer(config.train)
         optimizer.build(model.trainable_variables)
     trainer = Trainer(strategy, model, optimizer, config.train, config.data.seq_len, config.runtime.jit_compile)

@@ -114,18 +114,18 @@ class Trainer:
         """Variables a checkpoint must hold beside the model and optimizer."""
         return {"nonfinite_steps": self.nonfinite_steps, "first_nonfinite_step": self.first_nonfinite_step}
 
-    def _forward_backward_fn(self, inputs, targets):
+    def _forward_backward_fn(self, inputs, targets, example_ids):
         with tf.GradientTape() as tape:
-            logits = self.model(inputs, training=True)
+            logits = self.model(inputs, training=True, example_ids=example_ids)
             loss_sum, correct = token_loss_and_accuracy(targets, logits)
             scaled_loss = loss_sum / self.global_tokens
         grads = tape.gradient(scaled_loss, self.model.trainable_variables)
         return grads, loss_sum, correct
 
-    def _replica_gradients(self, inputs, targets):
+    def _replica_gradients(self, inputs, targets, example_ids):
         """All-reduced, clipped gradients; [loss sum, correct, tokens]; whether the norm is finite
         (the same on every replica, since the gradients are the same)."""
-        grads, loss_sum, correct = self._forward_backward(inputs, targets)
+        grads, loss_sum, correct = self._forward_backward(inputs, targets, example_ids)
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         norm = tf.linalg.global_norm(grads)
         grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
@@ -135,8 +135,8 @@ class Trainer:
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
 
     def _train_step_fn(self, iterator):
-        inputs, targets = next(iterator)
-        grads, sums, finite = self.strategy.run(self._replica_gradients, args=(inputs, targets))
+        inputs, targets, example_ids = next(iterator)
+        grads, sums, finite = self.strategy.run(self._replica_gradients, args=(inputs, targets, example_ids))
         finite = self.strategy.experimental_local_results(finite)[0]
 
         def apply():
