@@ -18,7 +18,8 @@ def record(step, val_loss):
     """One history line as tflm.train writes it (every key of tflm.run_dir.HISTORY_KEYS)."""
     values = {"step": step, "tokens_seen": step * 768, "elapsed_s": step * 0.1, "loss": val_loss - 0.05,
               "accuracy": 0.6 - val_loss / 10, "val_loss": val_loss, "val_accuracy": 0.55 - val_loss / 10,
-              "val_perplexity": math.exp(val_loss), "tokens_per_sec": 7680.0}
+              "val_perplexity": math.exp(val_loss), "tokens_per_sec": 7680.0,
+              "bits_per_byte": (val_loss - 0.05) / math.log(2) / 1.5, "val_bits_per_byte": val_loss / math.log(2) / 1.5}
     return {key: values[key] for key in HISTORY_KEYS}
 
 
@@ -49,16 +50,19 @@ def test_each_run_has_one_colour_train_dashed_and_validation_solid(two_runs):
     assert list(lines["lstm validation"].get_ydata()) == pytest.approx([0.55 - v / 10 for v in (2.5, 2.0, 1.5)])
     (legend,) = figure.legends
     assert [t.get_text() for t in legend.get_texts()][:2] == ["lstm", "transformer"]
-    assert ax.get_xlabel() == "optimizer step" and ax.get_ylabel() == "next-character accuracy (%)"
+    assert ax.get_xlabel() == "optimizer step" and ax.get_ylabel() == "next-token accuracy (%)"
 
 
 def test_metrics_are_side_by_side_with_units_and_perplexity_on_a_log_scale(two_runs):
-    figure = plot.plot_runs(two_runs, metrics=["loss", "perplexity", "bits_per_char"], x="tokens")
-    loss, ppl, bpc = figure.axes
-    assert loss.get_ylabel() == "cross-entropy loss (nats/char)" and loss.get_yscale() == "linear"
+    figure = plot.plot_runs(two_runs, metrics=["loss", "perplexity", "bits_per_char", "bits_per_byte"], x="tokens")
+    loss, ppl, bpc, bpb = figure.axes
+    assert loss.get_ylabel() == "cross-entropy loss (nats/token)" and loss.get_yscale() == "linear"
     assert ppl.get_yscale() == "log" and "perplexity" in ppl.get_ylabel()
-    assert bpc.get_ylabel() == "cross-entropy (bits/char)"
-    assert {ax.get_xlabel() for ax in figure.axes} == {"tokens seen (characters)"}
+    assert bpc.get_ylabel().startswith("cross-entropy (bits/token")
+    assert bpb.get_ylabel() == "bits per UTF-8 byte (compares tokenizers)"
+    lstm_bpb = next(line for line in bpb.get_lines() if line.get_label() == "lstm validation")
+    assert list(lstm_bpb.get_ydata()) == pytest.approx([v / math.log(2) / 1.5 for v in (2.5, 2.0, 1.5)])
+    assert {ax.get_xlabel() for ax in figure.axes} == {"tokens seen"}
     lstm_val = next(line for line in ppl.get_lines() if line.get_label() == "lstm validation")
     assert list(lstm_val.get_xdata()) == [50 * 768, 100 * 768, 150 * 768]
     assert list(lstm_val.get_ydata()) == pytest.approx([math.exp(v) for v in (2.5, 2.0, 1.5)])

@@ -65,7 +65,6 @@ class Range:
         return None
 
 
-POSITIVE_INT = Range(1, INT32_MAX)
 COUNT = Range(0, INT32_MAX)
 STEPS = Range(1, MANY)
 POSITIVE = Range(0, open_low=True)
@@ -78,17 +77,19 @@ class DataConfig:
     """What text the model learns from, and how it is cut into windows."""
 
     source: Annotated[str, OneOf("default", "files", "tfds")] = "default"  # default: the Python manual in CPython
-    paths: PATHS = ()                     # files: paths or globs of UTF-8 text
+    paths: PATHS = ()                     # files: paths or globs of UTF-8 text (local or any tf.io.gfile URL)
+    validation_paths: PATHS = ()          # validation text (files or globs); empty: held out from the training text
     tfds_name: str = ""                   # tfds: dataset name, e.g. "tiny_shakespeare"
     tfds_split: str = "train"             # tfds: the split to train on
     tfds_validation_split: str = "validation"  # tfds: the split to validate on
     tfds_text_feature: str = "text"       # tfds: the feature that holds the text
     tfds_data_dir: str = ""               # tfds: where prepared datasets live ("" = TFDS's default)
-    validation_fraction: Annotated[float, Range(0, 1, open_low=True)] = 0.1  # default/files: share held out
+    validation_fraction: Annotated[float, Range(0, 1, open_low=True)] = 0.1  # without validation_paths: share held out
     seq_len: Annotated[int, Range(1, 2**20)] = 64  # tokens of context the model sees
-    max_vocab_size: Annotated[int, Range(3, INT32_MAX)] = 1000  # most frequent characters kept; others are OOV
-    shuffle_buffer: Annotated[int, POSITIVE_INT] = 10000  # windows
-    shard_policy: Annotated[str, OneOf("auto", "file", "data")] = "auto"  # auto: file when files >= workers
+    tokenizer: Annotated[str, OneOf("char", "byte", "wordpiece", "sentencepiece")] = "char"  # text -> token ids
+    vocab_size: Annotated[int, Range(3, INT32_MAX)] = 1000  # char: at most this many ids; subword: exactly; byte: 257
+    sentencepiece_model: Annotated[str, OneOf("unigram", "bpe")] = "unigram"  # sentencepiece: the algorithm
+    store: str = ""                       # the prepared token store ("" = RUN_DIR/store); a path runs can share
 
     def check(self):
         if self.validation_fraction >= 1:
@@ -169,6 +170,7 @@ class Config:
         """A validated Config from {section: {key: value}}; missing keys take their defaults,
         except in a `saved` config (a run directory's), which must be whole."""
         if saved:
+            sections = migrate(sections)
             check_complete(sections, origin)
         return updated(cls(), origin=origin, **sections)
 
@@ -178,8 +180,29 @@ class Config:
                        for f in dataclasses.fields(SECTIONS[name])} for name in SECTIONS}
 
 
-# Keys that configs saved by an older tflm lack; such configs load with their defaults.
-ADDED_SINCE_0_1 = ("train.max_nonfinite_steps", "runtime.cluster")
+# How keys changed since tflm 0.1: configs saved in run directories are migrated; a config a
+# user writes is told (one line) what to use instead.
+ADDED_SINCE_0_1 = ("train.max_nonfinite_steps", "runtime.cluster", "data.validation_paths", "data.tokenizer",
+                   "data.sentencepiece_model", "data.store")  # saved configs without them take the defaults
+RENAMED = {"data.max_vocab_size": "data.vocab_size"}
+RETIRED = {"data.shuffle_buffer": "windows are shuffled over the whole token store, with no buffer",
+           "data.shard_policy": "every worker reads the token store by window index"}
+
+
+def migrate(sections):
+    """A saved config's sections with renamed keys renamed and retired ones dropped."""
+    migrated = {}
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            migrated[section] = values
+            continue
+        migrated[section] = {}
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if dotted in RETIRED:
+                continue
+            migrated[section][RENAMED.get(dotted, dotted).split(".")[1]] = value
+    return migrated
 
 
 def check_complete(sections, origin):
@@ -187,7 +210,8 @@ def check_complete(sections, origin):
     defaults in place of what the run was trained with)."""
     for key in all_keys():
         section, name = key.split(".")
-        if key not in ADDED_SINCE_0_1 and name not in (sections.get(section) or {}):
+        values = sections.get(section)
+        if key not in ADDED_SINCE_0_1 and name not in (values if isinstance(values, dict) else {}):
             raise TflmError(f"{origin} has no {key}: the file is damaged; restore it from a copy "
                             "(it must match the run's checkpoints)")
 
@@ -209,6 +233,10 @@ def updated(config, origin="--set", **sections):
         converted = {}
         for key, value in values.items():
             dotted = f"{section}.{key}"
+            if dotted in RENAMED:
+                raise TflmError(f"{origin}: {dotted} is now {RENAMED[dotted]}")
+            if dotted in RETIRED:
+                raise TflmError(f"{origin}: {dotted} no longer exists: {RETIRED[dotted]}")
             if key not in fields:
                 raise TflmError(f"{origin}: unknown key {dotted!r}{suggest(dotted, all_keys())}")
             converted[key] = convert(dotted, value, *fields[key])

@@ -58,7 +58,8 @@ class Controller:
                         "elapsed_s": round(elapsed_before_s + time.perf_counter() - start, 3),
                         "loss": train_metrics["loss"], "accuracy": train_metrics["accuracy"],
                         "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                        "val_perplexity": val["perplexity"],
+                        "val_perplexity": val["perplexity"], "bits_per_byte": train_metrics["bits_per_byte"],
+                        "val_bits_per_byte": val["bits_per_byte"],
                         "tokens_per_sec": (step - period_start_step) * self.tokens_per_step / train_time_s,
                     }
                     self._report(record, train_metrics, val)
@@ -127,7 +128,7 @@ class Controller:
         self.progress.log(
             f"step {record['step']}/{self.config.steps}  loss {record['loss']:.4f}  acc {record['accuracy']:.3f}  "
             f"val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}  "
-            f"val_ppl {record['val_perplexity']:.2f}  val_bpc {val['bits_per_char']:.3f}  "
+            f"val_ppl {record['val_perplexity']:.2f}  val_bpb {record['val_bits_per_byte']:.3f}  "
             f"{record['tokens_per_sec']:.0f} tok/s"
         )
         if self.task.is_chief:

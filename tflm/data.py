@@ -1,169 +1,150 @@
-"""Input pipelines: text -> character ids -> windows of seq_len + 1 -> shuffled, sharded batches.
+"""Input pipelines: windows of seq_len + 1 token ids read by index from the token store.
 
-Training windows are a deterministic function of (corpus, seed, step): the shuffle is seeded, the
-data are sharded explicitly (never with AUTO), and a resumed run skips the windows it already
-trained on. So a resumed or multi-worker run sees exactly the windows a single uninterrupted run
-would, which is what the equivalence and resume tests check.
+A training window is a pure function of (train.seed, global example n), n = step * global batch
++ position in the global batch:
+
+    epoch, i = divmod(n, W)              W: windows per epoch (the same every epoch)
+    j = index_shuffle(i, seed, epoch)    a seeded bijection over 0..W-1: each window once per
+                                         epoch, the whole corpus shuffled, no buffer
+    shard, k = where window j lies       windows never straddle shards (nor source files)
+    window = tokens[shift(epoch) + k * (seq_len + 1) : ... + seq_len + 1]
+
+`shift(epoch)`, seeded, moves the window alignment each epoch, so a small corpus trained for many
+epochs sees every position at every place in the window; W counts the windows that fit for every
+shift. Replica r (of R, over all workers) reads positions r * B/R ... (r + 1) * B/R - 1 of each
+global batch, so any number of replicas or workers sees exactly the global batches of one
+device, each row carries its n as the example id (dropout masks follow it), and resuming at any
+step is O(1): nothing is skipped. tf.data stays the engine (prefetch, parallel reads,
+`distribute_datasets_from_function`).
+
+Validation windows are the split's windows in order, with no shift.
 """
 
-import collections
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from tflm.errors import TflmError
-from tflm.sources import make_source
-from tflm.tokenizer import CharTokenizer, count_characters
+
+LAST_STEP = 2**62 // 2**24  # beyond any run: keeps n = step * global batch inside int64
 
 
-@dataclasses.dataclass
-class Corpus:
-    """A text source with its tokenizer and the tokens of each split (per file for file sources,
-    since windows are formed within files)."""
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """Where a split's windows of `length` tokens lie: per shard, how many and the first's index."""
 
-    source: object
-    tokenizer: CharTokenizer
-    token_counts: dict  # split -> [tokens per file] (one entry for a single-stream source)
+    split: str
+    length: int
+    counts: np.ndarray  # windows in each shard
+    starts: np.ndarray  # index of each shard's first window
 
-    def tokens(self, split):
-        """Tokens in a split."""
-        return sum(self.token_counts[split])
+    @classmethod
+    def of(cls, store, split, seq_len):
+        """The windows of seq_len + 1 tokens of a split (train: those that fit at every shift)."""
+        length = seq_len + 1
+        tokens = np.array(store.shard_tokens(split), np.int64)
+        counts = np.maximum(tokens - (length - 1) if split == "train" else tokens, 0) // length
+        return cls(split, length, counts, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
 
-    def windows(self, split, seq_len):
-        """Windows of seq_len + 1 tokens in one epoch of a split."""
-        return sum(n // (seq_len + 1) for n in self.token_counts[split])
+    @property
+    def total(self):
+        """Windows per epoch."""
+        return int(self.counts.sum())
 
-
-def load_corpus(data_config, tokenizer=None):
-    """Scan the source once: count characters per file and split, learn the vocabulary from
-    the training counts (unless a tokenizer is given)."""
-    source = make_source(data_config)
-    units = source.files or [None]  # per file, or the whole stream
-
-    def texts(split, unit):
-        return source.iter_texts(split) if unit is None else source.iter_file_texts(unit, split)
-
-    train_counts = [count_characters(texts("train", unit)) for unit in units]
-    token_counts = {"train": [sum(c.values()) for c in train_counts],
-                    "validation": [sum(len(t) for t in texts("validation", unit)) for unit in units]}
-    if tokenizer is None:
-        counts = sum(train_counts, collections.Counter())
-        if not counts:
-            raise TflmError("the training split is empty")
-        tokenizer = CharTokenizer.from_counts(counts, data_config.max_vocab_size)
-    return Corpus(source, tokenizer, token_counts)
+    def locate(self, j, shift):
+        """(shard, token position) of window j (int64 tensors) under an alignment shift."""
+        shard = tf.searchsorted(tf.constant(self.starts[self.counts > 0]), j, side="right") - 1
+        nonempty = tf.constant(np.flatnonzero(self.counts > 0), tf.int64)
+        k = j - tf.gather(tf.constant(self.starts[self.counts > 0]), shard)
+        return tf.gather(nonempty, shard), shift + k * self.length
 
 
-def check_corpus_fits(corpus, seq_len, global_batch_size):
+def check_fits(store, seq_len, global_batch):
     """Raise if training has no window, or validation too few for one global batch."""
-    window = seq_len + 1
-    if corpus.windows("train", seq_len) == 0:
+    train, validation = Windows.of(store, "train", seq_len), Windows.of(store, "validation", seq_len)
+    if train.total == 0:
         raise TflmError(f"data.seq_len={seq_len} is larger than the training split "
-                        f"({corpus.tokens('train')} tokens)")
-    if corpus.windows("validation", seq_len) < global_batch_size:
-        raise TflmError(
-            f"the validation split has {corpus.windows('validation', seq_len)} windows of "
-            f"seq_len+1={window} tokens, fewer than train.global_batch_size={global_batch_size}"
-        )
+                        f"({store.tokens('train')} tokens in {len(train.counts)} shard(s))")
+    if validation.total < global_batch:
+        raise TflmError(f"the validation split has {validation.total} windows of seq_len+1={seq_len + 1} "
+                        f"tokens, fewer than train.global_batch_size={global_batch}")
 
 
-def shard_policy(config, num_workers, num_files):
-    """'file' or 'data': by file when every worker gets at least one file, unless configured."""
-    policy = config.data.shard_policy
-    if policy == "auto":
-        policy = "file" if num_files >= num_workers > 1 else "data"
-    if policy == "file" and num_files < num_workers:
-        raise TflmError(f"data.shard_policy=file needs at least {num_workers} files, found {num_files}")
-    return policy
+def training_window(windows, seed, n):
+    """(shard, position) of the training windows of global examples `n` (int64 [b]; a batch
+    may straddle two epochs)."""
+    epoch, i = n // windows.total, n % windows.total
+    seeds = tf.stack([tf.fill(tf.shape(n), tf.constant(seed, tf.int64)), epoch, tf.zeros_like(n)], axis=1)
+    j = permuted(i, seeds, windows.total)
+    shift = permuted(tf.zeros_like(n), seeds + [[0, 0, 1]], windows.length)  # where 0 lands: a seeded shift
+    return windows.locate(j, shift)
 
 
-def token_windows(texts, tokenizer, seq_len):
-    """Dataset of strings -> one stream of ids -> int32 windows of seq_len + 1."""
-    ids = texts.map(tokenizer.tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ids.unbatch().batch(seq_len + 1, drop_remainder=True)
+def permuted(index, seeds, size):
+    """Where each `index` lands in the permutation of 0..size-1 its seed [n, 3] picks (a seeded
+    bijection: tf.random.experimental.index_shuffle's op, called directly because the wrapper
+    in TF 2.21 pads a batch of seeds along the wrong axis)."""
+    return tf.raw_ops.RandomIndexShuffle(index=index, seed=seeds, max_index=tf.constant(size - 1, tf.int64),
+                                         rounds=4)
 
 
-def split_windows(source, split, tokenizer, seq_len, files=None):
-    """Windows of one split; for file sources, formed within each file, file after file, so the
-    set of windows is the same however the files are sharded."""
-    if not source.files:
-        return token_windows(source.texts(split), tokenizer, seq_len)
-    paths = tf.data.Dataset.from_tensor_slices(list(source.files if files is None else files))
-    return paths.interleave(lambda path: token_windows(source.file_texts(path, split), tokenizer, seq_len),
-                            cycle_length=1)
+def replica_examples(q, global_batch, per_replica, local_replicas, worker):
+    """The global example numbers of this worker's q-th per-replica batch (int64 [per_replica])."""
+    step, local = q // local_replicas, q % local_replicas
+    replica = worker * local_replicas + local
+    return step * global_batch + replica * per_replica + tf.range(per_replica, dtype=tf.int64)
 
 
-def train_windows(corpus, config, pipelines=1, index=0, epochs=None):
-    """This input pipeline's training windows as (example id, window): shuffled (seeded),
-    repeated, sharded explicitly.
+def batches_of_examples(store, windows, examples, locate):
+    """A dataset of example-number batches -> (inputs, targets, example ids)."""
 
-    The example id is the window's position in the one shuffled stream a single device reads,
-    so a window has the same id (and so the same dropout masks) however many replicas or workers
-    share the global batch. Under the file policy each worker has a stream of its own, and ids
-    are interleaved across workers so that no two windows share one.
-    """
-    policy = shard_policy(config, pipelines, len(corpus.source.files))
-    files = corpus.source.files[index::pipelines] if policy == "file" else None
-    windows = split_windows(corpus.source, "train", corpus.tokenizer, config.data.seq_len, files)
-    windows = windows.shuffle(
-        config.data.shuffle_buffer, seed=config.train.seed, reshuffle_each_iteration=True
-    ).repeat(epochs).enumerate()
-    if pipelines == 1:
-        return windows
-    if policy == "data":
-        return windows.shard(pipelines, index)
-    return windows.map(lambda ordinal, window: (ordinal * pipelines + index, window))
+    def read(n):
+        shard, position = locate(n)
+        tokens = tf.numpy_function(lambda s, p: store.read(windows.split, s, p, windows.length),
+                                   [shard, position], tf.int32, stateful=False)
+        tokens = tf.ensure_shape(tokens, [None, windows.length])
+        return tokens[:, :-1], tokens[:, 1:], n
 
-
-def to_inputs_and_targets(windows):
-    """[batch, seq_len + 1] -> (inputs, next-token targets), each [batch, seq_len]."""
-    return windows[:, :-1], windows[:, 1:]
-
-
-def to_training_batch(example_ids, windows):
-    """(ids [batch], windows [batch, seq_len + 1]) -> (inputs, targets, example ids)."""
-    return windows[:, :-1], windows[:, 1:], example_ids
-
-
-def _finish(windows, per_replica_batch, to_batch=to_inputs_and_targets):
-    dataset = windows.batch(per_replica_batch, drop_remainder=True).map(to_batch)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = examples.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def train_dataset_fn(corpus, config, start_step=0):
-    """A `distribute_datasets_from_function` input fn for training, starting at `start_step`."""
-    global_batch = config.train.global_batch_size
+def train_dataset_fn(store, seq_len, global_batch, seed, start_step=0):
+    """A `distribute_datasets_from_function` input fn for training from `start_step` on."""
+    windows = Windows.of(store, "train", seq_len)
 
     def dataset_fn(input_context):
-        pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
-        windows = train_windows(corpus, config, pipelines, index)
-        windows_per_step = global_batch // pipelines
-        return _finish(windows.skip(start_step * windows_per_step),
-                       input_context.get_per_replica_batch_size(global_batch), to_training_batch)
+        per_replica = input_context.get_per_replica_batch_size(global_batch)
+        local = global_batch // per_replica // input_context.num_input_pipelines
+        worker = input_context.input_pipeline_id
+        batches = tf.data.Dataset.range(start_step * local, LAST_STEP * local).map(
+            lambda q: replica_examples(q, global_batch, per_replica, local, worker))
+        return batches_of_examples(store, windows, batches, lambda n: training_window(windows, seed, n))
 
     return dataset_fn
 
 
-def eval_batches_per_pass(corpus, config):
+def eval_batches_per_pass(store, seq_len, global_batch, eval_batches):
     """How many global batches one evaluation runs (all full batches unless train.eval_batches)."""
-    available = corpus.windows("validation", config.data.seq_len) // config.train.global_batch_size
-    wanted = config.train.eval_batches
-    return min(wanted, available) if wanted else available
+    available = Windows.of(store, "validation", seq_len).total // global_batch
+    return min(eval_batches, available) if eval_batches else available
 
 
-def eval_dataset_fn(corpus, config):
-    """Input fn for validation: the same windows, in order, every pass (repeats forever)."""
-    seq_len, global_batch = config.data.seq_len, config.train.global_batch_size
-    batches = eval_batches_per_pass(corpus, config)
+def eval_dataset_fn(store, seq_len, global_batch, batches):
+    """Input fn for validation: the first `batches` global batches of windows, in order, every pass."""
+    windows = Windows.of(store, "validation", seq_len)
 
     def dataset_fn(input_context):
-        pipelines, index = input_context.num_input_pipelines, input_context.input_pipeline_id
         per_replica = input_context.get_per_replica_batch_size(global_batch)
-        windows = split_windows(corpus.source, "validation", corpus.tokenizer, seq_len)
-        windows = windows.shard(pipelines, index).take(batches * global_batch // pipelines)
-        return _finish(windows.cache().repeat(), per_replica)
+        local = global_batch // per_replica // input_context.num_input_pipelines
+        worker = input_context.input_pipeline_id
+        batches_ = tf.data.Dataset.range(batches * local).map(
+            lambda q: replica_examples(q, global_batch, per_replica, local, worker)).repeat()
+        dataset = batches_of_examples(store, windows, batches_, lambda n: windows.locate(n, tf.constant(0, tf.int64)))
+        return dataset.map(lambda inputs, targets, _: (inputs, targets))
 
     return dataset_fn

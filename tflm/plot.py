@@ -54,16 +54,18 @@ def perplexity(nats):
 
 
 METRICS = {
-    "accuracy": Metric("next-character accuracy (%)", "accuracy", "val_accuracy", percent=True),
-    "loss": Metric("cross-entropy loss (nats/char)", "loss", "val_loss"),
-    "perplexity": Metric("perplexity per character (log scale)", "loss", "val_loss", perplexity, log_scale=True),
-    "bits_per_char": Metric("cross-entropy (bits/char)", "loss", "val_loss", nats_to_bits),
+    "accuracy": Metric("next-token accuracy (%)", "accuracy", "val_accuracy", percent=True),
+    "loss": Metric("cross-entropy loss (nats/token)", "loss", "val_loss"),
+    "perplexity": Metric("perplexity per token (log scale)", "loss", "val_loss", perplexity, log_scale=True),
+    "bits_per_char": Metric("cross-entropy (bits/token; per character for char runs)", "loss", "val_loss",
+                            nats_to_bits),
+    "bits_per_byte": Metric("bits per UTF-8 byte (compares tokenizers)", "bits_per_byte", "val_bits_per_byte"),
 }
 
 # x-axis name -> (history key, axis label)
 X_AXES = {
     "step": ("step", "optimizer step"),
-    "tokens": ("tokens_seen", "tokens seen (characters)"),
+    "tokens": ("tokens_seen", "tokens seen"),
     "time": ("elapsed_s", "wall-clock time since start (s)"),
 }
 

@@ -1,7 +1,8 @@
 """The run directory: a ledger of one training run that no code path silently destroys.
 
     RUN_DIR/config.yaml      the resolved config this run trains with
-    RUN_DIR/vocab.json       the character vocabulary
+    RUN_DIR/vocab.json       the tokenizer (and any model file it names: tflm.tokenizer)
+    RUN_DIR/store/           the token store, unless data.store names a shared one (tflm.store)
     RUN_DIR/checkpoints/     tf.train.CheckpointManager files (model, optimizer, step)
     RUN_DIR/history.jsonl    one JSON object per evaluation
     RUN_DIR/tensorboard/     event files
@@ -28,10 +29,9 @@ import time
 from tflm.atomic import staging_dir, write_text
 from tflm.config import Config, dump, read_yaml
 from tflm.errors import TflmError
-from tflm.tokenizer import CharTokenizer
 
 HISTORY_KEYS = ("step", "tokens_seen", "elapsed_s", "loss", "accuracy", "val_loss", "val_accuracy",
-                "val_perplexity", "tokens_per_sec")
+                "val_perplexity", "bits_per_byte", "val_bits_per_byte", "tokens_per_sec")
 LOCK_FILE = "lock"
 LOCK_REFRESH_S = 10  # a trainer touches its lock this often
 LOCK_LEASE_S = 60  # a lock from another host untouched this long belongs to a trainer that is gone
@@ -85,14 +85,17 @@ def read_config(run_dir):
     return Config.from_dict(read_yaml(path), origin=path, saved=True)
 
 
-def create(run_dir, config, tokenizer):
-    """Create `run_dir` with its config, vocabulary and this process's lock, atomically."""
+def create(run_dir, config, tokenizer, store_dir=None):
+    """Create `run_dir` with its config, tokenizer, this process's lock and, if given, the token
+    store prepared for it (moved in as RUN_DIR/store), atomically."""
     staging = staging_dir(os.path.dirname(os.path.abspath(run_dir)), ".tflm-new-",
                           f"create run directory {run_dir}")
     try:
         write_text(config_path(staging), dump(config))
-        tokenizer.save(vocab_path(staging))
+        tokenizer.save(staging)
         write_text(lock_path(staging), json.dumps(lock_record()))
+        if store_dir:
+            os.rename(store_dir, os.path.join(staging, "store"))
         if os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)  # an empty directory the user made for the run
         try:
@@ -101,6 +104,8 @@ def create(run_dir, config, tokenizer):
             raise TflmError(f"{run_dir} was created by another process meanwhile; use another --run-dir") from None
         _refresh_while_held(lock_path(run_dir))
     except BaseException:
+        if store_dir and os.path.isdir(os.path.join(staging, "store")):
+            os.rename(os.path.join(staging, "store"), store_dir)  # the prepared store outlives a failed creation
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
@@ -110,7 +115,7 @@ def replace_config(run_dir, config, tokenizer=None):
     when it has not trained yet."""
     write_text(config_path(run_dir), dump(config))
     if tokenizer is not None:
-        tokenizer.save(vocab_path(run_dir))
+        tokenizer.save(run_dir)
 
 
 def move_aside(run_dir):
@@ -122,7 +127,9 @@ def move_aside(run_dir):
 
 def load_tokenizer(run_dir):
     """The tokenizer a run was trained with."""
-    return CharTokenizer.load(vocab_path(run_dir))
+    from tflm.tokenizer import load_tokenizer
+
+    return load_tokenizer(run_dir)
 
 
 # --- history -------------------------------------------------------------------------------

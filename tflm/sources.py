@@ -1,17 +1,21 @@
-"""Where training text comes from: the embedded default corpus, local text files, or TFDS.
+"""Where training text comes from: the embedded default corpus, text files, or TFDS.
 
-Every source gives the same two things for a split ("train" or "validation"): a streamed
-`tf.data.Dataset` of strings for the input pipeline (`texts(split)`, or per file
-`file_texts(path, split)` for sources with `files`, so windows never straddle two files), and
-`iter_texts(split)`, the same strings in Python, used once to learn the vocabulary and to count
-tokens (it is also where invalid UTF-8 is reported, with the file and line).
+Every source gives, for a split ("train" or "validation"), its *units*: (name, texts) pairs where
+`texts()` iterates the split's strings of one file (or of the whole stream, for sources without
+files). The token store keeps units apart, so a training window never straddles two files.
+Text files are read through tf.io.gfile, so `data.paths` may be local paths or any URL
+TensorFlow has a filesystem for (gs://, hdfs://, ...); invalid UTF-8 is reported with the file
+and line.
+
+Validation text is `data.validation_paths` when given (then every unit of the source trains);
+otherwise it is held out of the source: every k-th topic of the default corpus, every k-th block
+of LINES_PER_BLOCK lines of each file (k = 1 / data.validation_fraction), or TFDS's own split.
 """
 
 import codecs
 import glob
 import os
-
-import tensorflow as tf
+import sys
 
 from tflm.errors import TflmError
 
@@ -20,18 +24,21 @@ LINES_PER_BLOCK = 100  # files are split into train/validation in blocks of this
 
 
 def make_source(data_config):
-    """The source named by `data.source`."""
+    """The source named by `data.source`, with `data.validation_paths` for validation if given."""
+    held_out = not data_config.validation_paths
     kind = data_config.source
     if kind == "default":
-        return DefaultCorpus(data_config.validation_fraction)
-    if kind == "files":
-        return TextFiles(data_config.paths, data_config.validation_fraction)
-    return TfdsSource(
-        data_config.tfds_name,
-        {"train": data_config.tfds_split, "validation": data_config.tfds_validation_split},
-        data_config.tfds_text_feature,
-        data_config.tfds_data_dir or None,
-    )
+        source = DefaultCorpus(data_config.validation_fraction if held_out else None)
+    elif kind == "files":
+        source = TextFiles(data_config.paths, data_config.validation_fraction if held_out else None)
+    else:
+        source = TfdsSource(
+            data_config.tfds_name,
+            {"train": data_config.tfds_split, "validation": data_config.tfds_validation_split},
+            data_config.tfds_text_feature,
+            data_config.tfds_data_dir or None,
+        )
+    return source if held_out else WithValidationFiles(source, TextFiles(data_config.validation_paths, None))
 
 
 def holdout_period(validation_fraction):
@@ -43,86 +50,114 @@ class DefaultCorpus:
     """The Python reference manual that ships with every CPython (`pydoc_data.topics`).
 
     Topics are taken in sorted order; every k-th topic (k = 1 / validation_fraction) is held out
-    for validation, so the split is the same on every machine with the same Python.
+    for validation (none when `validation_fraction` is None), so the split is the same on every
+    machine with the same Python.
     """
-
-    files = ()
 
     def __init__(self, validation_fraction):
         from pydoc_data.topics import topics
 
-        period = holdout_period(validation_fraction)
+        period = holdout_period(validation_fraction) if validation_fraction else None
         names = sorted(topics)
-        self._split = {
-            "train": [topics[n] for i, n in enumerate(names) if i % period != period - 1],
-            "validation": [topics[n] for i, n in enumerate(names) if i % period == period - 1],
-        }
+        held = [period is not None and i % period == period - 1 for i in range(len(names))]
+        self._split = {"train": [topics[n] for n, h in zip(names, held) if not h],
+                       "validation": [topics[n] for n, h in zip(names, held) if h]}
 
-    def texts(self, split):
-        """Topics of `split` as a dataset of strings."""
-        return tf.data.Dataset.from_tensor_slices(tf.constant(self._split[split], tf.string))
+    def units(self, split):
+        """One unit: the split's topics."""
+        return [("pydoc_data.topics", lambda: iter(self._split[split]))]
 
-    def iter_texts(self, split):
-        """Topics of `split` as Python strings."""
-        return iter(self._split[split])
+    def describe(self):
+        """What identifies this text: the Python it ships with."""
+        return {"source": "pydoc_data.topics", "python": sys.version.split()[0]}
 
 
 class TextFiles:
     """UTF-8 text files (paths or globs), streamed line by line.
 
     Within each file, lines are grouped in blocks of LINES_PER_BLOCK and every k-th block goes to
-    validation, so even a single file gives both splits and the split never depends on sharding.
+    validation (k = 1 / validation_fraction; with None, every line trains), so even a single file
+    gives both splits and the split never depends on sharding.
     """
 
     def __init__(self, patterns, validation_fraction):
         self.files = expand_paths(patterns)
-        self.period = holdout_period(validation_fraction)
+        self.period = holdout_period(validation_fraction) if validation_fraction else None
 
     def _in_split(self, split, line_index):
-        held_out = (line_index // LINES_PER_BLOCK) % self.period == self.period - 1
+        held_out = self.period is not None and (line_index // LINES_PER_BLOCK) % self.period == self.period - 1
         return held_out if split == "validation" else not held_out
 
-    def file_texts(self, path, split):
-        """Lines of `split` (newline kept) of one file; `path` may be a string tensor."""
-        period, want_validation = self.period, split == "validation"
-
-        def keep(index, _):
-            held_out = tf.equal((index // LINES_PER_BLOCK) % period, period - 1)
-            return held_out if want_validation else tf.logical_not(held_out)
-
-        lines = tf.data.TextLineDataset(path).enumerate().filter(keep)
-        return lines.map(lambda _, line: line + "\n")
-
-    def iter_texts(self, split):
-        """Lines of `split` in Python, decoding strictly so bad bytes name their file and line."""
-        for path in self.files:
-            yield from self.iter_file_texts(path, split)
+    def units(self, split):
+        """One unit per file."""
+        return [(path, lambda path=path: self.iter_file_texts(path, split)) for path in self.files]
 
     def iter_file_texts(self, path, split):
-        """Lines of `split` of one file, in Python."""
+        """Lines of `split` of one file (newline kept)."""
         for index, line in enumerate(read_utf8_lines(path)):
             if self._in_split(split, index):
                 yield line
 
+    def describe(self):
+        """What identifies this text: every file with its size and modification time."""
+        return {"files": [file_stat(path) for path in self.files]}
+
+
+class WithValidationFiles:
+    """A source whose training text is all of `train`'s, and validation text is `validation`'s files."""
+
+    def __init__(self, train, validation):
+        self.train, self.validation = train, validation
+
+    def units(self, split):
+        """The training source's training units, or every line of the validation files."""
+        return self.train.units("train") if split == "train" else self.validation.units("train")
+
+    def describe(self):
+        """Both parts' descriptions."""
+        return {"train": self.train.describe(), "validation": self.validation.describe()}
+
+
+def is_url(path):
+    """Whether `path` names a non-local filesystem (gs://, hdfs://, ram://, ...)."""
+    return "://" in path
+
 
 def expand_paths(patterns):
     """Sorted files matching the paths/globs; a TflmError if one matches nothing."""
+    import tensorflow as tf
+
     files = []
     for pattern in patterns:
-        matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                         if os.path.isfile(p))
+        if is_url(pattern):
+            try:
+                matches = sorted(p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p))
+            except tf.errors.OpError as error:
+                raise TflmError(f"data.paths: cannot list {pattern!r}: {error.message}") from None
+        else:
+            matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
         if not matches:
-            raise TflmError(f"data.paths: no file matches {pattern!r}")
+            raise TflmError(f"no file matches {pattern!r}")
         files.extend(matches)
     return list(dict.fromkeys(files))
 
 
+def file_stat(path):
+    """{path, bytes, mtime} of a file, local or remote."""
+    import tensorflow as tf
+
+    stat = tf.io.gfile.stat(path)
+    return {"path": path, "bytes": stat.length, "mtime": stat.mtime_nsec // 10**9}
+
+
 def read_utf8_lines(path):
     """Yield the lines of a UTF-8 file, streamed; invalid bytes raise a TflmError naming the line."""
+    import tensorflow as tf
+
     decoder = codecs.getincrementaldecoder("utf-8")()
     line_number = 1
     try:
-        with open(path, "rb") as f:
+        with (tf.io.gfile.GFile(path, "rb") if is_url(path) else open(path, "rb")) as f:
             for raw in f:
                 try:
                     line = decoder.decode(raw)
@@ -134,12 +169,12 @@ def read_utf8_lines(path):
                 yield line if line.endswith("\n") else line + "\n"
     except OSError as error:
         raise TflmError(f"cannot read {path}: {error.strerror}") from None
+    except tf.errors.OpError as error:
+        raise TflmError(f"cannot read {path}: {error.message}") from None
 
 
 class TfdsSource:
     """A TensorFlow Datasets dataset: `name`, a split per role, and the text feature to read."""
-
-    files = ()
 
     def __init__(self, name, splits, feature, data_dir=None):
         self.name, self.splits, self.feature, self.data_dir = name, splits, feature, data_dir
@@ -163,15 +198,19 @@ class TfdsSource:
             raise TflmError(f"cannot load tfds dataset {self.name!r}: {first_line}") from None
         return builder
 
-    def texts(self, split):
-        """The text feature of `split`, in the dataset's stored order."""
-        dataset = self._builder.as_dataset(split=self.splits[split], shuffle_files=False)
-        return dataset.map(lambda example: example[self.feature])
+    def units(self, split):
+        """One unit: the split's examples, in the dataset's stored order."""
+        return [(f"tfds:{self.name}/{self.splits[split]}", lambda: self.iter_texts(split))]
 
     def iter_texts(self, split):
         """The text feature of `split` as Python strings."""
-        for raw in self.texts(split).as_numpy_iterator():
+        dataset = self._builder.as_dataset(split=self.splits[split], shuffle_files=False)
+        for raw in dataset.map(lambda example: example[self.feature]).as_numpy_iterator():
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise TflmError(f"tfds {self.name}: invalid UTF-8 in split {self.splits[split]!r}") from None
+
+    def describe(self):
+        """What identifies this text: the dataset, its version and splits."""
+        return {"tfds": self.name, "version": str(self._builder.info.version), "splits": self.splits}

@@ -25,13 +25,15 @@ from tflm.cluster import use_cluster  # noqa: E402
 from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir  # noqa: E402
 from tflm.config import check_resume_compatible, dump, load_config  # noqa: E402
 from tflm.controller import Controller  # noqa: E402
-from tflm.data import (check_corpus_fits, eval_batches_per_pass, eval_dataset_fn,  # noqa: E402
-                       load_corpus, train_dataset_fn)
+from tflm.data import check_fits, eval_batches_per_pass, eval_dataset_fn, train_dataset_fn  # noqa: E402
 from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
 from tflm.models import build_model  # noqa: E402
+from tflm.prepare import check_store_matches, prepare_store, staging_path  # noqa: E402
 from tflm.progress import Progress  # noqa: E402
 from tflm.strategy import (current_task, exit_if_a_peer_is_lost, make_strategy,  # noqa: E402
                            resolve_strategy_name, startup_watchdog, wait_for_every_worker, wait_for_peers)
+from tflm.store import TokenStore  # noqa: E402
+from tflm.tokenizer import load_tokenizer  # noqa: E402
 from tflm.trainer import Trainer, make_optimizer  # noqa: E402
 
 
@@ -124,22 +126,20 @@ def has_progress(run_dir):
 
 
 def train_in(config, run_dir, task, strategy, resuming, prefix):
-    """Data, model, restore, then the run directory and the loop (strategy started)."""
-    replicas, global_batch = strategy.num_replicas_in_sync, config.train.global_batch_size
+    """Data, model, restore, then the loop (strategy started)."""
+    replicas, global_batch, seq_len = strategy.num_replicas_in_sync, config.train.global_batch_size, config.data.seq_len
     if global_batch % replicas:
         raise TflmError(f"train.global_batch_size={global_batch} is not divisible by the {replicas} replicas")
-    corpus = load_corpus(config.data, runs.load_tokenizer(run_dir) if resuming else None)
-    check_corpus_fits(corpus, config.data.seq_len, global_batch)
-    if task.num_workers > 1:
-        wait_for_every_worker(strategy)
+    store, tokenizer = open_data(config, run_dir, task, strategy, resuming)
 
     keras.mixed_precision.set_dtype_policy(config.runtime.precision)
     keras.utils.set_random_seed(config.train.seed)
     with strategy.scope():
-        model = build_model(config.model, corpus.tokenizer.vocabulary_size, config.data.seq_len, config.train.seed)
+        model = build_model(config.model, tokenizer.vocabulary_size, seq_len, config.train.seed)
         optimizer = make_optimizer(config.train)
         optimizer.build(model.trainable_variables)
-    trainer = Trainer(strategy, model, optimizer, config.train, config.data.seq_len, config.runtime.jit_compile)
+    trainer = Trainer(strategy, model, optimizer, config.train, seq_len, config.runtime.jit_compile,
+                      tokenizer.byte_lengths())
     checkpointer = Checkpointer(run_dir, task, model, optimizer, config.train.keep_checkpoints, trainer.state())
     try:
         with exit_if_a_peer_is_lost(task, prefix, lambda: trainer.step):
@@ -147,33 +147,72 @@ def train_in(config, run_dir, task, strategy, resuming, prefix):
             if resuming and not restored:
                 raise TflmError(f"{run_dir} has training history but no checkpoint in {checkpointer.shared_dir}; "
                                 "restore the checkpoint files, or start over with --restart")
-            step = trainer.step
-            if task.is_chief:
-                if resuming:
-                    runs.replace_config(run_dir, config)
-                elif runs.is_run_dir(run_dir):
-                    runs.replace_config(run_dir, config, corpus.tokenizer)  # nothing trained in it yet
-                else:
-                    runs.create(run_dir, config, corpus.tokenizer)
+            if task.is_chief and resuming:
+                runs.replace_config(run_dir, config)
             print(f"{prefix}tflm: run directory {run_dir} ({type(strategy).__name__}, {replicas} replica(s))",
                   flush=True)
-            progress = Progress(config.train.steps, global_batch * config.data.seq_len, prefix)
+            step = trainer.step
+            progress = Progress(config.train.steps, global_batch * seq_len, prefix)
             if step >= config.train.steps:
                 progress.log(f"run already finished: step {step} of train.steps={config.train.steps}; nothing to do")
                 return run_dir
             if restored:
                 progress.log(f"resuming from {restored} at step {step}")
             history = runs.repair_history(run_dir, step) if task.is_chief else []
-            train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn(corpus, config, step)))
-            eval_iterator = iter(strategy.distribute_datasets_from_function(eval_dataset_fn(corpus, config)))
-            controller = Controller(trainer, checkpointer, config.train, global_batch * config.data.seq_len,
-                                    run_dir, task, progress)
-            controller.run(train_iterator, eval_iterator, eval_batches_per_pass(corpus, config),
+            eval_batches = eval_batches_per_pass(store, seq_len, global_batch, config.train.eval_batches)
+            train_iterator = iter(strategy.distribute_datasets_from_function(
+                train_dataset_fn(store, seq_len, global_batch, config.train.seed, step)))
+            eval_iterator = iter(strategy.distribute_datasets_from_function(
+                eval_dataset_fn(store, seq_len, global_batch, eval_batches)))
+            controller = Controller(trainer, checkpointer, config.train, global_batch * seq_len, run_dir, task, progress)
+            controller.run(train_iterator, eval_iterator, eval_batches,
                            strategy.cluster_resolver if task.num_workers > 1 else None,
                            history[-1]["elapsed_s"] if history else 0.0)
     finally:
         checkpointer.close()
     return run_dir
+
+
+def open_data(config, run_dir, task, strategy, resuming):
+    """(token store, tokenizer) of the run. The chief opens the store, or prepares it (no
+    deadline: a large corpus takes long), and creates a new run directory once the data are
+    known good; the other workers wait for it at a barrier without deadline, then open it."""
+    path = config.data.store or os.path.join(run_dir, "store")
+    if task.is_chief:
+        store = chief_store(config, run_dir, path, resuming)
+        check_fits(store, config.data.seq_len, config.train.global_batch_size)
+        if not resuming:
+            create_run_dir(config, run_dir, store, path)
+    if task.num_workers > 1:
+        wait_for_every_worker(strategy)
+    store = TokenStore.open(path)
+    check_fits(store, config.data.seq_len, config.train.global_batch_size)
+    return store, load_tokenizer(os.path.join(path, "tokenizer"))
+
+
+def chief_store(config, run_dir, path, resuming):
+    """The store at `path`, checked against the config (and the run's tokenizer when resuming),
+    or a new one: prepared in place, or, for a new run's own store, beside the run directory."""
+    run_tokenizer = runs.load_tokenizer(run_dir) if resuming else None
+    if TokenStore.exists(path):
+        store = TokenStore.open(path)
+        check_store_matches(store, config.data, run_tokenizer)
+        if not resuming:
+            store.verify()  # once, when a run starts using a store
+        return store
+    own = path == os.path.join(run_dir, "store") and not runs.is_run_dir(run_dir)
+    return prepare_store(config.data, staging_path(run_dir) if own else path, run_tokenizer)
+
+
+def create_run_dir(config, run_dir, store, path):
+    """A new run's directory with its config and tokenizer, and its store moved in if it has
+    one of its own (prepared beside it)."""
+    tokenizer = load_tokenizer(os.path.join(store.path, "tokenizer"))
+    own_store = store.path if store.path != path else None
+    if runs.is_run_dir(run_dir):  # a directory that never trained: it takes the new config
+        runs.replace_config(run_dir, config, tokenizer)
+    else:
+        runs.create(run_dir, config, tokenizer, own_store)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ cannot compile across MirroredStrategy's devices).
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -44,35 +45,32 @@ def make_optimizer(train_config):
 
 
 class TokenMetrics:
-    """Summed loss, correct predictions and token count; loss/accuracy/perplexity/bits per char.
+    """Summed loss, correct predictions, tokens and UTF-8 bytes of the targets; from them loss
+    (nats/token), accuracy, perplexity and bits per byte.
 
-    Plain variables updated from values already reduced over replicas. (Keras metrics are not
-    used here: their cross-replica reduction is what fails under MultiWorkerMirroredStrategy.)
+    Bits per byte compares tokenizers: the loss summed over the targets, in bits, divided by the
+    UTF-8 bytes those targets decode to. Plain variables updated from values already reduced
+    over replicas (Keras metrics' cross-replica reduction is what fails under
+    MultiWorkerMirroredStrategy).
     """
 
     def __init__(self):
-        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.correct = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.tokens = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False)  # loss, correct, tokens, bytes
 
     def update(self, sums):
-        """Add one global batch's [loss sum, correct, tokens] (one tensor: one all-reduce)."""
-        sums = tf.cast(sums, tf.float64)
-        self.loss_sum.assign_add(sums[0])
-        self.correct.assign_add(sums[1])
-        self.tokens.assign_add(sums[2])
+        """Add one global batch's [loss sum, correct, tokens, bytes] (one tensor: one all-reduce)."""
+        self.sums.assign_add(tf.cast(sums, tf.float64))
 
     def result(self):
-        """Mean loss (nats/token), accuracy, perplexity and bits per character."""
-        tokens = max(float(self.tokens.numpy()), 1.0)
-        loss = float(self.loss_sum.numpy()) / tokens
-        return {"loss": loss, "accuracy": float(self.correct.numpy()) / tokens,
-                "perplexity": math.exp(min(loss, 50.0)), "bits_per_char": loss / math.log(2)}
+        """Mean loss (nats/token), accuracy, perplexity and bits per byte."""
+        loss_sum, correct, tokens, target_bytes = (float(x) for x in self.sums.numpy())
+        loss = loss_sum / max(tokens, 1.0)
+        return {"loss": loss, "accuracy": correct / max(tokens, 1.0), "perplexity": math.exp(min(loss, 50.0)),
+                "bits_per_byte": loss_sum / math.log(2) / max(target_bytes, 1.0)}
 
     def reset(self):
         """Start a new period."""
-        for variable in (self.loss_sum, self.correct, self.tokens):
-            variable.assign(0.0)
+        self.sums.assign(tf.zeros([4], tf.float64))
 
 
 def token_loss_and_accuracy(targets, logits):
@@ -80,6 +78,12 @@ def token_loss_and_accuracy(targets, logits):
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=tf.cast(logits, tf.float32))
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets), tf.float32)
     return tf.reduce_sum(losses), tf.reduce_sum(correct)
+
+
+def metric_sums(loss_sum, correct, targets, byte_lengths):
+    """[loss sum, correct, tokens, UTF-8 bytes the targets decode to] of one batch."""
+    target_bytes = tf.reduce_sum(tf.cast(tf.gather(byte_lengths, targets), tf.float32))
+    return tf.stack([loss_sum, correct, tf.cast(tf.size(targets), tf.float32), target_bytes])
 
 
 class Trainer:
@@ -91,8 +95,13 @@ class Trainer:
     everything else (data position, checkpoints, history) uses.
     """
 
-    def __init__(self, strategy, model, optimizer, train_config, seq_len, jit_compile):
+    def __init__(self, strategy, model, optimizer, train_config, seq_len, jit_compile, byte_lengths=None):
+        """`byte_lengths`: UTF-8 bytes each token id decodes to (the tokenizer's), for bits per
+        byte; without it every token counts as one byte."""
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
+        vocabulary = model.vocabulary_size if byte_lengths is None else len(byte_lengths)
+        self.byte_lengths = tf.constant(np.ones(vocabulary, np.int32) if byte_lengths is None else byte_lengths,
+                                        tf.int32)
         self.clip_norm = train_config.clip_norm
         self.global_tokens = float(train_config.global_batch_size * seq_len)
         self.train_metrics, self.eval_metrics = TokenMetrics(), TokenMetrics()
@@ -129,7 +138,7 @@ class Trainer:
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         norm = tf.linalg.global_norm(grads)
         grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
-        return grads, tf.stack([loss_sum, correct, tf.cast(tf.size(targets), tf.float32)]), tf.math.is_finite(norm)
+        return grads, metric_sums(loss_sum, correct, targets, self.byte_lengths), tf.math.is_finite(norm)
 
     def _replica_apply(self, grads):
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
@@ -154,7 +163,7 @@ class Trainer:
 
     def _forward_fn(self, inputs, targets):
         loss_sum, correct = token_loss_and_accuracy(targets, self.model(inputs, training=False))
-        return tf.stack([loss_sum, correct, tf.cast(tf.size(targets), tf.float32)])
+        return metric_sums(loss_sum, correct, targets, self.byte_lengths)
 
     def _replica_eval_step(self, inputs, targets):
         # A plain function around the compiled one: handing strategy.run the tf.function itself

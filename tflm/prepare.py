@@ -1,0 +1,173 @@
+"""`python -m tflm.prepare`: tokenize a corpus once into a token store (tflm.store).
+
+    python -m tflm.prepare --config configs/char_transformer.yaml --store stores/manual-char
+    python -m tflm.prepare --set data.tokenizer=sentencepiece --set data.vocab_size=2000 --store stores/sp2k
+    python -m tflm.prepare --verify stores/sp2k
+
+`tflm.train` prepares a run's store itself when it has none (in RUN_DIR/store, or at
+`data.store`, a path several runs can share). The tokenizer is learned from the training split
+first (byte needs none), then each split is tokenized file by file. A local store is written
+under a temporary name and renamed into place; on other filesystems (gs://, ...), where a
+directory cannot be renamed atomically, the shards are written in place and index.json last,
+so a store is only ever opened whole.
+"""
+
+import argparse
+import datetime
+import os
+import secrets
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from tflm.config import load_config
+from tflm.errors import TflmError, exit_on_user_error
+from tflm.sources import make_source
+from tflm.store import FORMAT, SPLITS, ShardWriter, TokenStore, id_dtype, is_local, write_index
+
+TEXT_BATCH_CHARS = 1 << 20  # texts are tokenized in batches of about this many characters
+# The data settings that decide what a store holds (seq_len does not: windows are cut on reading).
+STORE_SETTINGS = ("source", "paths", "validation_paths", "tfds_name", "tfds_split", "tfds_validation_split",
+                  "tfds_text_feature", "validation_fraction", "tokenizer", "vocab_size", "sentencepiece_model")
+
+
+def store_settings(data_config):
+    """{key: value} of the data settings a store is made from."""
+    values = {key: getattr(data_config, key) for key in STORE_SETTINGS}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+
+def check_store_matches(store, data_config, tokenizer=None):
+    """Raise unless `store` was prepared from these data settings (and with `tokenizer`)."""
+    recorded, wanted = store.index["data"], store_settings(data_config)
+    for key in STORE_SETTINGS:
+        if recorded.get(key) != wanted[key]:
+            raise TflmError(f"token store {store.path} was prepared with data.{key}={recorded.get(key)!r}, not "
+                            f"{wanted[key]!r}; use another data.store, or the same setting")
+    if tokenizer is not None and tokenizer.fingerprint() != store.tokenizer_fingerprint:
+        raise TflmError(f"token store {store.path} was prepared with another tokenizer than the run's "
+                        f"({store.tokenizer_fingerprint[:12]} vs {tokenizer.fingerprint()[:12]}); "
+                        "use another data.store")
+
+
+def text_batches(texts, batch_chars=TEXT_BATCH_CHARS):
+    """Lists of consecutive texts of about `batch_chars` characters each."""
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def tokenize_split(source, split, tokenizer, writer, log):
+    """Tokenize every unit of a split into `writer`, one unit (file) after another."""
+    for name, texts in source.units(split):
+        started, before = time.perf_counter(), writer.text_bytes
+        for batch in text_batches(texts()):
+            ids = tokenizer.encode(batch)
+            writer.add(np.concatenate(ids) if ids else np.zeros(0, np.int32),
+                       sum(len(text.encode("utf-8")) for text in batch))
+        writer.end_file()
+        megabytes = (writer.text_bytes - before) / 1e6
+        if megabytes >= 10:
+            log(f"tflm.prepare: {split}: {name}: {megabytes:.0f} MB in {time.perf_counter() - started:.0f}s")
+
+
+def prepare_store(data_config, path, tokenizer=None, log=print):
+    """Tokenize the configured text into a new token store at `path`; returns it opened.
+
+    `tokenizer` (a run's, when it resumes) is used as it is; otherwise one is learned from the
+    training split.
+    """
+    from tflm.tokenizer import learn_tokenizer
+
+    source = make_source(data_config)
+    if tokenizer is None:
+        log(f"tflm.prepare: learning a {data_config.tokenizer} tokenizer from the training split")
+        tokenizer = learn_tokenizer(data_config.tokenizer, training_texts(source), data_config.vocab_size,
+                                    model_type=data_config.sentencepiece_model)
+    target = staging_path(path) if is_local(path) else path
+    try:
+        tokenizer.save(os.path.join(target, "tokenizer"))
+        dtype = id_dtype(tokenizer.vocabulary_size)
+        splits = {}
+        for split in SPLITS:
+            writer = ShardWriter(target, split, dtype)
+            tokenize_split(source, split, tokenizer, writer, log)
+            splits[split] = writer.close()
+        if splits["train"]["tokens"] == 0:
+            raise TflmError("the training split is empty")
+        write_index(target, {
+            "format": FORMAT, "dtype": dtype.str,
+            "tokenizer": {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint(),
+                          "vocabulary_size": tokenizer.vocabulary_size},
+            "data": store_settings(data_config), "source": source.describe(), "splits": splits,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        })
+        if target != path:
+            os.rename(target, path)
+    except BaseException:
+        if target != path:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    return TokenStore.open(path)
+
+
+def staging_path(path):
+    """A new hidden directory beside `path`, to fill and rename into place."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise TflmError(f"cannot write a token store in {parent}: {error.strerror}") from None
+    return os.path.join(parent, f".tflm-store-{secrets.token_hex(4)}")
+
+
+def training_texts(source):
+    """Every training string of a source, unit after unit."""
+    for _, texts in source.units("train"):
+        yield from texts()
+
+
+def parse_args(argv):
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m tflm.prepare", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config (its data section is used)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value (repeatable)")
+    parser.add_argument("--store", help="where to write the store (default: data.store)")
+    parser.add_argument("--verify", metavar="STORE", help="check an existing store's shards against its index")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv=None):
+    """Entry point of `python -m tflm.prepare`: prepares (or verifies) a store and says what it holds."""
+    args = parse_args(argv)
+    if args.verify:
+        store = TokenStore.open(args.verify)
+        store.verify()
+        print(f"{args.verify}: every shard matches its checksum")
+        return 0
+    config = load_config(args.config, args.set)
+    path = args.store or config.data.store
+    if not path:
+        raise TflmError("give --store PATH (or data.store)")
+    if TokenStore.exists(path):
+        raise TflmError(f"{path} already exists; a store is never overwritten: remove it or choose another path")
+    started = time.perf_counter()
+    store = prepare_store(config.data, path)
+    text_mb = sum(store.index["splits"][s]["text_bytes"] for s in SPLITS) / 1e6
+    print(f"{path}: {store.tokens('train')} training and {store.tokens('validation')} validation tokens "
+          f"({store.index['dtype']}) from {text_mb:.1f} MB of text in {time.perf_counter() - started:.1f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

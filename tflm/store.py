@@ -1,0 +1,210 @@
+"""The token store: a corpus tokenized once into shards of token ids, read by window index.
+
+    STORE/index.json            what is in the store (below); written last, so its presence
+                                means the store is whole
+    STORE/tokenizer/            the tokenizer the ids belong to (tflm.tokenizer's save format)
+    STORE/train/00000.bin ...   little-endian uint16 ids (uint32 when the vocabulary needs it)
+    STORE/validation/00000.bin
+
+index.json holds the format, the id dtype, the tokenizer's kind and fingerprint, the data
+settings and source files the store was made from, and per split its shards (file, tokens,
+CRC-32 of the bytes) and the UTF-8 bytes of text they hold. A source file's tokens start a new
+shard, so a window never straddles two files; long files are cut into shards of SHARD_TOKENS.
+
+Reading never loads the corpus: each window is one positional read (`os.pread` locally, a
+seek and read through tf.io.gfile elsewhere), so memory stays bounded by the open files and the
+batches in flight, and the page cache, not this process, holds what was read.
+"""
+
+import collections
+import json
+import os
+import threading
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from tflm.errors import TflmError
+
+FORMAT = "tflm-store/1"
+INDEX_FILE = "index.json"
+SPLITS = ("train", "validation")
+SHARD_TOKENS = 1 << 26  # 64 Mi tokens: 128 MiB of uint16
+OPEN_FILES = 256  # shards kept open by a reader (far below a process's file limit)
+
+
+def id_dtype(vocabulary_size):
+    """uint16 when every id fits, else uint32."""
+    return np.dtype("<u2") if vocabulary_size <= 1 << 16 else np.dtype("<u4")
+
+
+def is_local(path):
+    """Whether `path` is on the local filesystem (not gs://, hdfs://, ram://, ...)."""
+    return "://" not in str(path)
+
+
+class ShardWriter:
+    """Appends token ids of one split to numbered shard files, starting a new shard per source
+    file and every SHARD_TOKENS ids; records tokens, bytes of text and a CRC-32 per shard."""
+
+    def __init__(self, directory, split, dtype, shard_tokens=SHARD_TOKENS):
+        self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
+        self.shards, self.text_bytes = [], 0
+        self._file = None
+        tf.io.gfile.makedirs(os.path.join(directory, split))
+
+    def add(self, ids, text_bytes):
+        """Append `ids` (the tokens of `text_bytes` bytes of text)."""
+        self.text_bytes += text_bytes
+        ids = np.asarray(ids).astype(self.dtype, copy=False)
+        while len(ids):
+            if self._file is None:
+                self._open()
+            room = self.shard_tokens - self._current["tokens"]
+            chunk, ids = ids[:room], ids[room:]
+            data = chunk.tobytes()
+            self._file.write(data)
+            self._current["tokens"] += len(chunk)
+            self._current["crc32"] = zlib.crc32(data, self._current["crc32"])
+            if self._current["tokens"] == self.shard_tokens:
+                self.end_file()
+
+    def end_file(self):
+        """The tokens of a source file (or a full shard) end here: the next ones start a shard."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self):
+        name = f"{self.split}/{len(self.shards):05d}.bin"
+        self._current = {"file": name, "tokens": 0, "crc32": 0}
+        self.shards.append(self._current)
+        self._file = tf.io.gfile.GFile(os.path.join(self.directory, name), "wb")
+
+    def close(self):
+        """Finish; the split's index entry."""
+        self.end_file()
+        return {"shards": self.shards, "tokens": sum(s["tokens"] for s in self.shards), "text_bytes": self.text_bytes}
+
+
+def write_index(directory, index):
+    """Write index.json last: a store without one is incomplete."""
+    with tf.io.gfile.GFile(os.path.join(directory, INDEX_FILE), "w") as f:
+        f.write(json.dumps(index, indent=1, ensure_ascii=False))
+
+
+class TokenStore:
+    """A prepared store, opened for reading."""
+
+    def __init__(self, path, index):
+        self.path, self.index = path, index
+        self.dtype = np.dtype(index["dtype"])
+        self._reader = ShardReader(path, self.dtype)
+
+    @classmethod
+    def open(cls, path):
+        """Open the store at `path`; a TflmError if it is incomplete or its index is damaged."""
+        index_path = os.path.join(path, INDEX_FILE)
+        if not tf.io.gfile.exists(index_path):
+            raise TflmError(f"{path} is not a prepared token store (no {INDEX_FILE}); "
+                            "prepare it with python -m tflm.prepare")
+        try:
+            with tf.io.gfile.GFile(index_path, "r") as f:
+                index = json.loads(f.read())
+            if index.get("format") != FORMAT or set(index["splits"]) != set(SPLITS):
+                raise ValueError(f"format {index.get('format')!r}")
+        except (ValueError, KeyError, TypeError, tf.errors.OpError) as error:
+            raise TflmError(f"{index_path} is damaged ({error}); prepare the store again") from None
+        return cls(path, index)
+
+    @staticmethod
+    def exists(path):
+        """Whether anything (a store, or a store being written) is at `path`."""
+        return tf.io.gfile.exists(path)
+
+    @property
+    def tokenizer_fingerprint(self):
+        """The fingerprint of the tokenizer the ids belong to."""
+        return self.index["tokenizer"]["fingerprint"]
+
+    def tokens(self, split):
+        """Token ids in a split."""
+        return self.index["splits"][split]["tokens"]
+
+    def shard_tokens(self, split):
+        """Ids per shard of a split, in shard order."""
+        return [s["tokens"] for s in self.index["splits"][split]["shards"]]
+
+    def verify(self, splits=SPLITS):
+        """Raise a TflmError naming the first shard whose size or CRC-32 differs from the index."""
+        for split in splits:
+            for shard in self.index["splits"][split]["shards"]:
+                path = os.path.join(self.path, shard["file"])
+                try:
+                    size = tf.io.gfile.stat(path).length
+                    crc = file_crc32(path) if size == shard["tokens"] * self.dtype.itemsize else None
+                except tf.errors.NotFoundError:
+                    raise TflmError(f"token store {self.path} is missing {shard['file']}; prepare it again") from None
+                if crc != shard["crc32"]:
+                    raise TflmError(f"token store {self.path}: {shard['file']} does not match its checksum in "
+                                    f"{INDEX_FILE} (damaged or changed); prepare the store again")
+
+    def read(self, split, shards, positions, length):
+        """int32 [n, length]: the ids of split `split` at `positions` of `shards` (numpy arrays)."""
+        files = [self.index["splits"][split]["shards"][s]["file"] for s in shards]
+        return self._reader.read(files, positions, length)
+
+
+def file_crc32(path, block=1 << 22):
+    """CRC-32 of a file's bytes, streamed."""
+    crc = 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while True:
+            data = f.read(block)
+            if not data:
+                return crc
+            crc = zlib.crc32(data, crc)
+
+
+class ShardReader:
+    """Positional reads of windows from shard files, keeping at most OPEN_FILES open; safe to
+    call from tf.data's parallel map threads."""
+
+    def __init__(self, directory, dtype):
+        self.directory, self.dtype = directory, dtype
+        self._open = collections.OrderedDict()
+        self._local = is_local(directory)
+        self._lock = threading.Lock()
+
+    def read(self, files, positions, length):
+        """int32 [len(files), length]: `length` ids from each file at each position."""
+        out = np.empty((len(files), length), np.int32)
+        nbytes = length * self.dtype.itemsize
+        for row, (name, position) in enumerate(zip(files, positions)):
+            with self._lock:  # an evicted handle is closed; no other thread may be reading it
+                data = self._read_bytes(name, int(position) * self.dtype.itemsize, nbytes)
+            if len(data) != nbytes:
+                raise TflmError(f"token store {self.directory}: {name} is shorter than its index says; "
+                                "prepare the store again")
+            out[row] = np.frombuffer(data, self.dtype)
+        return out
+
+    def _read_bytes(self, name, offset, nbytes):
+        handle = self._handle(name)
+        if self._local:
+            return os.pread(handle, nbytes, offset)
+        handle.seek(offset)
+        return handle.read(nbytes)
+
+    def _handle(self, name):
+        if name in self._open:
+            self._open.move_to_end(name)
+            return self._open[name]
+        path = os.path.join(self.directory, name)
+        handle = os.open(path, os.O_RDONLY) if self._local else tf.io.gfile.GFile(path, "rb")
+        self._open[name] = handle
+        if len(self._open) > OPEN_FILES:
+            _, oldest = self._open.popitem(last=False)
+            os.close(oldest) if self._local else oldest.close()
+        return handle
