@@ -1,30 +1,171 @@
-"""Character tokenizer: text <-> ids with a vocabulary learned from the training split.
+"""Tokenizers: text <-> int32 ids, one interface for characters and bytes.
 
-Built from core TensorFlow string ops and Keras' `StringLookup`, so a SavedModel that contains it
-runs on stock TF Serving without tensorflow-text. keras-nlp's `UnicodeCodepointTokenizer` was the
-other candidate; it maps characters to raw code points, so a CJK corpus needs a ~40k-row embedding
-(or, with `vocabulary_size` set, sends every CJK character to one id), while a learned vocabulary
-of the characters that occur stays small.
+    char           the characters of the training split, most frequent first (`vocab_size` is a
+                   maximum; the rest are out-of-vocabulary). Core TF ops: StringLookup tables.
+    byte           UTF-8 bytes, id = byte + 1; nothing to learn, vocabulary 257. Core TF ops only.
 
-Ids: 0 is padding, 1 is out-of-vocabulary, then characters from most to least frequent.
+Every tokenizer has the same attributes and methods (`kind`, `vocabulary_size`, `tokenize`,
+`detokenize`, `encode`, `byte_lengths`, `fingerprint`, `save`, `trackables`, `non_core_ops`), so the
+rest of tflm never asks which one it has. `load_tokenizer(directory)` reads what `save` wrote
+(`vocab.json`; tflm 0.1's char `vocab.json` files are the same format).
+`learn_tokenizer(kind, texts, vocab_size)` learns one from the training split.
+
+Ids: 0 is padding for every kind (`detokenize` drops it); 1 is "unknown" (char: a character
+outside the vocabulary) and `detokenize` writes it as U+FFFD. Byte ids are byte + 1.
+`detokenize` always returns valid UTF-8: a byte sequence that is not (a byte model can generate
+one) has its bad bytes replaced by U+FFFD.
+
+Bits per byte: the sum of the targets' losses in bits divided by the sum of `byte_lengths()[t]`
+over the same targets t, i.e. the UTF-8 bytes those targets decode to. For the lossless
+tokenizers this is exact: over the ids `tokenize(text)` gives, byte_lengths sum to
+len(text.encode("utf-8")) — byte: 1 per byte; char: each character's UTF-8 length.
+Out-of-vocabulary ids (char) count the 3 bytes of the U+FFFD they decode to, so with OOV the sum
+is not the text's length. Padding counts 0.
 """
 
 import collections
+import hashlib
+import inspect
 import json
+import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tflm.atomic import write_json
 from tflm.errors import TflmError
 
 PAD_ID = 0
-OOV_ID = 1
-OOV_CHAR = "\ufffd"  # what detokenize writes for an out-of-vocabulary id
+OOV_ID = 1  # the unknown id of every kind (never produced by byte)
+OOV_CHAR = "\ufffd"  # what detokenize writes for the unknown id
+OOV_BYTES = len(OOV_CHAR.encode("utf-8"))
+INT32_MAX = 2**31 - 1
+VOCAB_FILE = "vocab.json"
+KINDS = ("char", "byte")
+ENCODE_BATCH_CHARS = 1 << 22  # encode works through this many characters at a time
 
 
-class CharTokenizer:
-    """Maps strings to ragged int32 ids and back; works inside tf.data and tf.function."""
+class Tokenizer:
+    """The interface every tokenizer implements; subclasses supply the batch methods below."""
+
+    kind = ""
+    non_core_ops = ()  # tensorflow-text ops its graphs may use
+
+    # --- what a subclass provides -----------------------------------------------------------
+
+    def _tokenize_batch(self, strings):
+        """1-D string tensor -> ragged int32 ids."""
+        raise NotImplementedError
+
+    def _detokenize_batch(self, ids):
+        """Ragged int32 ids without padding -> 1-D string tensor."""
+        raise NotImplementedError
+
+    def _definition(self):
+        """The JSON object save() writes to vocab.json: everything that defines the ids."""
+        raise NotImplementedError
+
+    def _files(self):
+        """{file name: bytes} save() writes beside vocab.json."""
+        return {}
+
+    @property
+    def trackables(self):
+        """Objects an export must track so the tokenizer's resources are saved with it."""
+        return ()
+
+    # --- the shared interface ----------------------------------------------------------------
+
+    def tokenize(self, strings):
+        """String (or 1-D batch of strings) -> int32 ids (ragged for a batch)."""
+        strings = tf.convert_to_tensor(strings, tf.string)
+        if strings.shape.rank == 0:
+            return self._tokenize_batch(strings[tf.newaxis])[0]
+        return self._tokenize_batch(strings)
+
+    def detokenize(self, ids):
+        """Ids (1-D, or a 2-D / ragged batch) -> string(s); padding dropped, always valid UTF-8."""
+        if isinstance(ids, tf.RaggedTensor):
+            ids = ids.with_row_splits_dtype(tf.int64)
+        else:
+            ids = tf.convert_to_tensor(ids)
+        ids = tf.cast(ids, tf.int32)
+        if ids.shape.rank == 1:
+            return self.detokenize(ids[tf.newaxis])[0]
+        text = self._detokenize_batch(tf.ragged.boolean_mask(ids, tf.not_equal(ids, PAD_ID)))
+        return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+
+    def encode(self, texts):
+        """List of str -> list of np.int32 arrays, the ids tokenize() gives, computed in bulk."""
+        out = []
+        for batch in _batches(texts):
+            ids = self._tokenize_batch(tf.constant(batch, tf.string))
+            out.extend(np.split(ids.flat_values.numpy(), ids.row_splits.numpy()[1:-1]))
+        return out
+
+    def byte_lengths(self):
+        """np.int32 [vocabulary_size]: the UTF-8 bytes each id decodes to (see the module doc)."""
+        raise NotImplementedError
+
+    def fingerprint(self):
+        """Hex SHA-256 of everything that defines the ids (equal tokenizers, equal fingerprints)."""
+        return hashlib.sha256(_canonical_json(self._definition()).encode("utf-8")).hexdigest()
+
+    def save(self, directory):
+        """Write vocab.json (and any model file) into `directory`, each file atomically."""
+        try:
+            os.makedirs(directory, exist_ok=True)
+            for name, data in self._files().items():
+                _write_bytes(os.path.join(directory, name), data)
+            write_json(os.path.join(directory, VOCAB_FILE), self._definition())
+        except OSError as error:
+            raise TflmError(f"cannot save the tokenizer in {directory}: {error.strerror}") from None
+
+
+def _canonical_json(obj):
+    """JSON text that is the same for equal objects."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _write_bytes(path, data):
+    """Write `data` beside `path` and rename it into place (tflm.atomic.write_text, for bytes)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _batches(texts, max_chars=ENCODE_BATCH_CHARS):
+    """Consecutive lists of `texts` holding about `max_chars` characters each."""
+    batch, size = [], 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _split_lengths(values, lengths):
+    """Split the 1-D array `values` into consecutive pieces of `lengths`."""
+    return np.split(values, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+# --- char ------------------------------------------------------------------------------------
+
+class CharTokenizer(Tokenizer):
+    """Characters of the training split, via StringLookup (core TF ops: stock TF Serving runs it).
+
+    keras-hub's `UnicodeCodepointTokenizer` was the other candidate; it maps characters to raw code
+    points, so a CJK corpus needs a ~40k-row embedding, while a learned vocabulary of the characters
+    that occur stays small. Ids: 0 padding, 1 out-of-vocabulary, then characters from most to
+    least frequent.
+    """
+
+    kind = "char"
 
     def __init__(self, characters):
         if len(set(characters)) != len(characters) or any(len(c) != 1 for c in characters):
@@ -36,42 +177,64 @@ class CharTokenizer:
         self._to_char = keras.layers.StringLookup(
             vocabulary=self.characters, mask_token="", oov_token=OOV_CHAR, invert=True
         )
+        for lookup in (self._to_id, self._to_char):
+            lookup.build(None)  # only used eagerly it is never marked built, and export needs it built
+        self._table = None
 
     @property
     def vocabulary_size(self):
         """Number of ids, padding and OOV included."""
         return len(self.characters) + 2
 
-    def tokenize(self, text):
-        """String (or 1-D batch of strings) -> int32 ids (ragged for a batch)."""
-        chars = tf.strings.unicode_split(text, "UTF-8", errors="replace")
+    @property
+    def trackables(self):
+        """The two lookup layers (their hash tables)."""
+        return (self._to_id, self._to_char)
+
+    def _tokenize_batch(self, strings):
+        chars = tf.strings.unicode_split(strings, "UTF-8", errors="replace")
         return tf.cast(self._to_id(chars), tf.int32)
 
-    def detokenize(self, ids):
-        """Ids (1-D, or 2-D batch) -> string(s); padding is dropped, OOV becomes U+FFFD."""
-        ids = tf.convert_to_tensor(ids) if not isinstance(ids, tf.RaggedTensor) else ids
-        chars = self._to_char(tf.cast(ids, tf.int64))
-        return tf.strings.reduce_join(chars, axis=-1)
+    def _detokenize_batch(self, ids):
+        return tf.strings.reduce_join(self._to_char(tf.cast(ids, tf.int64)), axis=-1)
 
-    def save(self, path):
-        """Write the vocabulary as JSON (atomically)."""
-        write_json(path, {"type": "char", "pad_id": PAD_ID, "oov_id": OOV_ID,
-                                 "characters": self.characters})
+    def encode(self, texts):
+        """List of str -> list of np.int32 ids: a code point -> id table, no TensorFlow."""
+        if self._table is None:
+            self._table = np.full(0x110000, OOV_ID, np.int32)
+            self._table[[ord(c) for c in self.characters]] = np.arange(2, self.vocabulary_size, dtype=np.int32)
+        out = []
+        for batch in _batches(texts):
+            codes = np.frombuffer("".join(batch).encode("utf-32-le"), np.uint32)
+            out.extend(_split_lengths(self._table[codes], [len(t) for t in batch]))
+        return out
+
+    def byte_lengths(self):
+        """Padding 0, OOV 3 (U+FFFD), each character its UTF-8 length."""
+        return np.array([0, OOV_BYTES] + [len(c.encode("utf-8")) for c in self.characters], np.int32)
+
+    def _definition(self):
+        return {"type": "char", "pad_id": PAD_ID, "oov_id": OOV_ID, "characters": self.characters}
 
     @classmethod
-    def load(cls, path):
-        """Read a vocabulary written by `save`."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                return cls(json.load(f)["characters"])
-        except (OSError, ValueError, KeyError) as error:
-            raise TflmError(f"cannot read tokenizer vocabulary {path}: {error}") from None
+    def from_definition(cls, definition, directory):
+        """From a vocab.json object (tflm 0.1's included)."""
+        return cls(definition["characters"])
 
     @classmethod
     def from_counts(cls, counts, max_vocab_size):
         """Keep the `max_vocab_size` most frequent characters (ties broken by character)."""
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
         return cls([char for char, _ in ranked[: max(1, max_vocab_size - 2)]])
+
+    @classmethod
+    def learn(cls, texts, vocab_size):
+        """The `vocab_size` - 2 most frequent characters of all of `texts`."""
+        _check_vocab_size("char", vocab_size, 3, "padding, out-of-vocabulary and one character")
+        counts = count_characters(texts)
+        if not counts:
+            raise TflmError("the training split is empty")
+        return cls.from_counts(counts, vocab_size)
 
 
 def count_characters(texts):
@@ -80,3 +243,99 @@ def count_characters(texts):
     for text in texts:
         counts.update(text)
     return counts
+
+
+# --- byte ------------------------------------------------------------------------------------
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes: id = byte + 1, 0 padding; nothing learned, core TF ops only."""
+
+    kind = "byte"
+    vocabulary_size = 257
+
+    def _tokenize_batch(self, strings):
+        # ISO-8859-1 maps each byte to the code point of the same value: one core op, no padding.
+        return tf.strings.unicode_decode(strings, "ISO-8859-1") + 1
+
+    def _detokenize_batch(self, ids):
+        byte_strings = tf.constant([b""] + [bytes([b]) for b in range(256)])
+        return tf.strings.reduce_join(tf.gather(byte_strings, ids), axis=-1)
+
+    def encode(self, texts):
+        """List of str -> list of np.int32 ids: the UTF-8 bytes plus one, no TensorFlow."""
+        out = []
+        for batch in _batches(texts):
+            encoded = [text.encode("utf-8") for text in batch]
+            ids = np.frombuffer(b"".join(encoded), np.uint8).astype(np.int32) + 1
+            out.extend(_split_lengths(ids, [len(e) for e in encoded]))
+        return out
+
+    def byte_lengths(self):
+        """Padding 0, every byte 1."""
+        return np.array([0] + [1] * 256, np.int32)
+
+    def _definition(self):
+        return {"type": "byte", "pad_id": PAD_ID, "vocabulary_size": self.vocabulary_size}
+
+    @classmethod
+    def from_definition(cls, definition, directory):
+        """From a vocab.json object."""
+        return cls()
+
+    @classmethod
+    def learn(cls, texts, vocab_size):
+        """A byte tokenizer; `texts` and `vocab_size` are not used."""
+        return cls()
+
+
+# --- learning and loading ----------------------------------------------------------------------
+
+TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, ByteTokenizer)}
+
+
+def _tokenizer_class(kind):
+    """The class of a tokenizer kind."""
+    if kind not in TOKENIZERS:
+        raise TflmError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return TOKENIZERS[kind]
+
+
+def _check_vocab_size(kind, vocab_size, minimum, needs):
+    """Raise unless `vocab_size` is an integer from `minimum` to 2**31 - 1."""
+    if not isinstance(vocab_size, (int, np.integer)) or isinstance(vocab_size, bool):
+        raise TflmError(f"vocab_size must be an integer, got {vocab_size!r}")
+    if vocab_size < minimum:
+        raise TflmError(f"{kind} vocab_size must be at least {minimum} ({needs}), got {vocab_size}")
+    if vocab_size > INT32_MAX:
+        raise TflmError(f"vocab_size must be at most {INT32_MAX} (ids are int32), got {vocab_size}")
+
+
+def learn_tokenizer(kind, texts, vocab_size, **options):
+    """Learn a `kind` tokenizer from an iterable of training-split strings.
+
+    vocab_size: char, the most ids (the most frequent characters are kept, the rest are OOV);
+    byte ignores it (always 257). char reads all of `texts`; byte none.
+    """
+    cls = _tokenizer_class(kind)
+    known = list(inspect.signature(cls.learn).parameters)[2:]
+    for name in options:
+        if name not in known:
+            raise TflmError(f"the {kind} tokenizer has no option {name!r}; it has: {', '.join(known) or 'none'}")
+    return cls.learn(texts, vocab_size, **options)
+
+
+def load_tokenizer(directory):
+    """The tokenizer `save` wrote into `directory` (tflm 0.1's char vocab.json included)."""
+    path = os.path.join(directory, VOCAB_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            definition = json.load(f)
+        kind = definition.get("type", "char")
+    except (OSError, ValueError, AttributeError) as error:
+        raise TflmError(f"cannot read tokenizer vocabulary {path}: {error}") from None
+    if kind not in TOKENIZERS:
+        raise TflmError(f"{path}: unknown tokenizer type {kind!r}; expected one of {', '.join(KINDS)}")
+    try:
+        return TOKENIZERS[kind].from_definition(definition, directory)
+    except (KeyError, TypeError, ValueError) as error:
+        raise TflmError(f"{path}: not a valid {kind} tokenizer vocabulary ({error!r})") from None

@@ -1,0 +1,222 @@
+"""Tokenizers: char and byte behind one interface, in Python, tf.data and SavedModels; exact byte
+counts for bits per byte; old vocabularies load; bad inputs are one line."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from pydoc_data.topics import topics
+
+from tflm.errors import TflmError
+from tflm.serving_warmup import graph_ops, non_core_ops
+from tflm.tokenizer import PAD_ID, VOCAB_FILE, learn_tokenizer, load_tokenizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V0_1_RUN = os.path.join(REPO, "tests", "data", "v0_1", "transformer")
+
+ENGLISH = "The quick brown fox jumps over the lazy dog. It's 3:45pm -- isn't it?"
+CODE = "def f(x):\n\tif x:\n\t\treturn {'a': [1, 2]}  # tab-indented\r\n    pass\n\n\n" + "\n" + "*" * 21 + "\n"
+CHINESE = "我们的语言模型需要处理中文文本，包括标点符号。"
+EMOJI = "ok 🙂👍🏽 👩‍👩‍👧 🇩🇪 done"
+TEXTS = {"english": ENGLISH, "code": CODE, "chinese": CHINESE, "emoji": EMOJI}
+VARIED = list(TEXTS.values()) + ["", " ", "  two  spaces ", "\n", "\ufeffbom and \u00a0nbsp", "e\u0301 é",
+                                 "\x00\x7f control", "a" * 300, topics["assignment"][:4000]]
+CORPUS = list(topics.values()) + list(TEXTS.values())  # every test character occurs: char has no OOV
+SIZES = {"char": 1000, "byte": 0}
+OPTIONS = {}
+LOSSLESS = ["char", "byte"]
+ALL = ["char", "byte"]
+
+
+def learn(name, texts=CORPUS):
+    """A tokenizer learned from `texts`; 'sentencepiece-bpe' is a bpe model."""
+    kind, _, model_type = name.partition("-")
+    options = dict(OPTIONS.get(kind, {}), **({"model_type": model_type} if model_type else {}))
+    return learn_tokenizer(kind, texts, SIZES[kind], **options)
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    """One tokenizer of each kind, learned from the pydoc topics."""
+    return {name: learn(name) for name in ALL}
+
+
+def ids_of(tokenizer, text):
+    """tokenize(text) as a list."""
+    return tokenizer.tokenize(tf.constant(text)).numpy().tolist()
+
+
+def text_of(tokenizer, ids):
+    """detokenize(ids) as str."""
+    return tokenizer.detokenize(tf.constant(ids, tf.int32)).numpy().decode("utf-8")
+
+
+@pytest.mark.parametrize("name", LOSSLESS)
+@pytest.mark.parametrize("script", TEXTS)
+def test_lossless_tokenizers_round_trip_and_count_every_byte(tokenizers, name, script):
+    tokenizer, text = tokenizers[name], TEXTS[script]
+    ids = ids_of(tokenizer, text)
+    assert text_of(tokenizer, ids) == text
+    assert tokenizer.byte_lengths()[ids].sum() == len(text.encode("utf-8"))
+
+
+def test_byte_ids_are_bytes_plus_one_and_detokenize_always_returns_valid_utf8(tokenizers):
+    tokenizer = tokenizers["byte"]
+    assert tokenizer.vocabulary_size == 257
+    assert ids_of(tokenizer, "aé") == [ord("a") + 1, 0xC3 + 1, 0xA9 + 1]
+    assert text_of(tokenizer, [ord("a") + 1, 0xC3 + 1]) == "a\ufffd"  # half a character
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_encode_gives_the_ids_tokenize_gives_eagerly_in_tf_data_and_in_tf_function(tokenizers, name):
+    tokenizer = tokenizers[name]
+    encoded = tokenizer.encode(VARIED)
+    assert all(ids.dtype == np.int32 for ids in encoded)
+    batch = tokenizer.tokenize(tf.constant(VARIED))
+    assert [ids.tolist() for ids in encoded] == batch.to_list()
+    assert [ids.tolist() for ids in encoded] == [ids_of(tokenizer, text) for text in VARIED]
+    mapped = tf.data.Dataset.from_tensor_slices(VARIED).map(tokenizer.tokenize)
+    assert [ids.tolist() for ids in encoded] == [ids.tolist() for ids in mapped.as_numpy_iterator()]
+    traced = tf.function(lambda texts: tokenizer.detokenize(tokenizer.tokenize(texts)))
+    assert traced(tf.constant(VARIED)).numpy().tolist() == tokenizer.detokenize(batch).numpy().tolist()
+    assert tokenizer.encode([]) == []
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_detokenize_drops_padding_from_dense_and_ragged_batches(tokenizers, name):
+    tokenizer = tokenizers[name]
+    ragged = tokenizer.tokenize(tf.constant([ENGLISH, "", CHINESE]))
+    expected = tokenizer.detokenize(ragged).numpy().tolist()
+    assert tokenizer.detokenize(ragged.to_tensor(default_value=PAD_ID)).numpy().tolist() == expected
+    assert text_of(tokenizer, [PAD_ID] + ids_of(tokenizer, ENGLISH) + [PAD_ID]) == expected[0].decode("utf-8")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_vocabulary_has_the_size_asked_for_and_a_byte_length_per_id(tokenizers, name):
+    tokenizer = tokenizers[name]
+    kind = name.partition("-")[0]
+    expected = {"char": len(set("".join(CORPUS))) + 2, "byte": 257}.get(kind, SIZES[kind])
+    assert tokenizer.kind == kind and tokenizer.vocabulary_size == expected
+    lengths = tokenizer.byte_lengths()
+    assert lengths.dtype == np.int32 and lengths.shape == (tokenizer.vocabulary_size,) and lengths[PAD_ID] == 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_save_and_load_keep_the_ids_and_the_fingerprint(tokenizers, name, tmp_path):
+    tokenizer = tokenizers[name]
+    tokenizer.save(str(tmp_path))
+    with open(tmp_path / VOCAB_FILE, encoding="utf-8") as f:
+        assert json.load(f)["type"] == tokenizer.kind
+    loaded = load_tokenizer(str(tmp_path))
+    assert (loaded.kind, loaded.vocabulary_size) == (tokenizer.kind, tokenizer.vocabulary_size)
+    assert loaded.fingerprint() == tokenizer.fingerprint()
+    assert [ids.tolist() for ids in loaded.encode(VARIED)] == [ids.tolist() for ids in tokenizer.encode(VARIED)]
+    assert loaded.byte_lengths().tolist() == tokenizer.byte_lengths().tolist()
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_fingerprints_differ_between_vocabularies_and_learning_repeats_exactly(tokenizers):
+    fingerprints = {tokenizer.fingerprint() for tokenizer in tokenizers.values()}
+    assert len(fingerprints) == len(tokenizers)
+    assert learn("char").fingerprint() == tokenizers["char"].fingerprint()
+    assert learn("char", CORPUS[:3]).fingerprint() != tokenizers["char"].fingerprint()
+
+
+def test_tflm_0_1_vocabulary_loads_with_its_ids():
+    tokenizer = load_tokenizer(V0_1_RUN)
+    with open(os.path.join(V0_1_RUN, VOCAB_FILE), encoding="utf-8") as f:
+        characters = json.load(f)["characters"]
+    assert tokenizer.kind == "char" and tokenizer.vocabulary_size == len(characters) + 2
+    assert ids_of(tokenizer, "the€") == [characters.index(c) + 2 for c in "the"] + [1]
+    assert tokenizer.encode(["the€"])[0].tolist() == ids_of(tokenizer, "the€")
+    # Pinned: what defines these ids has not changed, so anything keyed by the fingerprint stays valid.
+    assert tokenizer.fingerprint() == "2166317e4886abfa1ee6981ea5991c0365492dd718229b6f33311f05af8cffd9"
+
+
+@pytest.mark.parametrize("kind, vocab_size, options, message", [
+    ("words", 100, {}, "unknown tokenizer kind 'words'; expected one of char, byte"),
+    ("char", 2, {}, "char vocab_size must be at least 3"),
+    ("char", 2**31, {}, "vocab_size must be at most 2147483647"),
+    ("char", 10.5, {}, "vocab_size must be an integer"),
+    ("char", 300, {"vocab": 3}, "the char tokenizer has no option 'vocab'; it has: none"),
+])
+def test_bad_requests_are_one_line_errors(kind, vocab_size, options, message):
+    with pytest.raises(TflmError) as error:
+        learn_tokenizer(kind, CORPUS, vocab_size, **options)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["char"])
+def test_empty_training_split_is_an_error(kind):
+    with pytest.raises(TflmError, match="the training split is empty"):
+        learn_tokenizer(kind, ["", ""], SIZES[kind])
+
+
+def test_unreadable_or_mismatched_saves_are_one_line_errors(tokenizers, tmp_path):
+    with pytest.raises(TflmError, match="cannot read tokenizer vocabulary"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / VOCAB_FILE).write_text('{"type": "words"}', encoding="utf-8")
+    with pytest.raises(TflmError, match="unknown tokenizer type 'words'"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / VOCAB_FILE).write_text('{"type": "char", "characters": ["ab"]}', encoding="utf-8")
+    with pytest.raises(TflmError, match="must be distinct single characters"):
+        load_tokenizer(str(tmp_path))
+
+
+LOAD_IN_FRESH_PROCESS = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    paths, texts = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    results = {}
+    for name, path in paths.items():
+        model = tf.saved_model.load(path)
+        ids = model.signatures["tokenize"](texts=tf.constant(texts))["output_0"]
+        decoded = model.signatures["detokenize"](ids=ids)["output_0"]
+        results[name] = {"ids": ids.numpy().tolist(), "texts": [t.decode("utf-8") for t in decoded.numpy()]}
+    results["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("tflm", "keras_hub", "keras_nlp"))
+    print(json.dumps(results))
+""")
+
+
+def export_tokenizer(tokenizer, path):
+    """A SavedModel with tokenize (texts -> padded ids) and detokenize signatures, as tflm.export
+    writes one: keras' ExportArchive tracking the tokenizer's trackables."""
+    archive = keras.export.ExportArchive()
+    for trackable in tokenizer.trackables:
+        archive.track(trackable)
+    archive.add_endpoint("tokenize", lambda texts: tokenizer.tokenize(texts).to_tensor(),
+                         input_signature=[tf.TensorSpec([None], tf.string, name="texts")])
+    archive.add_endpoint("detokenize", tokenizer.detokenize,
+                         input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids")])
+    archive.write_out(path, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def saved_models(tokenizers, tmp_path_factory):
+    """{name: (SavedModel path, what a fresh process that imports only tensorflow computes with it)}."""
+    paths = {name: str(tmp_path_factory.mktemp(name)) for name in ALL}
+    for name, path in paths.items():
+        export_tokenizer(tokenizers[name], path)
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, json.dumps(paths), json.dumps(list(TEXTS.values()))],
+        capture_output=True, text=True, timeout=300, cwd=paths["char"], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    assert results.pop("modules") == []  # neither tflm nor keras-hub was needed
+    return {name: (paths[name], results[name]) for name in ALL}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_tokenizer_works_in_a_saved_model_loaded_by_plain_tensorflow(tokenizers, saved_models, name):
+    tokenizer, (path, served) = tokenizers[name], saved_models[name]
+    texts = list(TEXTS.values())
+    assert served["ids"] == tokenizer.tokenize(tf.constant(texts)).to_tensor().numpy().tolist()
+    assert served["texts"] == texts if name in LOSSLESS else served["texts"] == [
+        t.decode("utf-8") for t in tokenizer.detokenize(tokenizer.tokenize(texts)).numpy()]
+    assert set(non_core_ops(graph_ops(path))) <= set(tokenizer.non_core_ops)
