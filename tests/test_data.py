@@ -1,29 +1,18 @@
-"""Sources, tokenizer and pipelines: any UTF-8 text, TFDS, and sharding without loss or duplication."""
+"""Sources and token stores: any UTF-8 text, explicit validation files, TFDS, shared stores, and
+one-line errors for the data a user can get wrong."""
 
-import collections
+import os
 
-import numpy as np
 import pytest
-import tensorflow as tf
 
-from conftest import small_config
-from tflm.config import updated
-from tflm.data import load_corpus, train_windows
+from conftest import run_tflm, small_config, write_config
+from tflm import run_dir as runs
 from tflm.errors import TflmError
-from tflm.tokenizer import OOV_ID, CharTokenizer
+from tflm.prepare import prepare_store
+from tflm.store import TokenStore
 from tflm.train import train
 
 CJK = "日本語のテキストと中文文本，混在한국어도。\n"
-
-
-def test_cjk_round_trips_and_unseen_characters_map_to_oov(tmp_path):
-    tokenizer = CharTokenizer.from_counts(collections.Counter(CJK * 3), max_vocab_size=100)
-    ids = tokenizer.tokenize(tf.constant(CJK))
-    assert ids.shape == (len(CJK),) and OOV_ID not in ids.numpy()
-    assert tokenizer.detokenize(ids).numpy().decode("utf-8") == CJK
-    assert tokenizer.tokenize(tf.constant("日Ω")).numpy().tolist() == [tokenizer.tokenize("日").numpy()[0], OOV_ID]
-    tokenizer.save(str(tmp_path / "vocab.json"))
-    assert CharTokenizer.load(str(tmp_path / "vocab.json")).characters == tokenizer.characters
 
 
 def write_files(directory, texts):
@@ -38,8 +27,19 @@ def test_text_files_of_any_script_train(tmp_path):
     config = small_config(data={"source": "files", "paths": [pattern]},
                           train={"steps": 4, "eval_every": 4, "eval_batches": 1})
     run_dir = train(config, str(tmp_path / "run"))
-    vocabulary = CharTokenizer.load(f"{run_dir}/vocab.json").characters
+    vocabulary = runs.load_tokenizer(run_dir).characters
     assert {"語", "한", "ü", "ö"} <= set(vocabulary)
+    assert TokenStore.open(os.path.join(run_dir, "store")).tokens("train") > 0
+
+
+def test_validation_files_hold_the_validation_text_and_every_training_line_trains(tmp_path):
+    (tmp_path / "train.txt").write_text("abcdefgh\n" * 300, encoding="utf-8")
+    (tmp_path / "valid.txt").write_text("hgfedcba\n" * 70, encoding="utf-8")
+    config = small_config(data={"source": "files", "paths": [str(tmp_path / "train.txt")],
+                                "validation_paths": [str(tmp_path / "valid.txt")]})
+    store = prepare_store(config.data, str(tmp_path / "store"), log=lambda _: None)
+    assert store.tokens("train") == 9 * 300 and store.tokens("validation") == 9 * 70
+    assert store.index["splits"]["train"]["text_bytes"] == 9 * 300
 
 
 def test_invalid_utf8_names_the_file_and_line(tmp_path):
@@ -47,13 +47,16 @@ def test_invalid_utf8_names_the_file_and_line(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok\nstill ok\nbroken \xff here\n")
     config = small_config(data={"source": "files", "paths": [str(tmp_path / "*.txt")]})
     with pytest.raises(TflmError, match=r"bad\.txt: line 3: invalid UTF-8 byte 0xff"):
-        load_corpus(config.data)
+        prepare_store(config.data, str(tmp_path / "store"), log=lambda _: None)
+    assert sorted(os.listdir(tmp_path)) == ["bad.txt", "good.txt"]  # no store, no staging left
 
 
-def test_missing_files_are_a_clear_error(tmp_path):
-    config = small_config(data={"source": "files", "paths": [str(tmp_path / "nothing*.txt")]})
+@pytest.mark.parametrize("pattern", ["nothing*.txt", "ram://tflm-no-such-bucket/*.txt"])
+def test_paths_that_match_nothing_are_a_clear_error(tmp_path, pattern):
+    pattern = pattern if "://" in pattern else str(tmp_path / pattern)
+    config = small_config(data={"source": "files", "paths": [pattern]})
     with pytest.raises(TflmError, match="no file matches"):
-        load_corpus(config.data)
+        prepare_store(config.data, str(tmp_path / "store"), log=lambda _: None)
 
 
 def test_tfds_dataset_built_locally_is_read_through_the_tfds_source(tmp_path):
@@ -75,64 +78,49 @@ def test_tfds_dataset_built_locally_is_read_through_the_tfds_source(tmp_path):
 
     config = small_config(data={"source": "tfds", "tfds_name": "tiny_tflm_corpus",
                                 "tfds_data_dir": str(tmp_path / "tfds")})
-    corpus = load_corpus(config.data)
-    assert corpus.tokens("train") == sum(len(f"Paragraph {i}: the quick brown fox jumps over the lazy dog. " * 5)
-                                         for i in range(40))
-    assert corpus.tokens("validation") > 0
+    store = prepare_store(config.data, str(tmp_path / "store"), log=lambda _: None)
+    assert store.tokens("train") == sum(len(f"Paragraph {i}: the quick brown fox jumps over the lazy dog. " * 5)
+                                        for i in range(40))
+    assert store.tokens("validation") > 0
     bad = small_config(data={"source": "tfds", "tfds_name": "tiny_tflm_corpus", "tfds_split": "test",
                              "tfds_data_dir": str(tmp_path / "tfds")})
     with pytest.raises(TflmError, match="has no split 'test'"):
-        load_corpus(bad.data)
+        prepare_store(bad.data, str(tmp_path / "store2"), log=lambda _: None)
 
 
-def epoch_windows(corpus, config, pipelines, index):
-    """This pipeline's windows over one epoch, as tuples."""
-    return [tuple(w) for _, w in train_windows(corpus, config, pipelines, index, epochs=1).as_numpy_iterator()]
+def test_runs_share_a_named_store_and_one_from_another_tokenizer_is_refused(tmp_path):
+    shared = str(tmp_path / "shared-store")
+    config = small_config(data={"store": shared}, train={"steps": 2, "eval_every": 2, "eval_batches": 1})
+    config_path = write_config(tmp_path / "c.yaml", config)
+    first = run_tflm("train", "--config", config_path, "--run-dir", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    index = open(os.path.join(shared, "index.json")).read()
+    second = run_tflm("train", "--config", config_path, "--run-dir", str(tmp_path / "b"))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "learning a char tokenizer" not in second.stdout  # prepared once, used twice
+    assert open(os.path.join(shared, "index.json")).read() == index
+    assert not os.path.exists(tmp_path / "a" / "store") and not os.path.exists(tmp_path / "b" / "store")
+
+    other = run_tflm("train", "--config", config_path, "--run-dir", str(tmp_path / "c"),
+                     "--set", "data.tokenizer=byte")
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"tflm: error: token store {shared} was prepared with data.tokenizer='char', not 'byte'; "
+        "use another data.store, or the same setting")
+    assert not (tmp_path / "c").exists()
 
 
-def epoch_examples(corpus, config, pipelines, index):
-    """This pipeline's (example id, window) pairs over one epoch."""
-    return [(int(i), tuple(w)) for i, w in train_windows(corpus, config, pipelines, index, epochs=1).as_numpy_iterator()]
-
-
-@pytest.mark.parametrize("policy", ["data", "file"])
-def test_example_ids_name_each_window_once_and_as_one_device_does(tmp_path, policy):
-    data = {"shard_policy": policy, "shuffle_buffer": 50}
-    if policy == "file":
-        data.update(source="files", paths=[write_files(tmp_path, [f"file {i} " * (300 + 97 * i) for i in range(2)])])
-    config = small_config(data=data)
-    corpus = load_corpus(config.data)
-    workers = [epoch_examples(corpus, config, 2, i) for i in range(2)]
-    ids = [i for worker in workers for i, _ in worker]
-    assert len(ids) == len(set(ids))  # never two windows with one id, so never one dropout mask for both
-    if policy == "data":
-        alone = epoch_examples(corpus, config, 1, 0)
-        assert [i for i, _ in alone] == list(range(len(alone)))
-        for index, worker in enumerate(workers):
-            assert worker == [(i, w) for i, w in alone if i % 2 == index]
-
-
-@pytest.mark.parametrize("policy,files", [("data", 0), ("file", 3), ("data", 3)])
-def test_every_training_window_is_seen_exactly_once_across_workers(tmp_path, policy, files):
-    data = {"shard_policy": policy}
-    if files:
-        data.update(source="files", paths=[write_files(tmp_path, [f"file {i} " * (300 + 97 * i) for i in range(files)])])
-    config = small_config(data=data)
-    corpus = load_corpus(config.data)
-    everything = epoch_windows(corpus, config, 1, 0)
-    assert len(everything) == corpus.windows("train", config.data.seq_len)
-    per_worker = [epoch_windows(corpus, config, 2, i) for i in range(2)]
-    assert all(per_worker)
-    assert collections.Counter(per_worker[0] + per_worker[1]) == collections.Counter(everything)
-    if policy == "data":
-        assert abs(len(per_worker[0]) - len(per_worker[1])) <= 1
-
-
-def test_same_seed_same_windows_and_a_new_seed_reshuffles():
-    config = small_config()
-    corpus = load_corpus(config.data)
-    first = epoch_windows(corpus, config, 1, 0)[:50]
-    assert first == epoch_windows(corpus, config, 1, 0)[:50]
-    config = updated(config, train={"seed": 1})
-    assert first != epoch_windows(corpus, config, 1, 0)[:50]
-    assert np.array(first).dtype == np.int32
+def test_a_damaged_store_stops_a_new_run_before_it_writes_anything(tmp_path):
+    shared = str(tmp_path / "store")
+    config = small_config(data={"store": shared})
+    prepare_store(config.data, shared, log=lambda _: None)
+    shard = os.path.join(shared, "train", "00000.bin")
+    with open(shard, "r+b") as f:
+        f.seek(10)
+        byte = f.read(1)
+        f.seek(10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    result = run_tflm("train", "--config", write_config(tmp_path / "c.yaml", config), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "train/00000.bin does not match its checksum" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()

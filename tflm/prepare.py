@@ -90,8 +90,8 @@ def prepare_store(data_config, path, tokenizer=None, log=print):
     source = make_source(data_config)
     if tokenizer is None:
         log(f"tflm.prepare: learning a {data_config.tokenizer} tokenizer from the training split")
-        tokenizer = learn_tokenizer(data_config.tokenizer, training_texts(source), data_config.vocab_size,
-                                    model_type=data_config.sentencepiece_model)
+        options = {"model_type": data_config.sentencepiece_model} if data_config.tokenizer == "sentencepiece" else {}
+        tokenizer = learn_tokenizer(data_config.tokenizer, training_texts(source), data_config.vocab_size, **options)
     target = staging_path(path) if is_local(path) else path
     try:
         tokenizer.save(os.path.join(target, "tokenizer"))
