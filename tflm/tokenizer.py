@@ -1,8 +1,11 @@
-"""Tokenizers: text <-> int32 ids, one interface for characters and bytes.
+"""Tokenizers: text <-> int32 ids, one interface for characters, bytes and WordPiece.
 
     char           the characters of the training split, most frequent first (`vocab_size` is a
                    maximum; the rest are out-of-vocabulary). Core TF ops: StringLookup tables.
     byte           UTF-8 bytes, id = byte + 1; nothing to learn, vocabulary 257. Core TF ops only.
+    wordpiece      BERT-style subwords learned from the training split with keras-hub's
+                   `compute_word_piece_vocabulary` (tensorflow-text's learner), run in-graph by
+                   keras-hub's `WordPieceTokenizer`. Lossy: see "WordPiece" below.
 
 Every tokenizer has the same attributes and methods (`kind`, `vocabulary_size`, `tokenize`,
 `detokenize`, `encode`, `byte_lengths`, `fingerprint`, `save`, `trackables`, `non_core_ops`), so the
@@ -11,22 +14,41 @@ rest of tflm never asks which one it has. `load_tokenizer(directory)` reads what
 `learn_tokenizer(kind, texts, vocab_size)` learns one from the training split.
 
 Ids: 0 is padding for every kind (`detokenize` drops it); 1 is "unknown" (char: a character
-outside the vocabulary) and `detokenize` writes it as U+FFFD. Byte ids are byte + 1.
-`detokenize` always returns valid UTF-8: a byte sequence that is not (a byte model can generate
-one) has its bad bytes replaced by U+FFFD.
+outside the vocabulary; wordpiece: a word it cannot spell) and `detokenize` writes it as U+FFFD.
+Byte ids are byte + 1. `detokenize` always returns valid UTF-8: a byte sequence that is not (a
+byte model can generate one) has its bad bytes replaced by U+FFFD.
 
 Bits per byte: the sum of the targets' losses in bits divided by the sum of `byte_lengths()[t]`
 over the same targets t, i.e. the UTF-8 bytes those targets decode to. For the lossless
 tokenizers this is exact: over the ids `tokenize(text)` gives, byte_lengths sum to
 len(text.encode("utf-8")) — byte: 1 per byte; char: each character's UTF-8 length.
-Out-of-vocabulary ids (char) count the 3 bytes of the U+FFFD they decode to, so with OOV the sum
-is not the text's length. Padding counts 0.
+Out-of-vocabulary ids (char, wordpiece) count the 3 bytes of the U+FFFD they decode to, so
+with OOV the sum is not the text's length. Padding counts 0.
+
+WordPiece: text is split into words at whitespace, at each punctuation character and at each CJK
+character (keras-hub's pre-tokenizer, without lowercasing or accent stripping); a newline is kept
+as a word of its own (reserved id 2), other whitespace only separates words. Words are spelt
+greedily longest-match-first with "##" marking a piece that continues a word; a word it cannot
+spell (a character outside the vocabulary, or longer than 100 bytes) becomes the unknown id.
+`detokenize` joins words with one space ("Hello, world" -> "Hello , world"), as tensorflow-text
+does. `byte_lengths` counts the bytes detokenize writes: a "##" piece its text without "##", any
+other piece its text plus one for the space before the word it starts (the newline token: 2, the
+unknown token: 3 + 1). So over the ids of a text the sum is len(detokenize(ids)) + 1: bits per
+byte of that normalised text, not of the original.
+
+Serving: char and byte graphs use core TensorFlow ops only; wordpiece graphs also use the
+tensorflow-text ops in its class's `non_core_ops`.
+
+Training reads a bounded sample: wordpiece learns from the first `sample_bytes` of the training
+split (tensorflow-text's WordPiece learner is pure Python, measured ~1 minute for 4 MB of code),
+so put a representative mix first. char counts every character (cheap).
 """
 
 import collections
 import hashlib
 import inspect
 import json
+import math
 import os
 
 import keras
@@ -42,7 +64,7 @@ OOV_CHAR = "\ufffd"  # what detokenize writes for the unknown id
 OOV_BYTES = len(OOV_CHAR.encode("utf-8"))
 INT32_MAX = 2**31 - 1
 VOCAB_FILE = "vocab.json"
-KINDS = ("char", "byte")
+KINDS = ("char", "byte", "wordpiece")
 ENCODE_BATCH_CHARS = 1 << 22  # encode works through this many characters at a time
 
 
@@ -288,9 +310,85 @@ class ByteTokenizer(Tokenizer):
         return cls()
 
 
+# --- wordpiece -------------------------------------------------------------------------------
+
+class WordPieceTokenizer(Tokenizer):
+    """WordPiece over keras-hub's `WordPieceTokenizer` (tensorflow-text's FastWordpiece ops)."""
+
+    kind = "wordpiece"
+    RESERVED = ("[PAD]", OOV_CHAR, "\n")  # ids 0, 1, 2: padding, unknown (written as U+FFFD), newline
+    SUFFIX = "##"
+    SAMPLE_BYTES = 8 * 10**6  # about 2 minutes of tensorflow-text's Python learner (measured 59 s for 4 MB)
+    non_core_ops = ("RegexSplitWithOffsets", "FastWordpieceTokenizeWithOffsets", "TFText>FastWordpieceDetokenize")
+
+    def __init__(self, tokens):
+        import keras_hub
+
+        tokens = list(tokens)
+        if tuple(tokens[:3]) != self.RESERVED or len(set(tokens)) != len(tokens):
+            raise TflmError("a wordpiece vocabulary must be distinct tokens starting with [PAD], U+FFFD, newline")
+        self.tokens = tokens
+        self._layer = keras_hub.tokenizers.WordPieceTokenizer(
+            vocabulary=tokens, lowercase=False, strip_accents=False, split=True, split_on_cjk=True,
+            suffix_indicator=self.SUFFIX, oov_token=OOV_CHAR, special_tokens=["\n"],
+            special_tokens_in_strings=True, dtype="int32")
+        # Called inside a tf.function keras-hub runs its TensorFlow path and returns tensors (eagerly
+        # it would run a Python re-implementation and return lists).
+        self._tokenize_batch = tf.function(self._layer.tokenize, input_signature=[tf.TensorSpec([None], tf.string)])
+        self._detokenize_batch = tf.function(
+            self._layer.detokenize, input_signature=[tf.RaggedTensorSpec([None, None], tf.int32)])
+
+    @property
+    def vocabulary_size(self):
+        """Number of ids, the reserved tokens included."""
+        return len(self.tokens)
+
+    def byte_lengths(self):
+        """Bytes detokenize writes per token: "##x" len(x); others len + 1 (the space before a word)."""
+        lengths = [0, OOV_BYTES + 1]
+        for token in self.tokens[2:]:
+            if token.startswith(self.SUFFIX) and len(token) > len(self.SUFFIX):
+                lengths.append(len(token[len(self.SUFFIX):].encode("utf-8")))
+            else:
+                lengths.append(len(token.encode("utf-8")) + 1)
+        return np.array(lengths, np.int32)
+
+    def _definition(self):
+        return {"type": "wordpiece", "pad_id": PAD_ID, "oov_id": OOV_ID, "newline_id": 2,
+                "suffix_indicator": self.SUFFIX, "lowercase": False, "split_on_cjk": True,
+                "tokens": self.tokens}
+
+    @classmethod
+    def from_definition(cls, definition, directory):
+        """From a vocab.json object."""
+        return cls(definition["tokens"])
+
+    @classmethod
+    def learn(cls, texts, vocab_size, sample_bytes=SAMPLE_BYTES):
+        """Learn exactly `vocab_size` tokens from the first `sample_bytes` of `texts`."""
+        import keras_hub
+
+        _check_vocab_size("wordpiece", vocab_size, len(cls.RESERVED) + 1,
+                          "padding, unknown, newline and one word piece")
+        sample = _sample(texts, sample_bytes)
+        # tensorflow-text's learner stops anywhere within 5% below the size it is asked for, and
+        # lists tokens by frequency after the reserved ones and the characters: ask for enough to
+        # land at or above `vocab_size`, then keep the most frequent.
+        target = math.ceil(vocab_size / 0.95) + 1
+        learned = keras_hub.tokenizers.compute_word_piece_vocabulary(
+            tf.data.Dataset.from_tensor_slices(sample), target, reserved_tokens=list(cls.RESERVED),
+            lowercase=False, strip_accents=False, split=True, split_on_cjk=True,
+            suffix_indicator=cls.SUFFIX)
+        if len(learned) < vocab_size:
+            raise TflmError(
+                f"the training sample supports only {len(learned)} wordpiece tokens (pieces seen at least "
+                f"10 times in its first {sample_bytes} bytes); vocab_size={vocab_size} is too large")
+        return cls(learned[:vocab_size])
+
+
 # --- learning and loading ----------------------------------------------------------------------
 
-TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, ByteTokenizer)}
+TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, ByteTokenizer, WordPieceTokenizer)}
 
 
 def _tokenizer_class(kind):
@@ -310,18 +408,43 @@ def _check_vocab_size(kind, vocab_size, minimum, needs):
         raise TflmError(f"vocab_size must be at most {INT32_MAX} (ids are int32), got {vocab_size}")
 
 
+def _sample(texts, max_bytes):
+    """The first `max_bytes` bytes (UTF-8) of `texts`, as a list of strings; an error if empty."""
+    sample, size = [], 0
+    for text in texts:
+        encoded = text.encode("utf-8")
+        if size + len(encoded) >= max_bytes:
+            sample.append(encoded[: max_bytes - size].decode("utf-8", errors="ignore"))
+            break
+        sample.append(text)
+        size += len(encoded)
+    if not any(sample):
+        raise TflmError("the training split is empty")
+    return sample
+
+
 def learn_tokenizer(kind, texts, vocab_size, **options):
     """Learn a `kind` tokenizer from an iterable of training-split strings.
 
     vocab_size: char, the most ids (the most frequent characters are kept, the rest are OOV);
-    byte ignores it (always 257). char reads all of `texts`; byte none.
+    wordpiece, exactly this many ids; byte ignores it (always 257).
+    options: wordpiece `sample_bytes` (default 8 MB). Subword vocabularies are learned from the
+    first `sample_bytes` of `texts` only, and no more of `texts` is read; char reads all of it.
     """
     cls = _tokenizer_class(kind)
     known = list(inspect.signature(cls.learn).parameters)[2:]
     for name in options:
         if name not in known:
             raise TflmError(f"the {kind} tokenizer has no option {name!r}; it has: {', '.join(known) or 'none'}")
+    if "sample_bytes" in options:
+        _check_positive("sample_bytes", options["sample_bytes"])
     return cls.learn(texts, vocab_size, **options)
+
+
+def _check_positive(name, value):
+    """Raise unless `value` is a positive integer."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise TflmError(f"{name} must be a positive integer, got {value!r}")
 
 
 def load_tokenizer(directory):
