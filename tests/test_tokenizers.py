@@ -1,4 +1,4 @@
-"""Tokenizers: char, byte and wordpiece behind one interface, in Python, tf.data and
+"""Tokenizers: char, byte, wordpiece and sentencepiece behind one interface, in Python, tf.data and
 SavedModels; exact byte counts for bits per byte; old vocabularies load; bad inputs are one line."""
 
 import json
@@ -28,10 +28,10 @@ TEXTS = {"english": ENGLISH, "code": CODE, "chinese": CHINESE, "emoji": EMOJI}
 VARIED = list(TEXTS.values()) + ["", " ", "  two  spaces ", "\n", "\ufeffbom and \u00a0nbsp", "e\u0301 é",
                                  "\x00\x7f control", "a" * 300, topics["assignment"][:4000]]
 CORPUS = list(topics.values()) + list(TEXTS.values())  # every test character occurs: char has no OOV
-SIZES = {"char": 1000, "byte": 0, "wordpiece": 400}
-OPTIONS = {"wordpiece": {"sample_bytes": 60_000}}
-LOSSLESS = ["char", "byte"]
-ALL = ["char", "byte", "wordpiece"]
+SIZES = {"char": 1000, "byte": 0, "wordpiece": 400, "sentencepiece": 800}
+OPTIONS = {"wordpiece": {"sample_bytes": 60_000}, "sentencepiece": {"sample_bytes": 300_000}}
+LOSSLESS = ["char", "byte", "sentencepiece", "sentencepiece-bpe"]
+ALL = ["char", "byte", "wordpiece", "sentencepiece", "sentencepiece-bpe"]
 
 
 def learn(name, texts=CORPUS):
@@ -43,7 +43,7 @@ def learn(name, texts=CORPUS):
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    """One tokenizer of each kind, learned from the pydoc topics."""
+    """One tokenizer of each kind (and a bpe sentencepiece), learned from the pydoc topics."""
     return {name: learn(name) for name in ALL}
 
 
@@ -136,7 +136,7 @@ def test_save_and_load_keep_the_ids_and_the_fingerprint(tokenizers, name, tmp_pa
 def test_fingerprints_differ_between_vocabularies_and_learning_repeats_exactly(tokenizers):
     fingerprints = {tokenizer.fingerprint() for tokenizer in tokenizers.values()}
     assert len(fingerprints) == len(tokenizers)
-    assert learn("wordpiece").fingerprint() == tokenizers["wordpiece"].fingerprint()
+    assert learn("sentencepiece").fingerprint() == tokenizers["sentencepiece"].fingerprint()
     assert learn("char", CORPUS[:3]).fingerprint() != tokenizers["char"].fingerprint()
 
 
@@ -152,14 +152,17 @@ def test_tflm_0_1_vocabulary_loads_with_its_ids():
 
 
 @pytest.mark.parametrize("kind, vocab_size, options, message", [
-    ("words", 100, {}, "unknown tokenizer kind 'words'; expected one of char, byte, wordpiece"),
+    ("words", 100, {}, "unknown tokenizer kind 'words'; expected one of char, byte, wordpiece, sentencepiece"),
     ("char", 2, {}, "char vocab_size must be at least 3"),
     ("wordpiece", 3, {}, "wordpiece vocab_size must be at least 4"),
+    ("sentencepiece", 259, {}, "sentencepiece vocab_size must be at least 260"),
     ("char", 2**31, {}, "vocab_size must be at most 2147483647"),
-    ("wordpiece", 2**31, {}, "vocab_size must be at most 2147483647"),
+    ("sentencepiece", 2**31, {}, "vocab_size must be at most 2147483647"),
     ("char", 10.5, {}, "vocab_size must be an integer"),
     ("wordpiece", 5000, {"sample_bytes": 20_000}, "the training sample supports only"),
-    ("wordpiece", 300, {"vocab": 3}, "the wordpiece tokenizer has no option 'vocab'; it has: sample_bytes"),
+    ("sentencepiece", 100_000, {"sample_bytes": 20_000}, "the training sample supports at most"),
+    ("sentencepiece", 300, {"model_type": "word"}, "sentencepiece model_type must be one of unigram, bpe"),
+    ("sentencepiece", 300, {"vocab": 3}, "the sentencepiece tokenizer has no option 'vocab'"),
     ("wordpiece", 300, {"sample_bytes": 0}, "sample_bytes must be a positive integer"),
 ])
 def test_bad_requests_are_one_line_errors(kind, vocab_size, options, message):
@@ -168,7 +171,13 @@ def test_bad_requests_are_one_line_errors(kind, vocab_size, options, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("kind", ["char", "wordpiece"])
+def test_sentencepiece_too_small_for_the_corpus_says_the_minimum():
+    chinese = "".join(chr(0x4E00 + i) for i in range(400))
+    with pytest.raises(TflmError, match=r"vocab_size=300 is too small for this corpus: .* at least \d+"):
+        learn_tokenizer("sentencepiece", [chinese] * 3, 300)
+
+
+@pytest.mark.parametrize("kind", ["char", "wordpiece", "sentencepiece"])
 def test_empty_training_split_is_an_error(kind):
     with pytest.raises(TflmError, match="the training split is empty"):
         learn_tokenizer(kind, ["", ""], SIZES[kind])
@@ -180,8 +189,10 @@ def test_unreadable_or_mismatched_saves_are_one_line_errors(tokenizers, tmp_path
     (tmp_path / VOCAB_FILE).write_text('{"type": "words"}', encoding="utf-8")
     with pytest.raises(TflmError, match="unknown tokenizer type 'words'"):
         load_tokenizer(str(tmp_path))
-    (tmp_path / VOCAB_FILE).write_text('{"type": "char", "characters": ["ab"]}', encoding="utf-8")
-    with pytest.raises(TflmError, match="must be distinct single characters"):
+    tokenizers["sentencepiece"].save(str(tmp_path))
+    with open(tmp_path / "tokenizer.model", "wb") as f:
+        f.write(tokenizers["sentencepiece-bpe"].model_proto)
+    with pytest.raises(TflmError, match="is not the model"):
         load_tokenizer(str(tmp_path))
 
 
