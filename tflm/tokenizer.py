@@ -43,7 +43,18 @@ unknown token: 3 + 1). So over the ids of a text the sum is len(detokenize(ids))
 byte of that normalised text, not of the original.
 
 Serving: char and byte graphs use core TensorFlow ops only; wordpiece and sentencepiece graphs
-also use the tensorflow-text ops in their class's `non_core_ops`.
+also use the tensorflow-text ops in their class's `non_core_ops`. TF Serving links all of
+tensorflow-text into the model server (`@org_tensorflow_text//tensorflow_text:ops_lib` in
+SUPPORTED_TENSORFLOW_OPS, tensorflow_serving/model_servers/BUILD), at the version pinned by
+`http_archive(name = "org_tensorflow_text")` in tensorflow/serving's tensorflow_serving/workspace.bzl:
+TF Serving 2.12.0 to 2.19.1 bundle tensorflow-text 2.12.1; TF Serving 2.20.0 (tag 2.20.0,
+2026-04-23) bundles tensorflow-text 2.20.0 with sentencepiece 0.1.96, as master still did on
+2026-07-30 (9d981c5c); there is no TF Serving 2.21 release. So TF Serving 2.20.0
+(`tensorflow/serving:2.20.0`) is the release that bundles a tensorflow-text compatible with 2.21:
+tensorflow-text 2.21.1 registers the six ops these graphs use with the same inputs, outputs and
+attributes as tensorflow/text v2.20.0's sources (later commits change only shape checks), and both
+pin sentencepiece 0.1.96. (Those six op definitions are unchanged since tensorflow-text 2.12.1, so
+tensorflow-text is not what keeps older TF Serving releases from loading these graphs.)
 
 Training reads a bounded sample: wordpiece and sentencepiece learn from the first `sample_bytes`
 of the training split (defaults in the classes: tensorflow-text's WordPiece learner is pure Python,
@@ -73,6 +84,7 @@ OOV_BYTES = len(OOV_CHAR.encode("utf-8"))
 INT32_MAX = 2**31 - 1
 VOCAB_FILE = "vocab.json"
 KINDS = ("char", "byte", "wordpiece", "sentencepiece")
+TF_SERVING_RELEASE = "2.20.0"  # bundles tensorflow-text 2.20.0, whose ops these graphs use (module doc)
 ENCODE_BATCH_CHARS = 1 << 22  # encode works through this many characters at a time
 
 
