@@ -1,5 +1,5 @@
-"""Tokenizers: char and byte behind one interface, in Python, tf.data and SavedModels; exact byte
-counts for bits per byte; old vocabularies load; bad inputs are one line."""
+"""Tokenizers: char, byte, wordpiece and sentencepiece behind one interface, in Python, tf.data and
+SavedModels; exact byte counts for bits per byte; old vocabularies load; bad inputs are one line."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from pydoc_data.topics import topics
 
 from tflm.errors import TflmError
 from tflm.serving_warmup import graph_ops, non_core_ops
-from tflm.tokenizer import PAD_ID, VOCAB_FILE, learn_tokenizer, load_tokenizer
+from tflm.tokenizer import OOV_CHAR, PAD_ID, VOCAB_FILE, learn_tokenizer, load_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V0_1_RUN = os.path.join(REPO, "tests", "data", "v0_1", "transformer")
@@ -28,10 +28,10 @@ TEXTS = {"english": ENGLISH, "code": CODE, "chinese": CHINESE, "emoji": EMOJI}
 VARIED = list(TEXTS.values()) + ["", " ", "  two  spaces ", "\n", "\ufeffbom and \u00a0nbsp", "e\u0301 é",
                                  "\x00\x7f control", "a" * 300, topics["assignment"][:4000]]
 CORPUS = list(topics.values()) + list(TEXTS.values())  # every test character occurs: char has no OOV
-SIZES = {"char": 1000, "byte": 0}
-OPTIONS = {}
-LOSSLESS = ["char", "byte"]
-ALL = ["char", "byte"]
+SIZES = {"char": 1000, "byte": 0, "wordpiece": 400, "sentencepiece": 800}
+OPTIONS = {"wordpiece": {"sample_bytes": 60_000}, "sentencepiece": {"sample_bytes": 300_000}}
+LOSSLESS = ["char", "byte", "sentencepiece", "sentencepiece-bpe"]
+ALL = ["char", "byte", "wordpiece", "sentencepiece", "sentencepiece-bpe"]
 
 
 def learn(name, texts=CORPUS):
@@ -43,7 +43,7 @@ def learn(name, texts=CORPUS):
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    """One tokenizer of each kind, learned from the pydoc topics."""
+    """One tokenizer of each kind (and a bpe sentencepiece), learned from the pydoc topics."""
     return {name: learn(name) for name in ALL}
 
 
@@ -64,6 +64,18 @@ def test_lossless_tokenizers_round_trip_and_count_every_byte(tokenizers, name, s
     ids = ids_of(tokenizer, text)
     assert text_of(tokenizer, ids) == text
     assert tokenizer.byte_lengths()[ids].sum() == len(text.encode("utf-8"))
+
+
+def test_wordpiece_joins_words_with_one_space_keeps_newlines_and_counts_what_it_writes(tokenizers):
+    tokenizer = tokenizers["wordpiece"]
+    ids = ids_of(tokenizer, "The  value,\tthe\r\nfunction.")
+    assert text_of(tokenizer, ids) == "The value , the \n function ."
+    for text in VARIED:
+        ids = ids_of(tokenizer, text)
+        decoded = text_of(tokenizer, ids)
+        assert tokenizer.byte_lengths()[ids].sum() == (len(decoded.encode("utf-8")) + 1 if ids else 0)
+    assert "\u16a0" not in "".join(CORPUS)
+    assert text_of(tokenizer, ids_of(tokenizer, "x \u16a0mega y")) == f"x {OOV_CHAR} y"  # a word it cannot spell
 
 
 def test_byte_ids_are_bytes_plus_one_and_detokenize_always_returns_valid_utf8(tokenizers):
@@ -124,7 +136,7 @@ def test_save_and_load_keep_the_ids_and_the_fingerprint(tokenizers, name, tmp_pa
 def test_fingerprints_differ_between_vocabularies_and_learning_repeats_exactly(tokenizers):
     fingerprints = {tokenizer.fingerprint() for tokenizer in tokenizers.values()}
     assert len(fingerprints) == len(tokenizers)
-    assert learn("char").fingerprint() == tokenizers["char"].fingerprint()
+    assert learn("sentencepiece").fingerprint() == tokenizers["sentencepiece"].fingerprint()
     assert learn("char", CORPUS[:3]).fingerprint() != tokenizers["char"].fingerprint()
 
 
@@ -140,11 +152,18 @@ def test_tflm_0_1_vocabulary_loads_with_its_ids():
 
 
 @pytest.mark.parametrize("kind, vocab_size, options, message", [
-    ("words", 100, {}, "unknown tokenizer kind 'words'; expected one of char, byte"),
+    ("words", 100, {}, "unknown tokenizer kind 'words'; expected one of char, byte, wordpiece, sentencepiece"),
     ("char", 2, {}, "char vocab_size must be at least 3"),
+    ("wordpiece", 3, {}, "wordpiece vocab_size must be at least 4"),
+    ("sentencepiece", 259, {}, "sentencepiece vocab_size must be at least 260"),
     ("char", 2**31, {}, "vocab_size must be at most 2147483647"),
+    ("sentencepiece", 2**31, {}, "vocab_size must be at most 2147483647"),
     ("char", 10.5, {}, "vocab_size must be an integer"),
-    ("char", 300, {"vocab": 3}, "the char tokenizer has no option 'vocab'; it has: none"),
+    ("wordpiece", 5000, {"sample_bytes": 20_000}, "the training sample supports only"),
+    ("sentencepiece", 100_000, {"sample_bytes": 20_000}, "the training sample supports at most"),
+    ("sentencepiece", 300, {"model_type": "word"}, "sentencepiece model_type must be one of unigram, bpe"),
+    ("sentencepiece", 300, {"vocab": 3}, "the sentencepiece tokenizer has no option 'vocab'"),
+    ("wordpiece", 300, {"sample_bytes": 0}, "sample_bytes must be a positive integer"),
 ])
 def test_bad_requests_are_one_line_errors(kind, vocab_size, options, message):
     with pytest.raises(TflmError) as error:
@@ -152,7 +171,13 @@ def test_bad_requests_are_one_line_errors(kind, vocab_size, options, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("kind", ["char"])
+def test_sentencepiece_too_small_for_the_corpus_says_the_minimum():
+    chinese = "".join(chr(0x4E00 + i) for i in range(400))
+    with pytest.raises(TflmError, match=r"vocab_size=300 is too small for this corpus: .* at least \d+"):
+        learn_tokenizer("sentencepiece", [chinese] * 3, 300)
+
+
+@pytest.mark.parametrize("kind", ["char", "wordpiece", "sentencepiece"])
 def test_empty_training_split_is_an_error(kind):
     with pytest.raises(TflmError, match="the training split is empty"):
         learn_tokenizer(kind, ["", ""], SIZES[kind])
@@ -164,8 +189,10 @@ def test_unreadable_or_mismatched_saves_are_one_line_errors(tokenizers, tmp_path
     (tmp_path / VOCAB_FILE).write_text('{"type": "words"}', encoding="utf-8")
     with pytest.raises(TflmError, match="unknown tokenizer type 'words'"):
         load_tokenizer(str(tmp_path))
-    (tmp_path / VOCAB_FILE).write_text('{"type": "char", "characters": ["ab"]}', encoding="utf-8")
-    with pytest.raises(TflmError, match="must be distinct single characters"):
+    tokenizers["sentencepiece"].save(str(tmp_path))
+    with open(tmp_path / "tokenizer.model", "wb") as f:
+        f.write(tokenizers["sentencepiece-bpe"].model_proto)
+    with pytest.raises(TflmError, match="is not the model"):
         load_tokenizer(str(tmp_path))
 
 
@@ -173,6 +200,8 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
     paths, texts = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    if sys.argv[3] == "subword":
+        import tensorflow_text  # registers its ops, as TF Serving links them
     results = {}
     for name, path in paths.items():
         model = tf.saved_model.load(path)
@@ -199,17 +228,26 @@ def export_tokenizer(tokenizer, path):
 
 @pytest.fixture(scope="module")
 def saved_models(tokenizers, tmp_path_factory):
-    """{name: (SavedModel path, what a fresh process that imports only tensorflow computes with it)}."""
+    """{name: (SavedModel path, what a fresh process that imports only tensorflow, plus
+    tensorflow_text for the subword ones, computes with it)}."""
     paths = {name: str(tmp_path_factory.mktemp(name)) for name in ALL}
     for name, path in paths.items():
         export_tokenizer(tokenizers[name], path)
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, json.dumps(paths), json.dumps(list(TEXTS.values()))],
-        capture_output=True, text=True, timeout=300, cwd=paths["char"], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
-    assert results.pop("modules") == []  # neither tflm nor keras-hub was needed
-    return {name: (paths[name], results[name]) for name in ALL}
+    served = {}
+    for group in ("core", "subword"):
+        names = [n for n in ALL if (n in ("char", "byte")) == (group == "core")]
+        if not names:
+            continue
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, json.dumps({n: paths[n] for n in names}),
+             json.dumps(list(TEXTS.values())), group],
+            capture_output=True, text=True, timeout=300, cwd=paths[names[0]],
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        results = json.loads(result.stdout.strip().splitlines()[-1])
+        assert results.pop("modules") == []  # neither tflm nor keras-hub was needed
+        served.update({name: (paths[name], results[name]) for name in names})
+    return served
 
 
 @pytest.mark.parametrize("name", ALL)
