@@ -1,18 +1,91 @@
-"""Writing files and directories so readers never see them half-written."""
+"""Files and directories, local or on any filesystem TensorFlow has (gs://, hdfs://, ram://...),
+written so readers never see them half-written.
+
+Locally a file is written beside its place and renamed into it (atomic on POSIX). On other
+filesystems, where a rename is a copy (object stores have no atomic rename, and none at all for
+directories), a file is written in one piece where it belongs: an object store makes a new
+object visible only once it is complete. Directories that must appear whole are therefore
+assembled under a temporary name and renamed only locally; elsewhere their parts are written in
+place, the file that marks them complete last (config.yaml of a run, index.json of a token
+store, saved_model.pb of an export).
+"""
 
 import json
 import os
+import secrets
 import tempfile
 
 from tflm.errors import TflmError
 
 
-def write_text(path, text):
-    """Write `text` to a temporary file beside `path`, then rename it into place."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+def is_local(path):
+    """Whether `path` is on the local filesystem (no scheme such as gs:// or ram://)."""
+    return "://" not in str(path)
+
+
+def gfile():
+    """tf.io.gfile, imported on first use."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def exists(path):
+    """Whether a file or directory exists at `path`."""
+    return os.path.exists(path) if is_local(path) else gfile().exists(path)
+
+
+def isfile(path):
+    """Whether a file (not a directory) exists at `path`."""
+    return os.path.isfile(path) if is_local(path) else gfile().exists(path) and not gfile().isdir(path)
+
+
+def isdir(path):
+    """Whether a directory exists at `path`."""
+    return os.path.isdir(path) if is_local(path) else gfile().isdir(path)
+
+
+def listdir(path):
+    """Names in a directory ([] if it does not exist)."""
+    if is_local(path):
+        return os.listdir(path) if os.path.isdir(path) else []
+    return [name.rstrip("/") for name in gfile().listdir(path)] if gfile().isdir(path) else []
+
+
+def makedirs(path):
+    """Create a directory and its parents if missing."""
+    os.makedirs(path, exist_ok=True) if is_local(path) else gfile().makedirs(path)
+
+
+def rename(source, target):
+    """Rename a file or directory (atomic only locally); fails if `target` exists non-empty."""
+    os.rename(source, target) if is_local(source) else gfile().rename(source, target, overwrite=False)
+
+
+def read_bytes(path):
+    """The bytes of a file."""
+    if is_local(path):
+        with open(path, "rb") as f:
+            return f.read()
+    with gfile().GFile(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(path, data):
+    """Write `data` to `path` so that no reader sees part of it (see the module docstring)."""
+    if not is_local(path):
+        with gfile().GFile(path, "wb") as f:
+            f.write(data)
+        return
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
+
+
+def write_text(path, text):
+    """`write_bytes` of UTF-8 text."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path, obj):
@@ -20,11 +93,35 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, ensure_ascii=False, indent=1))
 
 
+def append_line(path, line):
+    """Append one line to a file, flushed to disk locally."""
+    if not is_local(path):
+        with gfile().GFile(path, "a") as f:
+            f.write(line + "\n")
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def staging_dir(parent, prefix, purpose):
-    """A new hidden directory in `parent` (created if needed) to fill and then rename into
-    place; a TflmError saying what could not be done (`purpose`) if `parent` is not writable."""
+    """A new directory in `parent` (created if needed) to fill and then rename into place, named
+    `prefix` + random letters; a TflmError saying what could not be done (`purpose`) if
+    `parent` is not writable."""
     try:
-        os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(prefix=prefix, dir=parent)
+        if is_local(parent):
+            os.makedirs(parent, exist_ok=True)
+            return tempfile.mkdtemp(prefix=prefix, dir=parent)
+        path = f"{parent.rstrip('/')}/{prefix}{secrets.token_hex(4)}"
+        gfile().makedirs(path)
+        return path
     except OSError as error:
         raise TflmError(f"cannot {purpose}: {error.strerror}") from None
+    except Exception as error:  # tf.errors.OpError from a remote filesystem
+        raise TflmError(f"cannot {purpose}: {str(error).splitlines()[0]}") from None
+
+
+def parent_of(path):
+    """The directory holding `path` (absolute for local paths)."""
+    return os.path.dirname(os.path.abspath(path)) if is_local(path) else path.rstrip("/").rsplit("/", 1)[0]

@@ -20,6 +20,7 @@ import tempfile
 
 import tensorflow as tf
 
+from tflm import atomic
 from tflm.errors import Diverged, TflmError
 
 CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
@@ -32,10 +33,8 @@ def checkpoint_dir(run_dir):
 
 def list_checkpoints(directory):
     """Checkpoint prefixes (".../ckpt-N") in `directory`, oldest first, from the files present."""
-    if not os.path.isdir(directory):
-        return []
     numbered = [(int(m.group(1)), m.group(0)[: -len(".index")])
-                for m in map(CHECKPOINT_INDEX.match, os.listdir(directory)) if m]
+                for m in map(CHECKPOINT_INDEX.match, atomic.listdir(directory)) if m]
     return [os.path.join(directory, name) for _, name in sorted(numbered)]
 
 
@@ -112,12 +111,12 @@ class Checkpointer:
         if not damaged:
             return
         target = os.path.join(self.shared_dir, "damaged")
-        os.makedirs(target, exist_ok=True)
+        atomic.makedirs(target)
         for path in damaged:
             prefix = os.path.basename(path)
-            for name in os.listdir(self.shared_dir):
+            for name in atomic.listdir(self.shared_dir):
                 if name == f"{prefix}.index" or name.startswith(f"{prefix}.data-"):
-                    os.replace(os.path.join(self.shared_dir, name), os.path.join(target, name))
+                    atomic.rename(os.path.join(self.shared_dir, name), os.path.join(target, name))
         print(f"tflm: warning: resuming from {os.path.basename(restored)}; moved "
               f"{', '.join(os.path.basename(p) for p in damaged)} to {target}", file=sys.stderr, flush=True)
 
@@ -132,7 +131,7 @@ class Checkpointer:
             return
         tf.compat.v1.train.update_checkpoint_state(
             self.shared_dir, latest, all_model_checkpoint_paths=paths,
-            all_model_checkpoint_timestamps=[os.path.getmtime(f"{p}.index") for p in paths],
+            all_model_checkpoint_timestamps=[tf.io.gfile.stat(f"{p}.index").mtime_nsec / 1e9 for p in paths],
             last_preserved_timestamp=0.0)
 
     def _make_manager(self):

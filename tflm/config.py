@@ -314,13 +314,16 @@ def load_config(path=None, overrides=()):
 
 def read_yaml(path):
     """The mapping in a YAML file, or a TflmError saying why there is none."""
+    from tflm.atomic import read_bytes
+
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        data = yaml.safe_load(read_bytes(path).decode("utf-8"))
     except OSError as error:
         raise TflmError(f"cannot read config {path}: {error.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise TflmError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # tf.errors from a remote filesystem
+        raise TflmError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

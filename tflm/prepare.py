@@ -25,7 +25,8 @@ import numpy as np
 from tflm.config import load_config
 from tflm.errors import TflmError, exit_on_user_error
 from tflm.sources import make_source
-from tflm.store import FORMAT, SPLITS, ShardWriter, TokenStore, id_dtype, is_local, write_index
+from tflm.atomic import is_local, parent_of
+from tflm.store import FORMAT, SPLITS, ShardWriter, TokenStore, id_dtype, write_index
 
 TEXT_BATCH_CHARS = 1 << 20  # texts are tokenized in batches of about this many characters
 # The data settings that decide what a store holds (seq_len does not: windows are cut on reading).
@@ -121,7 +122,7 @@ def prepare_store(data_config, path, tokenizer=None, log=print):
 
 def staging_path(path):
     """A new hidden directory beside `path`, to fill and rename into place."""
-    parent = os.path.dirname(os.path.abspath(path))
+    parent = parent_of(path)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as error:

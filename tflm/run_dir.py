@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 
+from tflm import atomic
 from tflm.atomic import staging_dir, write_text
 from tflm.config import Config, dump, read_yaml
 from tflm.errors import TflmError
@@ -69,13 +70,13 @@ def lock_path(run_dir):
 
 def is_run_dir(run_dir):
     """Whether `run_dir` holds a tflm run."""
-    return os.path.isfile(config_path(run_dir)) and os.path.isfile(vocab_path(run_dir))
+    return atomic.isfile(config_path(run_dir)) and atomic.isfile(vocab_path(run_dir))
 
 
 def check_usable(run_dir):
     """Raise unless `run_dir` is absent, empty, or a tflm run directory."""
-    if os.path.exists(run_dir) and not is_run_dir(run_dir):
-        if not os.path.isdir(run_dir) or os.listdir(run_dir):
+    if atomic.exists(run_dir) and not is_run_dir(run_dir):
+        if not atomic.isdir(run_dir) or atomic.listdir(run_dir):
             raise TflmError(f"{run_dir} exists and is not a tflm run directory")
 
 
@@ -87,9 +88,17 @@ def read_config(run_dir):
 
 def create(run_dir, config, tokenizer, store_dir=None):
     """Create `run_dir` with its config, tokenizer, this process's lock and, if given, the token
-    store prepared for it (moved in as RUN_DIR/store), atomically."""
-    staging = staging_dir(os.path.dirname(os.path.abspath(run_dir)), ".tflm-new-",
-                          f"create run directory {run_dir}")
+    store prepared for it (moved in as RUN_DIR/store): atomically on a local filesystem; on
+    others in place, lock first and config.yaml (which makes it a run directory) last."""
+    if not atomic.is_local(run_dir):
+        atomic.makedirs(run_dir)
+        acquire_lock(run_dir)
+        tokenizer.save(run_dir)
+        if store_dir:
+            atomic.rename(store_dir, os.path.join(run_dir, "store"))
+        write_text(config_path(run_dir), dump(config))
+        return
+    staging = staging_dir(atomic.parent_of(run_dir), ".tflm-new-", f"create run directory {run_dir}")
     try:
         write_text(config_path(staging), dump(config))
         tokenizer.save(staging)
@@ -120,8 +129,8 @@ def replace_config(run_dir, config, tokenizer=None):
 
 def move_aside(run_dir):
     """`--restart`: rename an existing run directory to RUN_DIR.replaced-<time>; returns the new name."""
-    target = f"{os.path.normpath(run_dir)}.replaced-{utc_stamp()}"
-    os.rename(run_dir, target)
+    target = f"{run_dir.rstrip('/')}.replaced-{utc_stamp()}"
+    atomic.rename(run_dir, target)
     return target
 
 
@@ -142,10 +151,9 @@ def read_history(run_dir):
 
 def _parse_history(path):
     """(records, whether the file needs rewriting: its last line has no newline)."""
-    if not os.path.exists(path):
+    if not atomic.exists(path):
         return [], False
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
+    lines = atomic.read_bytes(path).split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline, as every complete append does
     records = [_parse_record(path, number, line) for number, line in enumerate(lines, start=1) if line.strip()]
     if tail.strip():
@@ -186,19 +194,20 @@ def repair_history(run_dir, last_step):
 
 def append_history(run_dir, record):
     """Append one evaluation record, flushed to disk."""
-    with open(history_path(run_dir), "a", encoding="utf-8") as f:
-        f.write(json.dumps({k: record[k] for k in HISTORY_KEYS}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    atomic.append_line(history_path(run_dir), json.dumps({k: record[k] for k in HISTORY_KEYS}))
 
 
 # --- the lock --------------------------------------------------------------------------------
 
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # this process, as a lock names it
+
+
 def lock_record():
-    """Who holds a lock: this process."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "process_start": process_start(os.getpid()),
+    """Who holds a lock: this process, and when it last said it was alive."""
+    return {"owner": OWNER, "pid": os.getpid(), "host": socket.gethostname(),
+            "process_start": process_start(os.getpid()),
             "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv)}
+            "refreshed": time.time(), "command": " ".join(sys.argv)}
 
 
 def process_start(pid):
@@ -221,15 +230,16 @@ def _proc_stat(pid):
 
 def holder_is_gone(holder, path):
     """Whether the trainer in a lock record has stopped: on this host, its process is gone; on
-    another host, it stopped refreshing the lock (it does every LOCK_REFRESH_S) for LOCK_LEASE_S.
-    For another host's recently refreshed lock this waits, at most LOCK_LEASE_S, to tell."""
+    another, it stopped refreshing the lock (it does every LOCK_REFRESH_S): this waits up to
+    LOCK_LEASE_S to see a refresh."""
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
         return not _process_alive(holder["pid"], holder.get("process_start"))
-    first_seen = _mtime(path)
-    while time.time() - _mtime(path) < LOCK_LEASE_S:
-        if _mtime(path) != first_seen:
-            return False  # refreshed: alive
+    deadline = time.monotonic() + LOCK_LEASE_S
+    while time.monotonic() < deadline:
         time.sleep(1.0)
+        now = read_lock(path)
+        if not now or now.get("refreshed") != holder.get("refreshed"):
+            return not now  # released (gone), or refreshed (alive)
     return True
 
 
@@ -251,39 +261,51 @@ def acquire_lock(run_dir):
     the holder if another live trainer has it. The lock is refreshed while held."""
     path = lock_path(run_dir)
     for _ in range(40):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_lock(path)
-            if holder == {}:
-                continue  # released meanwhile
-            if holder is None and time.time() - _mtime(path) < 5:
-                time.sleep(0.25)  # being written right now
+        if _create_exclusively(path):
+            _refresh_while_held(path)
+            return
+        holder = read_lock(path)
+        if holder == {}:
+            continue  # released meanwhile
+        if holder is None:
+            time.sleep(0.25)  # being written right now, or a crash while writing it
+            if read_lock(path) is not None:
                 continue
-            if holder is not None and not holder_is_gone(holder, path):
-                raise TflmError(
-                    f"{run_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} since "
-                    f"{holder.get('since')}; wait for it to finish, or delete {path} if that process is gone"
-                ) from None
-            print(f"tflm: warning: removing the stale lock of a trainer that is gone: {path}", file=sys.stderr)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-            continue
-        except OSError as error:
-            raise TflmError(f"cannot lock {run_dir}: {error.strerror}") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(lock_record(), f)
-        _refresh_while_held(path)
-        return
+        elif not holder_is_gone(holder, path):
+            raise TflmError(
+                f"{run_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} since "
+                f"{holder.get('since')}; wait for it to finish, or delete {path} if that process is gone")
+        print(f"tflm: warning: removing the stale lock of a trainer that is gone: {path}", file=sys.stderr)
+        _remove(path)
     raise TflmError(f"cannot lock {run_dir}: another process keeps taking {path}")
+
+
+def _create_exclusively(path):
+    """Write this process's lock at `path` unless one is there; whether it did. Locally O_EXCL
+    makes that atomic; elsewhere the write is read back, and the last writer wins."""
+    if not atomic.is_local(path):
+        if atomic.exists(path):
+            return False
+        atomic.write_text(path, json.dumps(lock_record()))
+        time.sleep(0.5)
+        return (read_lock(path) or {}).get("owner") == OWNER
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise TflmError(f"cannot lock {os.path.dirname(path)}: {error.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(lock_record(), f)
+    return True
 
 
 _held_locks = set()
 
 
 def _refresh_while_held(path):
-    """Touch `path` every LOCK_REFRESH_S until it is released, so other hosts see it is alive."""
-    _held_locks.add(os.path.abspath(path))
+    """Rewrite `path` every LOCK_REFRESH_S until it is released, so other hosts see it is alive."""
+    _held_locks.add(path)
     if len(_held_locks) == 1:
         threading.Thread(target=_refresh_locks, name="tflm-lock-refresh", daemon=True).start()
 
@@ -292,33 +314,36 @@ def _refresh_locks():
     while _held_locks:
         time.sleep(LOCK_REFRESH_S)
         for path in list(_held_locks):
-            with contextlib.suppress(OSError):
-                os.utime(path)
-
-
-def _mtime(path):
-    try:
-        return os.path.getmtime(path)
-    except OSError:
-        return 0.0
+            if (read_lock(path) or {}).get("owner") == OWNER:
+                with contextlib.suppress(Exception):
+                    atomic.write_text(path, json.dumps(lock_record()))
 
 
 def read_lock(path):
-    """The record in a lock file; None if it is empty or unreadable (a crash while writing it)."""
+    """The record in a lock file; {} if there is none, None if it is empty or unreadable (a
+    crash while writing it)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            holder = json.load(f)
+        holder = json.loads(atomic.read_bytes(path))
         return holder if isinstance(holder, dict) else None
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError):
+    except ValueError:
         return None
+    except Exception as error:  # tf.errors from a remote filesystem
+        return {} if type(error).__name__ == "NotFoundError" else None
+
+
+def _remove(path):
+    if atomic.is_local(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    elif atomic.exists(path):
+        atomic.gfile().remove(path)
 
 
 def release_lock(run_dir):
     """Remove the lock if this process holds it."""
     path = lock_path(run_dir)
-    _held_locks.discard(os.path.abspath(path))
-    holder = read_lock(path)
-    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        os.remove(path)
+    _held_locks.discard(path)
+    if (read_lock(path) or {}).get("owner") == OWNER:
+        _remove(path)

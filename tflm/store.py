@@ -25,6 +25,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from tflm.atomic import is_local
 from tflm.errors import TflmError
 
 FORMAT = "tflm-store/1"
@@ -37,11 +38,6 @@ OPEN_FILES = 256  # shards kept open by a reader (far below a process's file lim
 def id_dtype(vocabulary_size):
     """uint16 when every id fits, else uint32."""
     return np.dtype("<u2") if vocabulary_size <= 1 << 16 else np.dtype("<u4")
-
-
-def is_local(path):
-    """Whether `path` is on the local filesystem (not gs://, hdfs://, ram://, ...)."""
-    return "://" not in str(path)
 
 
 class ShardWriter:
