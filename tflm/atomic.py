@@ -74,6 +74,8 @@ def read_bytes(path):
 def write_bytes(path, data):
     """Write `data` to `path` so that no reader sees part of it (see the module docstring)."""
     if not is_local(path):
+        if path.startswith("ram://") and gfile().exists(path):
+            gfile().remove(path)  # TensorFlow's ram:// filesystem appends to an existing file
         with gfile().GFile(path, "wb") as f:
             f.write(data)
         return

@@ -64,9 +64,10 @@ class Controller:
                     }
                     self._report(record, train_metrics, val)
                     trainer.train_metrics.reset()
-                    period_start, period_start_step = time.perf_counter(), step
                 if step % self.checkpoint_every == 0 or step == t.steps:
                     self._save(step)
+                if step % t.eval_every == 0:  # the next period's speed counts training steps only
+                    period_start, period_start_step = time.perf_counter(), step
         progress.log(f"done: step {step}; checkpoints in {self.checkpointer.shared_dir}")
 
     def _save(self, step):

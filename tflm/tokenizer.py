@@ -74,7 +74,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tflm.atomic import write_json
+from tflm import atomic
 from tflm.errors import TflmError
 
 PAD_ID = 0
@@ -157,10 +157,10 @@ class Tokenizer:
     def save(self, directory):
         """Write vocab.json (and any model file) into `directory`, each file atomically."""
         try:
-            os.makedirs(directory, exist_ok=True)
+            atomic.makedirs(directory)
             for name, data in self._files().items():
-                _write_bytes(os.path.join(directory, name), data)
-            write_json(os.path.join(directory, VOCAB_FILE), self._definition())
+                atomic.write_bytes(os.path.join(directory, name), data)
+            atomic.write_json(os.path.join(directory, VOCAB_FILE), self._definition())
         except OSError as error:
             raise TflmError(f"cannot save the tokenizer in {directory}: {error.strerror}") from None
 
@@ -168,14 +168,6 @@ class Tokenizer:
 def _canonical_json(obj):
     """JSON text that is the same for equal objects."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def _write_bytes(path, data):
-    """Write `data` beside `path` and rename it into place (tflm.atomic.write_text, for bytes)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _batches(texts, max_chars=ENCODE_BATCH_CHARS):
@@ -495,10 +487,9 @@ class SentencePieceTokenizer(Tokenizer):
         """From a vocab.json object and the model file beside it (its SHA-256 checked)."""
         path = os.path.join(directory, definition["model_file"])
         try:
-            with open(path, "rb") as f:
-                proto = f.read()
-        except OSError as error:
-            raise TflmError(f"cannot read the sentencepiece model {path}: {error.strerror}") from None
+            proto = atomic.read_bytes(path)
+        except Exception as error:  # OSError locally, tf.errors.OpError elsewhere
+            raise TflmError(f"cannot read the sentencepiece model {path}: {error}") from None
         if hashlib.sha256(proto).hexdigest() != definition["model_sha256"]:
             raise TflmError(f"{path} is not the model {os.path.join(directory, VOCAB_FILE)} was saved with")
         return cls(proto)
@@ -609,10 +600,9 @@ def load_tokenizer(directory):
     """The tokenizer `save` wrote into `directory` (tflm 0.1's char vocab.json included)."""
     path = os.path.join(directory, VOCAB_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            definition = json.load(f)
+        definition = json.loads(atomic.read_bytes(path).decode("utf-8"))
         kind = definition.get("type", "char")
-    except (OSError, ValueError, AttributeError) as error:
+    except Exception as error:  # OSError, a tf.errors.OpError elsewhere, bad JSON
         raise TflmError(f"cannot read tokenizer vocabulary {path}: {error}") from None
     if kind not in TOKENIZERS:
         raise TflmError(f"{path}: unknown tokenizer type {kind!r}; expected one of {', '.join(KINDS)}")

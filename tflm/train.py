@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from tflm import run_dir as runs  # noqa: E402
+from tflm.atomic import is_local  # noqa: E402
 from tflm.cluster import use_cluster  # noqa: E402
 from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir  # noqa: E402
 from tflm.config import check_resume_compatible, dump, load_config  # noqa: E402
@@ -200,8 +201,10 @@ def chief_store(config, run_dir, path, resuming):
         if not resuming:
             store.verify()  # once, when a run starts using a store
         return store
-    own = path == os.path.join(run_dir, "store") and not runs.is_run_dir(run_dir)
-    return prepare_store(config.data, staging_path(run_dir) if own else path, run_tokenizer)
+    # A new local run's own store is prepared beside it and moved in when the run directory is
+    # created, so the directory appears whole; elsewhere (no atomic rename) it is written in place.
+    beside = path == os.path.join(run_dir, "store") and not runs.is_run_dir(run_dir) and is_local(run_dir)
+    return prepare_store(config.data, staging_path(run_dir) if beside else path, run_tokenizer)
 
 
 def create_run_dir(config, run_dir, store, path):

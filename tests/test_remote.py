@@ -1,0 +1,41 @@
+"""Any TensorFlow filesystem: a run whose corpus, run directory, token store and exports live on
+ram:// (TensorFlow's in-process filesystem, standing in for gs:// or hdfs://) trains, resumes,
+exports and scores."""
+
+import numpy as np
+import tensorflow as tf
+
+from conftest import small_config
+from tflm import run_dir as runs
+from tflm.config import updated
+from tflm.export import export_run
+from tflm.inference import load_run
+from tflm.score import score_texts
+from tflm.train import train
+
+TEXTS = ["def main():\n    return 0\n", "for x in range(3):\n    print(x)\n"]
+
+
+def test_a_run_on_a_remote_filesystem_trains_resumes_exports_and_scores(capsys):
+    root = "ram://tflm-remote-test"
+    tf.io.gfile.makedirs(f"{root}/corpus")
+    with tf.io.gfile.GFile(f"{root}/corpus/part0.txt", "w") as f:
+        f.write("".join(TEXTS) * 400)
+    config = small_config(data={"source": "files", "paths": [f"{root}/corpus/*.txt"]},
+                          train={"steps": 10, "eval_every": 5, "eval_batches": 2})
+    run_dir = f"{root}/runs/a"
+
+    train(config, run_dir)
+    assert [r["step"] for r in runs.read_history(run_dir)] == [5, 10]
+    assert tf.io.gfile.exists(f"{run_dir}/store/index.json")
+    assert not tf.io.gfile.exists(runs.lock_path(run_dir))  # released
+
+    train(updated(config, train={"steps": 20}), run_dir)
+    assert "resuming from" in capsys.readouterr().out
+    assert [r["step"] for r in runs.read_history(run_dir)] == [5, 10, 15, 20]
+
+    version = export_run(run_dir, base=f"{root}/models", name="chars")
+    assert version == f"{root}/models/chars/1"
+    served = tf.saved_model.load(version).signatures["score"](texts=tf.constant(TEXTS))
+    expected = score_texts(load_run(run_dir), TEXTS)
+    np.testing.assert_allclose(served["log_prob"].numpy(), [r["log_prob"] for r in expected], atol=1e-4)
