@@ -18,9 +18,8 @@ import shutil
 import sys
 import tempfile
 
-import tensorflow as tf
-
 from tflm.errors import Diverged, TflmError
+from tflm.lazy import tf
 
 CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 

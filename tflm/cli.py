@@ -17,9 +17,11 @@ def main(argv=None):
     """Dispatch `tflm COMMAND ARGS` to `python -m tflm.COMMAND ARGS`."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
+        asked = argv[:1] in (["-h"], ["--help"])
         lines = [f"  {name:<9} {summary}" for name, summary in COMMANDS.items()]
-        print("usage: tflm COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines), file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+        print("usage: tflm COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines),
+              file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     return importlib.import_module(f"tflm.{argv[0]}").main(argv[1:])
 
 

@@ -9,9 +9,8 @@ would, which is what the equivalence and resume tests check.
 import collections
 import dataclasses
 
-import tensorflow as tf
-
 from tflm.errors import TflmError
+from tflm.lazy import tf
 from tflm.sources import make_source
 from tflm.tokenizer import CharTokenizer, count_characters
 

@@ -29,11 +29,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-
-from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
-from tflm.inference import check_strings, load_run  # noqa: E402
-from tflm.tokenizer import PAD_ID  # noqa: E402
+from tflm.errors import TflmError, exit_on_user_error
+from tflm.inference import check_strings, load_run
+from tflm.lazy import tf
+from tflm.tokenizer import PAD_ID
 
 MAX_NEW_TOKENS = 1024  # the most tokens one request may ask for (Python and the SavedModel)
 LENGTH_BUCKET = 64  # Python pads the token buffer to a multiple of this (one XLA program each)

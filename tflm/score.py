@@ -22,11 +22,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-
-from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
-from tflm.inference import (CHUNK_TOKENS, MAX_BATCH_SIZE, check_strings, load_run, longest,  # noqa: E402
-                            read_texts, tokens_at)
+from tflm.errors import TflmError, exit_on_user_error
+from tflm.inference import (CHUNK_TOKENS, MAX_BATCH_SIZE, check_strings, load_run, longest, read_texts,
+                            tokens_at)
+from tflm.lazy import tf
 
 
 SCORES = ("log_prob", "mean_nll", "perplexity", "num_tokens")

@@ -11,9 +11,8 @@ import codecs
 import glob
 import os
 
-import tensorflow as tf
-
 from tflm.errors import TflmError
+from tflm.lazy import tf
 
 SPLITS = ("train", "validation")
 LINES_PER_BLOCK = 100  # files are split into train/validation in blocks of this many lines

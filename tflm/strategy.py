@@ -16,9 +16,8 @@ import sys
 import threading
 import time
 
-import tensorflow as tf
-
 from tflm.errors import ClusterError, TflmError
+from tflm.lazy import tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +245,10 @@ def wait_for_every_worker(strategy):
     tf.function(lambda: strategy.run(arrive))()
 
 
-PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
-               tf.errors.DeadlineExceededError, tf.errors.InternalError)
+def peer_errors():
+    """The TensorFlow errors a collective raises when a peer is gone."""
+    return (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError, tf.errors.InternalError)
 
 
 @contextlib.contextmanager
@@ -259,7 +260,7 @@ def exit_if_a_peer_is_lost(task, prefix, current_step):
         threading.excepthook = _quiet_watcher_hook(threading.excepthook)
     try:
         yield
-    except PEER_ERRORS as error:
+    except peer_errors() as error:
         if task.num_workers == 1:
             raise
         lost = lost_peer_error(error, task, current_step())

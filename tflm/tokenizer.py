@@ -12,11 +12,9 @@ Ids: 0 is padding, 1 is out-of-vocabulary, then characters from most to least fr
 import collections
 import json
 
-import keras
-import tensorflow as tf
-
 from tflm.atomic import write_json
 from tflm.errors import TflmError
+from tflm.lazy import keras, tf
 
 PAD_ID = 0
 OOV_ID = 1

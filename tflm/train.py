@@ -18,21 +18,17 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-
-from tflm import run_dir as runs  # noqa: E402
-from tflm.cluster import use_cluster  # noqa: E402
-from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir  # noqa: E402
-from tflm.config import check_resume_compatible, dump, load_config  # noqa: E402
-from tflm.controller import Controller  # noqa: E402
-from tflm.data import (check_corpus_fits, eval_batches_per_pass, eval_dataset_fn,  # noqa: E402
-                       load_corpus, train_dataset_fn)
-from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
-from tflm.models import build_model  # noqa: E402
-from tflm.progress import Progress  # noqa: E402
-from tflm.strategy import (current_task, exit_if_a_peer_is_lost, make_strategy,  # noqa: E402
-                           resolve_strategy_name, startup_watchdog, wait_for_every_worker, wait_for_peers)
-from tflm.trainer import Trainer, make_optimizer  # noqa: E402
+from tflm import run_dir as runs
+from tflm.cluster import use_cluster
+from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir
+from tflm.config import check_resume_compatible, dump, load_config
+from tflm.controller import Controller
+from tflm.data import check_corpus_fits, eval_batches_per_pass, eval_dataset_fn, load_corpus, train_dataset_fn
+from tflm.errors import TflmError, exit_on_user_error
+from tflm.lazy import keras
+from tflm.progress import Progress
+from tflm.strategy import (current_task, exit_if_a_peer_is_lost, make_strategy, resolve_strategy_name,
+                           startup_watchdog, wait_for_every_worker, wait_for_peers)
 
 
 def parse_args(argv):
@@ -125,6 +121,9 @@ def has_progress(run_dir):
 
 def train_in(config, run_dir, task, strategy, resuming, prefix):
     """Data, model, restore, then the run directory and the loop (strategy started)."""
+    from tflm.models import build_model  # these two define Keras classes, so they load Keras
+    from tflm.trainer import Trainer, make_optimizer
+
     replicas, global_batch = strategy.num_replicas_in_sync, config.train.global_batch_size
     if global_batch % replicas:
         raise TflmError(f"train.global_batch_size={global_batch} is not divisible by the {replicas} replicas")

@@ -1,0 +1,30 @@
+"""TensorFlow and Keras imported on first use, so `--help`, `import tflm` and plotting start in a blink.
+
+Importing TensorFlow takes seconds. A module that only *calls* TensorFlow inside its functions
+imports `tf` and `keras` from here; the real import happens at the first attribute access
+(`tf.constant`, `keras.Model`, ...). Modules that define Keras subclasses (tflm.models,
+tflm.trainer) need the real thing when they load, so the command modules import them inside the
+functions that use them.
+"""
+
+import importlib
+
+
+class LazyModule:
+    """Stands for the module `name` and imports it at the first attribute access."""
+
+    def __init__(self, name):
+        self._name = name
+        self._module = None
+
+    def __getattr__(self, attribute):
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attribute)
+
+    def __repr__(self):
+        return f"<lazy module {self._name!r}{'' if self._module is None else ' (imported)'}>"
+
+
+tf = LazyModule("tensorflow")
+keras = LazyModule("keras")
