@@ -18,6 +18,7 @@ from tflm.strategy import Task
 from tflm.trainer import Trainer, make_optimizer
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_exit_4_and_saves_nothing_non_finite(tmp_path):
     config = small_config(train={"steps": 40, "eval_every": 2, "eval_batches": 1, "learning_rate": 1e9,
                                  "warmup_steps": 0})

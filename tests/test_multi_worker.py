@@ -20,6 +20,8 @@ from tflm.config import updated
 from tflm.launch import reserve_ports, tf_configs
 from tflm.train import train
 
+pytestmark = pytest.mark.slow  # every test here starts worker processes
+
 COMPARED_STEPS = 20
 
 

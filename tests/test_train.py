@@ -15,6 +15,7 @@ from tflm.config import Config, load_config
 from tflm.train import main, train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path, precision):
     config = small_config(train={"steps": 150, "eval_every": 50, "learning_rate": 0.01},
@@ -31,6 +32,7 @@ def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path, precisi
     assert os.listdir(os.path.join(run_dir, "tensorboard"))
 
 
+@pytest.mark.slow
 def test_finished_run_does_nothing_and_says_so(tmp_path, capsys):
     config = small_config(train={"steps": 4, "eval_every": 2})
     run_dir = train(config, str(tmp_path / "run"))
@@ -46,6 +48,7 @@ STOPS = {  # signal: (exit code, what the last line says, pattern of the saved s
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", list(STOPS), ids=lambda s: s.name)
 def test_resume_after_a_stop_signal_matches_uninterrupted_run(tmp_path, stop_signal):
     # dropout > 0 so the resumed run must also restore the dropout RNG stream position.
@@ -119,6 +122,7 @@ def test_config_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tflm-new")]
 
 
+@pytest.mark.slow
 def test_errors_leave_an_existing_run_dir_untouched(tmp_path, capsys):
     config = small_config(train={"steps": 2, "eval_every": 2})
     config_path = write_config(tmp_path / "config.yaml", config)
@@ -135,6 +139,7 @@ def test_errors_leave_an_existing_run_dir_untouched(tmp_path, capsys):
     assert after == snapshot
 
 
+@pytest.mark.slow
 def test_indivisible_global_batch_is_one_line_exit_2_in_a_fresh_process(tmp_path):
     result = run_tflm("train", "--set", "train.global_batch_size=3", "--strategy", "mirrored",
                       "--set", "runtime.logical_cpus=2", "--run-dir", str(tmp_path / "run"))
@@ -144,6 +149,7 @@ def test_indivisible_global_batch_is_one_line_exit_2_in_a_fresh_process(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_trains(tmp_path):
     config = small_config(train={"steps": 30, "eval_every": 10, "learning_rate": 0.01},
                           runtime={"strategy": "mirrored", "logical_cpus": 2})
