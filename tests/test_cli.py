@@ -27,4 +27,6 @@ def test_help_answers_without_loading_tensorflow(args):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage:")
     assert HEAVY.findall(result.stderr) == []
+    if args[-2:] != ["tflm", "--help"]:
+        assert "--verbose" in result.stdout
 

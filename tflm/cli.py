@@ -3,6 +3,8 @@
 import importlib
 import sys
 
+from tflm.quiet import run_command
+
 COMMANDS = {
     "train": "train (or resume) a model into a run directory",
     "launch": "run N multi-worker training processes on localhost",
@@ -14,7 +16,7 @@ COMMANDS = {
 
 
 def main(argv=None):
-    """Dispatch `tflm COMMAND ARGS` to `python -m tflm.COMMAND ARGS`."""
+    """Dispatch `tflm COMMAND ARGS` to `python -m tflm.COMMAND ARGS` (quiet unless --verbose)."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         asked = argv[:1] in (["-h"], ["--help"])
@@ -22,7 +24,7 @@ def main(argv=None):
         print("usage: tflm COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines),
               file=sys.stdout if asked else sys.stderr)
         return 0 if asked else 2
-    return importlib.import_module(f"tflm.{argv[0]}").main(argv[1:])
+    return run_command(importlib.import_module(f"tflm.{argv[0]}").main, argv[1:])
 
 
 if __name__ == "__main__":

@@ -28,13 +28,12 @@ import re
 import shutil
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from tflm.atomic import staging_dir, write_json
 from tflm.errors import TflmError, exit_on_user_error
 from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate_strings
 from tflm.inference import MAX_BATCH_SIZE, MAX_TEXT_CHARS, load_run, next_token_logits
 from tflm.lazy import keras, tf
+from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.score import default_stride, score_strings
 from tflm.serving_warmup import WARMUP_FILE, graph_ops, non_core_ops, warmup_inputs, write_warmup_requests
 from tflm.tokenizer import OOV_ID, PAD_ID
@@ -220,6 +219,7 @@ def parse_args(argv):
     parser.add_argument("--run-dir", required=True, help="a trained run directory")
     parser.add_argument("--base", default="saved_models", help="TF Serving model base (default: saved_models)")
     parser.add_argument("--name", help="model name (default: the run directory's name)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
@@ -232,4 +232,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -18,6 +18,7 @@ import time
 
 from tflm.errors import ClusterError, TflmError
 from tflm.lazy import tf
+from tflm.quiet import flush_native_logs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,6 +300,7 @@ def lost_peer_error(error, task, step):
 def exit_now(message, code):
     """Print one line and end the process at once, skipping TensorFlow's teardown (which can
     block on a dead peer)."""
+    flush_native_logs()  # so that this line comes last
     print(message, file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(code)

@@ -16,8 +16,6 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from tflm import run_dir as runs
 from tflm.cluster import use_cluster
 from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir
@@ -27,6 +25,7 @@ from tflm.data import check_corpus_fits, eval_batches_per_pass, eval_dataset_fn,
 from tflm.errors import TflmError, exit_on_user_error
 from tflm.lazy import keras
 from tflm.progress import Progress
+from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.strategy import (current_task, exit_if_a_peer_is_lost, make_strategy, resolve_strategy_name,
                            startup_watchdog, wait_for_every_worker, wait_for_peers)
 
@@ -43,6 +42,7 @@ def parse_args(argv):
     parser.add_argument("--restart", action="store_true",
                         help="start over in an existing --run-dir: it is first renamed to RUN_DIR.replaced-<time>")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
@@ -176,4 +176,4 @@ def train_in(config, run_dir, task, strategy, resuming, prefix):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))
