@@ -18,9 +18,13 @@ class LazyModule:
         self._module = None
 
     def __getattr__(self, attribute):
+        return getattr(self.import_now(), attribute)
+
+    def import_now(self):
+        """The module, imported now if it is not yet (e.g. before a deadline starts)."""
         if self._module is None:
             self._module = importlib.import_module(self._name)
-        return getattr(self._module, attribute)
+        return self._module
 
     def __repr__(self):
         return f"<lazy module {self._name!r}{'' if self._module is None else ' (imported)'}>"

@@ -6,10 +6,11 @@ directory is never restarted, truncated or overwritten unless `--restart` says s
 old one is moved aside, not deleted).
 
 Start-up order, so that bad input fails before anything is written: check the config and the
-cluster description; check the run directory (and lock it if it exists); meet the other workers
-(deadline: runtime.cluster_timeout_s); start TensorFlow's cluster (same deadline, enforced by a
-watchdog); read the data (no deadline: it can take long on a large corpus); build the model;
-restore; only then create the run directory, and train.
+cluster description; check the run directory (and lock it if it exists); load TensorFlow (seconds,
+more on a busy host: before any deadline); meet the other workers (deadline:
+runtime.cluster_timeout_s); start TensorFlow's cluster (same deadline, enforced by a watchdog);
+read the data (no deadline: it can take long on a large corpus); build the model; restore; only
+then create the run directory, and train.
 """
 
 import argparse
@@ -23,7 +24,7 @@ from tflm.config import check_resume_compatible, dump, load_config
 from tflm.controller import Controller
 from tflm.data import check_corpus_fits, eval_batches_per_pass, eval_dataset_fn, load_corpus, train_dataset_fn
 from tflm.errors import TflmError, exit_on_user_error
-from tflm.lazy import keras
+from tflm.lazy import keras, tf
 from tflm.progress import Progress
 from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.strategy import (current_task, exit_if_a_peer_is_lost, make_strategy, resolve_strategy_name,
@@ -71,6 +72,7 @@ def train(config, run_dir=None, restart=False):
     locked = False
     try:
         resuming, locked = open_run_dir(run_dir, config, task, restart)
+        tf.import_now()  # not under the deadlines below: it takes longer on a busy host
         if task.num_workers > 1:
             wait_for_peers(task, config.runtime.cluster_timeout_s)
         with startup_watchdog(task, config.runtime.cluster_timeout_s, prefix):
