@@ -19,6 +19,7 @@ a command starts). Importing tflm as a library changes nothing: notebooks and us
 their stderr as it is.
 """
 
+import atexit
 import os
 import re
 import select
@@ -97,6 +98,8 @@ def hide_native_noise():
     os.close(sink)
     sys.stderr = open(real_stderr, "w", encoding=sys.stderr.encoding, errors=sys.stderr.errors, buffering=1)
     _acks = ack_read
+    # Where this process is PID 1 of a container, the filter is killed the moment it exits.
+    atexit.register(flush_native_logs)
 
 
 def run_filter(source, target, ack):
