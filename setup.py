@@ -1,10 +1,20 @@
 """tflm: train, evaluate and serve character language models with Keras 3 and tf.distribute."""
 
+import os
+import re
+
 from setuptools import find_packages, setup
+
+
+def read_version():
+    """tflm/__init__.py's __version__, read as text: importing tflm here would need its dependencies."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tflm", "__init__.py"), encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"$', f.read(), re.MULTILINE).group(1)
+
 
 setup(
     name="tflm",
-    version="0.1.0",
+    version=read_version(),
     description="Language models with Keras 3, keras-nlp and tf.distribute, exported for TF Serving",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -22,6 +32,7 @@ setup(
         "keras-nlp==0.32.*",
         "keras-hub==0.32.*",
         "tensorflow-datasets>=4.9.10",
+        "sentencepiece>=0.2",  # trains the sentencepiece tokenizer (tflm.tokenizer)
         "numpy>=1.26",
         "matplotlib>=3.8",
         "pyyaml>=6.0",

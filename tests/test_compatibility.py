@@ -27,6 +27,7 @@ def test_a_tflm_0_1_run_scores_and_generates_as_it_did(model_type):
     assert generate(run, [expected["prompt"]], expected["max_new_tokens"], temperature=0.0) == expected["greedy"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(REFERENCE))
 def test_a_tflm_0_1_run_resumes(tmp_path, model_type):
     run_dir = str(tmp_path / model_type)

@@ -22,6 +22,7 @@ def write_files(directory, texts):
     return str(directory / "part*.txt")
 
 
+@pytest.mark.slow
 def test_text_files_of_any_script_train(tmp_path):
     pattern = write_files(tmp_path, [CJK * 2000, "Grüße aus Köln.\n" * 2000])
     config = small_config(data={"source": "files", "paths": [pattern]},

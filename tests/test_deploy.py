@@ -348,7 +348,8 @@ def test_images_match_the_versions_setup_py_pins():
     for image in (serving_container()["image"], yaml_docs(COMPOSE)[0]["services"]["serving"]["image"]):
         assert re.fullmatch(rf"tensorflow/serving:{re.escape(tensorflow)}\.\d+", image), image
 
-    version = re.search(r'version="([^"]+)"', setup).group(1)
+    with open(os.path.join(REPO, "tflm", "__init__.py"), encoding="utf-8") as f:
+        version = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.MULTILINE).group(1)
     for kind, container in tfjob_containers().items():
         assert container["image"].endswith(f"/tflm:{version}"), kind
     with open(os.path.join(DEPLOY, "docker", "Dockerfile"), encoding="utf-8") as f:

@@ -18,6 +18,7 @@ from tflm.strategy import Task
 from tflm.trainer import Trainer, make_optimizer
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_exit_4_and_saves_nothing_non_finite(tmp_path):
     config = small_config(train={"steps": 40, "eval_every": 2, "eval_batches": 1, "learning_rate": 1e9,
                                  "warmup_steps": 0})
@@ -43,6 +44,7 @@ class PoisonableLM(keras.Model):
 
     def __init__(self, vocabulary_size=16):
         super().__init__()
+        self.vocabulary_size = vocabulary_size
         self.embedding = keras.layers.Embedding(vocabulary_size, 8)
         self.head = keras.layers.Dense(vocabulary_size)
         self.factor = tf.Variable(1.0, trainable=False)

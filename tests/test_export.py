@@ -21,6 +21,8 @@ from tflm.score import score_texts
 from tflm.serving_warmup import read_warmup_requests
 from tflm.train import train
 
+pytestmark = pytest.mark.slow  # every test needs two runs trained and exported (about a minute)
+
 MODEL_TYPES = ("transformer", "lstm")
 TEXTS = ["def main():\n    return 0", "", "\u2603 unseen \u2603", "x = 1\n" * 15]  # 90 > context
 PROMPTS = ["import ", "", "# a prompt longer than the thirty-two character context\n"]

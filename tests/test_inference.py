@@ -25,7 +25,7 @@ CONTEXT = small_config().data.seq_len
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{model type: run directory}, each trained once for the whole module."""
+    """{model type: run directory}, each trained once for the whole module (so its tests are slow)."""
     base = tmp_path_factory.mktemp("runs")
     return {t: train(small_config(t), str(base / t)) for t in MODEL_TYPES}
 
@@ -46,6 +46,7 @@ def ids_of(run, text):
     return run.tokenizer.tokenize(text).numpy().tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_load_run_restores_every_trained_weight(runs, loaded, model_type):
     again = load_run(runs[model_type])  # a second model, freshly initialised before restoring
@@ -59,6 +60,7 @@ def test_load_run_restores_every_trained_weight(runs, loaded, model_type):
     assert loaded[model_type].tokenizer.vocabulary_size == loaded[model_type].model.vocabulary_size
 
 
+@pytest.mark.slow
 def test_run_dir_without_checkpoint_is_a_user_error(runs, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -70,6 +72,7 @@ def test_run_dir_without_checkpoint_is_a_user_error(runs, tmp_path):
         load_run(str(tmp_path / "missing"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_score_is_the_sum_of_next_token_log_probs(loaded, model_type):
     run = loaded[model_type]
@@ -82,6 +85,7 @@ def test_score_is_the_sum_of_next_token_log_probs(loaded, model_type):
     assert result["perplexity"] == pytest.approx(math.exp(-expected.mean()), rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [8, CONTEXT])
 def test_long_text_is_scored_in_sliding_windows(loaded, stride):
     run = loaded["transformer"]
@@ -98,6 +102,7 @@ def test_long_text_is_scored_in_sliding_windows(loaded, stride):
     assert result["log_prob"] == pytest.approx(expected, abs=2e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_batches_mixing_empty_unseen_and_long_texts_score_like_single_texts(loaded, model_type):
     run = loaded[model_type]
@@ -131,6 +136,7 @@ class TokenCounter:
         return self.model.initial_cache(batch_size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_scoring_runs_the_model_on_the_tokens_sent_in_bounded_chunks(loaded, model_type, monkeypatch):
     run = loaded[model_type]
@@ -154,6 +160,7 @@ def test_scoring_runs_the_model_on_the_tokens_sent_in_bounded_chunks(loaded, mod
         assert sum(alone) == CONTEXT * (1 + -(-(len(long_text) - 1 - CONTEXT) // 16))  # its windows only
 
 
+@pytest.mark.slow
 def test_score_texts_takes_more_texts_than_one_request_may_hold(loaded):
     run = loaded["lstm"]
     texts = [f"x = {i}" for i in range(2 * MAX_BATCH_SIZE + 3)]
@@ -171,6 +178,7 @@ def test_a_file_holds_one_text_per_newline_and_keeps_other_line_breaks(tmp_path)
     assert read_texts([], str(path)) == ["one", "two"]
 
 
+@pytest.mark.slow
 def test_bad_score_arguments_are_user_errors(loaded):
     with pytest.raises(TflmError, match="stride"):
         score_texts(loaded["transformer"], ["abc"], stride=CONTEXT + 1)
@@ -178,6 +186,7 @@ def test_bad_score_arguments_are_user_errors(loaded):
         score_texts(loaded["transformer"], "abc")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_cached_greedy_decoding_equals_recomputing_the_prefix(loaded, model_type):
     run = loaded[model_type]
@@ -191,6 +200,7 @@ def test_cached_greedy_decoding_equals_recomputing_the_prefix(loaded, model_type
     assert (cached != 0).all()  # padding is never generated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_first_greedy_token_is_the_argmax_of_next_token_logits(loaded, model_type):
     run = loaded[model_type]
@@ -201,12 +211,14 @@ def test_first_greedy_token_is_the_argmax_of_next_token_logits(loaded, model_typ
     assert first == int(np.argmax(logits[1:])) + 1  # argmax over everything but padding
 
 
+@pytest.mark.slow
 def test_prompts_longer_than_the_context_keep_their_last_tokens(loaded):
     run = loaded["transformer"]
     tail = "x" * (CONTEXT - 9) + "def main("  # exactly one context
     assert generate(run, ["# " * 40 + tail], 12, temperature=0.0) == generate(run, [tail], 12, temperature=0.0)
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_top_k_1_is_greedy(loaded):
     run = loaded["lstm"]
     first = generate(run, ["import ", "x"], 30, temperature=1.0, top_p=0.95, seed=7)
@@ -217,6 +229,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(loaded):
     assert all(len(text) == 30 for text in first)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_new_tokens": MAX_NEW_TOKENS + 1}, "max_new_tokens"),
@@ -241,6 +254,7 @@ def test_padding_is_never_drawn_however_high_the_temperature():
     assert len(set(drawn)) == 9  # a huge temperature is uniform over the other tokens
 
 
+@pytest.mark.slow
 def test_command_lines_score_and_generate(runs, loaded, tmp_path, tflm_cli):
     texts = tmp_path / "texts.txt"
     texts.write_text("print(1)\nx = 2\n", encoding="utf-8")
@@ -258,6 +272,7 @@ def test_command_lines_score_and_generate(runs, loaded, tmp_path, tflm_cli):
     assert generated.stdout.rstrip("\n") == "def " + generate(loaded["lstm"], ["def "], 20, temperature=0.0)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, trained, args, named", [
     ("generate", False, ["--max-new-tokens", "5"], "not a tflm run directory"),  # an empty directory
     ("generate", True, ["--max-new-tokens", "0", "--prompt", "a"], "max_new_tokens"),

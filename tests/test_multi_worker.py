@@ -20,6 +20,8 @@ from tflm.config import updated
 from tflm.launch import reserve_ports, tf_configs
 from tflm.train import train
 
+pytestmark = pytest.mark.slow  # every test here starts worker processes
+
 COMPARED_STEPS = 20
 
 
@@ -44,6 +46,7 @@ def two_worker_runs(tmp_path_factory):
             result = run_tflm("launch", "--workers", "2", "--", "--config", config_path, "--run-dir", str(tmp / "run"))
             assert result.returncode == 0, result.stdout[-3000:]
             assert "[worker 1] " in result.stdout and "CollectiveAllReduceStrategy, 2 replica(s)" in result.stdout
+            assert "absl::InitializeLog" not in result.stdout  # the workers are quiet (tflm.quiet)
             made[model_type] = str(tmp / "run")
         return made[model_type]
 

@@ -60,6 +60,7 @@ def test_committed_notebook_has_no_outputs(name):
     assert not dirty, f"{name}: cells {dirty} have outputs; clear them before committing"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     if name == "03_serving.ipynb" and importlib.util.find_spec("tflm.export") is None:

@@ -3,6 +3,7 @@ ram:// (TensorFlow's in-process filesystem, standing in for gs:// or hdfs://) tr
 exports and scores."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import small_config
@@ -16,6 +17,7 @@ from tflm.train import train
 TEXTS = ["def main():\n    return 0\n", "for x in range(3):\n    print(x)\n"]
 
 
+@pytest.mark.slow
 def test_a_run_on_a_remote_filesystem_trains_resumes_exports_and_scores(capsys):
     root = "ram://tflm-remote-test"
     tf.io.gfile.makedirs(f"{root}/corpus")

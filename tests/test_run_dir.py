@@ -46,6 +46,7 @@ def resume(config_path, run_dir, *more):
     return run_tflm("train", "--config", config_path, "--run-dir", run_dir, "--set", "train.steps=30", *more)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["deleted", "emptied"])
 def test_a_lost_checkpoint_state_file_resumes_instead_of_starting_over(trained, tmp_path, damage):
     run_dir = copy_run(trained, tmp_path)
@@ -64,6 +65,7 @@ def test_a_lost_checkpoint_state_file_resumes_instead_of_starting_over(trained, 
     assert history[:2] == [json.loads(line) for line in before["history.jsonl"].decode().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_and_is_kept_aside(trained, tmp_path):
     run_dir = copy_run(trained, tmp_path)
     data = os.path.join(run_dir, "checkpoints", "ckpt-20.data-00000-of-00001")
@@ -79,6 +81,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_and_is_kept_
     assert [r["step"] for r in runs.read_history(run_dir)] == [10, 20, 30]
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoints_are_an_error_never_a_fresh_start(trained, tmp_path):
     run_dir = copy_run(trained, tmp_path)
     for name in os.listdir(os.path.join(run_dir, "checkpoints")):
@@ -96,6 +99,7 @@ def test_unreadable_checkpoints_are_an_error_never_a_fresh_start(trained, tmp_pa
     assert result.returncode == 2 and "has training history but no checkpoint" in one_line_error(result)
 
 
+@pytest.mark.slow
 def test_a_partial_last_history_line_is_repaired_on_resume(trained, tmp_path):
     run_dir = copy_run(trained, tmp_path)
     with open(runs.history_path(run_dir), "a", encoding="utf-8") as f:
@@ -106,6 +110,7 @@ def test_a_partial_last_history_line_is_repaired_on_resume(trained, tmp_path):
     assert [r["step"] for r in runs.read_history(run_dir)] == [10, 20, 30]
 
 
+@pytest.mark.slow
 def test_a_damaged_config_is_one_line_and_nothing_changes(trained, tmp_path):
     run_dir = copy_run(trained, tmp_path)
     path = runs.config_path(run_dir)
@@ -120,6 +125,7 @@ def test_a_damaged_config_is_one_line_and_nothing_changes(trained, tmp_path):
         assert files_of(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_run_dir_that_never_trained_takes_a_new_config(trained, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -131,6 +137,7 @@ def test_a_run_dir_that_never_trained_takes_a_new_config(trained, tmp_path):
     assert runs.read_config(str(run_dir)).model.type == "transformer"
 
 
+@pytest.mark.slow
 def test_restart_moves_the_old_run_aside_and_starts_over(trained, tmp_path):
     run_dir = copy_run(trained, tmp_path)
     before = files_of(run_dir)
@@ -141,6 +148,7 @@ def test_restart_moves_the_old_run_aside_and_starts_over(trained, tmp_path):
     assert [r["step"] for r in runs.read_history(run_dir)] == [10]
 
 
+@pytest.mark.slow
 def test_a_second_trainer_is_refused_and_a_dead_ones_lock_is_taken_over(trained, tmp_path):
     run_dir = copy_run(trained, tmp_path)
     command = [sys.executable, "-m", "tflm.train", "--config", trained[0], "--run-dir", run_dir,

@@ -15,6 +15,7 @@ from tflm.config import Config, load_config
 from tflm.train import main, train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path, precision):
     config = small_config(train={"steps": 150, "eval_every": 50, "learning_rate": 0.01},
@@ -31,6 +32,7 @@ def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path, precisi
     assert os.listdir(os.path.join(run_dir, "tensorboard"))
 
 
+@pytest.mark.slow
 def test_finished_run_does_nothing_and_says_so(tmp_path, capsys):
     config = small_config(train={"steps": 4, "eval_every": 2})
     run_dir = train(config, str(tmp_path / "run"))
@@ -46,6 +48,7 @@ STOPS = {  # signal: (exit code, what the last line says, pattern of the saved s
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", list(STOPS), ids=lambda s: s.name)
 def test_resume_after_a_stop_signal_matches_uninterrupted_run(tmp_path, stop_signal):
     # dropout > 0 so the resumed run must also restore the dropout RNG stream position.
@@ -97,7 +100,10 @@ CONFIG_ERRORS = [
     (["--config", "/nonexistent.yaml"], "cannot read config /nonexistent.yaml"),
     # Values that passed the old checks and crashed (or trained NaN) after the run directory existed:
     (["--set", "train.seed=4294967296"], "train.seed must be at most 2147483647, got 4294967296"),
-    (["--set", f"data.shuffle_buffer={2**63}"], "data.shuffle_buffer must be at most 2147483647"),
+    (["--set", f"data.vocab_size={2**63}"], "data.vocab_size must be at most 2147483647"),
+    (["--set", "data.shuffle_buffer=100"], "data.shuffle_buffer no longer exists: windows are shuffled over"),
+    (["--set", "data.max_vocab_size=100"], "data.max_vocab_size is now data.vocab_size"),
+    (["--set", "data.tokenizer=bpe"], "data.tokenizer must be one of char, byte, wordpiece, sentencepiece"),
     (["--set", "train.learning_rate=nan"], "train.learning_rate must be a finite number, got nan"),
     (["--set", "train.learning_rate=inf"], "train.learning_rate must be a finite number, got inf"),
     (["--set", "train.clip_norm=nan"], "train.clip_norm must be a finite number, got nan"),
@@ -119,6 +125,7 @@ def test_config_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys, 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tflm-new")]
 
 
+@pytest.mark.slow
 def test_errors_leave_an_existing_run_dir_untouched(tmp_path, capsys):
     config = small_config(train={"steps": 2, "eval_every": 2})
     config_path = write_config(tmp_path / "config.yaml", config)
@@ -135,6 +142,7 @@ def test_errors_leave_an_existing_run_dir_untouched(tmp_path, capsys):
     assert after == snapshot
 
 
+@pytest.mark.slow
 def test_indivisible_global_batch_is_one_line_exit_2_in_a_fresh_process(tmp_path):
     result = run_tflm("train", "--set", "train.global_batch_size=3", "--strategy", "mirrored",
                       "--set", "runtime.logical_cpus=2", "--run-dir", str(tmp_path / "run"))
@@ -144,6 +152,7 @@ def test_indivisible_global_batch_is_one_line_exit_2_in_a_fresh_process(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus_trains(tmp_path):
     config = small_config(train={"steps": 30, "eval_every": 10, "learning_rate": 0.01},
                           runtime={"strategy": "mirrored", "logical_cpus": 2})

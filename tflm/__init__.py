@@ -1,0 +1,40 @@
+"""tflm: train, evaluate and serve character language models with Keras 3 and tf.distribute.
+
+What a Python user may import from `tflm` (each name loads its module on first use, so `import
+tflm` and plotting never load TensorFlow):
+
+    load_config(path, overrides) -> Config          the run configuration (tflm.config)
+    load_run(run_dir) -> LoadedRun                  a trained run, ready for inference (tflm.inference)
+    score_texts(run, texts) -> [dict]               log-probability, NLL and perplexity (tflm.score)
+    export_run(run_dir, base, name) -> directory    a SavedModel for TF Serving (tflm.export)
+    plot_runs(run_dirs, metrics, x) -> Figure       training curves (tflm.plot)
+    TflmError                                       what every mistake a user can fix raises (tflm.errors)
+
+Training and sampling are named after their commands' modules, so they are imported from there:
+`from tflm.train import train` (train or resume a run), `from tflm.generate import generate`.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+API = {
+    "load_config": "tflm.config",
+    "load_run": "tflm.inference",
+    "score_texts": "tflm.score",
+    "export_run": "tflm.export",
+    "plot_runs": "tflm.plot",
+    "TflmError": "tflm.errors",
+}
+__all__ = sorted(API)
+
+
+def __getattr__(name):
+    """Load a name of the public API from its module on first use."""
+    if name not in API:
+        raise AttributeError(f"module 'tflm' has no attribute {name!r}")
+    return getattr(importlib.import_module(API[name]), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(API))

@@ -18,10 +18,9 @@ import shutil
 import sys
 import tempfile
 
-import tensorflow as tf
-
 from tflm import atomic
 from tflm.errors import Diverged, TflmError
+from tflm.lazy import tf
 
 CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 

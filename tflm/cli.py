@@ -3,6 +3,9 @@
 import importlib
 import sys
 
+from tflm import __version__
+from tflm.quiet import run_command
+
 COMMANDS = {
     "train": "train (or resume) a model into a run directory",
     "launch": "run N multi-worker training processes on localhost",
@@ -11,16 +14,28 @@ COMMANDS = {
     "export": "write a SavedModel for TF Serving",
     "plot": "draw training curves from run directories",
 }
+USAGE = """usage: tflm COMMAND [ARGS...]    (tflm COMMAND --help for its arguments)
+       tflm --version
+
+commands:
+{commands}
+
+Every command hides TensorFlow's own log lines unless given --verbose (or TFLM_VERBOSE=1)."""
 
 
 def main(argv=None):
-    """Dispatch `tflm COMMAND ARGS` to `python -m tflm.COMMAND ARGS`."""
+    """The `tflm` console script (and `python -m tflm`): run `tflm.COMMAND`'s main with ARGS, as
+    `python -m tflm.COMMAND ARGS` does."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        print(f"tflm {__version__}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        lines = [f"  {name:<9} {summary}" for name, summary in COMMANDS.items()]
-        print("usage: tflm COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines), file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    return importlib.import_module(f"tflm.{argv[0]}").main(argv[1:])
+        asked = argv[:1] in (["-h"], ["--help"])
+        commands = "\n".join(f"  {name:<9} {summary}" for name, summary in COMMANDS.items())
+        print(USAGE.format(commands=commands), file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
+    return run_command(importlib.import_module(f"tflm.{argv[0]}").main, argv[1:])
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ k-th task on a node listens on port SLURM_PORT_BASE + k of that node.
 import json
 import os
 
-import tensorflow as tf
-
 from tflm.errors import TflmError
+from tflm.lazy import tf
 
 SLURM_PORT_BASE = 8888  # first port on every node (SlurmClusterResolver's default); sbatch --exclusive keeps it free
 SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_LOCALID", "SLURMD_NODENAME", "SLURM_STEP_NUM_TASKS",

@@ -13,10 +13,9 @@ import signal
 import threading
 import time
 
-import tensorflow as tf
-
 from tflm import run_dir as runs
 from tflm.errors import Diverged, Interrupted, Preempted
+from tflm.lazy import tf
 
 
 class Controller:

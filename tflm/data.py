@@ -23,9 +23,9 @@ Validation windows are the split's windows in order, with no shift.
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 
 from tflm.errors import TflmError
+from tflm.lazy import tf
 
 LAST_STEP = 2**62 // 2**24  # beyond any run: keeps n = step * global batch inside int64
 

@@ -3,6 +3,7 @@
 import functools
 import sys
 
+from tflm.quiet import flush_native_logs
 
 EXIT_USER_ERROR = 2  # bad input: config, TF_CONFIG, data, arguments, a run directory in use
 EXIT_CLUSTER_ERROR = 3  # a peer was lost or never came up; relaunch to resume
@@ -54,9 +55,11 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except TflmError as error:
+            flush_native_logs()  # so that this line comes last
             print(f"tflm: {error.label}: {error}", file=sys.stderr, flush=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
+            flush_native_logs()
             print("tflm: interrupted", file=sys.stderr, flush=True)
             sys.exit(EXIT_INTERRUPTED)
 

@@ -28,29 +28,30 @@ import re
 import shutil
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tflm.atomic import staging_dir, write_json
+from tflm.errors import TflmError, exit_on_user_error
+from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate_strings
+from tflm.inference import MAX_BATCH_SIZE, MAX_TEXT_CHARS, load_run, next_token_logits
+from tflm.lazy import keras, tf
+from tflm.quiet import VERBOSE_HELP, run_command
+from tflm.score import default_stride, score_strings
+from tflm.serving_warmup import WARMUP_FILE, graph_ops, non_core_ops, warmup_inputs, write_warmup_requests
+from tflm.tokenizer import OOV_ID, PAD_ID
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from tflm.atomic import staging_dir, write_json  # noqa: E402
-from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
-from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate_strings  # noqa: E402
-from tflm.inference import MAX_BATCH_SIZE, MAX_TEXT_CHARS, load_run, next_token_logits  # noqa: E402
-from tflm.score import default_stride, score_strings  # noqa: E402
-from tflm.serving_warmup import (WARMUP_FILE, graph_ops, non_core_ops, warmup_inputs,  # noqa: E402
-                                 write_warmup_requests)
-from tflm.tokenizer import OOV_ID, PAD_ID  # noqa: E402
+def signature_inputs():
+    """{signature: its input TensorSpecs} (built on use: importing this module loads no TensorFlow)."""
+    return {
+        "serving_default": [tf.TensorSpec([None, None], tf.int32, name="token_ids")],
+        "score": [tf.TensorSpec([None], tf.string, name="texts")],
+        "generate": [tf.TensorSpec([None], tf.string, name="prompts"),
+                     tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+                     tf.TensorSpec([], tf.float32, name="temperature"),
+                     tf.TensorSpec([], tf.int32, name="top_k"),
+                     tf.TensorSpec([], tf.int32, name="seed")],
+    }
 
-INPUTS = {
-    "serving_default": [tf.TensorSpec([None, None], tf.int32, name="token_ids")],
-    "score": [tf.TensorSpec([None], tf.string, name="texts")],
-    "generate": [tf.TensorSpec([None], tf.string, name="prompts"),
-                 tf.TensorSpec([], tf.int32, name="max_new_tokens"),
-                 tf.TensorSpec([], tf.float32, name="temperature"),
-                 tf.TensorSpec([], tf.int32, name="top_k"),
-                 tf.TensorSpec([], tf.int32, name="seed")],
-}
+
 OUTPUTS = {
     "serving_default": {"logits": ("float32", [None, None])},
     "score": {"log_prob": ("float32", [None]), "mean_nll": ("float32", [None]),
@@ -119,7 +120,7 @@ def write_saved_model(loaded, path, stride):
             lookup.build(None)
         archive.track(lookup)
     for name, function in signature_functions(loaded, stride).items():
-        archive.add_endpoint(name, tf.function(function), input_signature=INPUTS[name])
+        archive.add_endpoint(name, tf.function(function), input_signature=signature_inputs()[name])
     archive.write_out(path, verbose=False)
 
 
@@ -138,9 +139,9 @@ def describe(loaded, stride, ops):
         "tokenizer": {"type": "char", "pad_id": PAD_ID, "oov_id": OOV_ID, "in_graph": True,
                       "characters": loaded.tokenizer.characters},
         "signatures": {
-            name: {"inputs": {s.name: spec(s.dtype.name, s.shape.as_list()) for s in INPUTS[name]},
+            name: {"inputs": {s.name: spec(s.dtype.name, s.shape.as_list()) for s in inputs},
                    "outputs": {k: spec(*v) for k, v in OUTPUTS[name].items()}}
-            for name in INPUTS
+            for name, inputs in signature_inputs().items()
         },
         "score": {"stride": stride},
         "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "top_p": 1.0, "greedy_when_temperature": 0},
@@ -218,6 +219,7 @@ def parse_args(argv):
     parser.add_argument("--run-dir", required=True, help="a trained run directory")
     parser.add_argument("--base", default="saved_models", help="TF Serving model base (default: saved_models)")
     parser.add_argument("--name", help="model name (default: the run directory's name)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
@@ -230,4 +232,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

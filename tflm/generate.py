@@ -23,17 +23,14 @@ variable. The loop below uses core TF ops (tf.sort, tf.random.stateless_categori
 import argparse
 import math
 import numbers
-import os
 import random
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
-
-from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
-from tflm.inference import check_strings, load_run  # noqa: E402
-from tflm.tokenizer import PAD_ID  # noqa: E402
+from tflm.errors import TflmError, exit_on_user_error
+from tflm.inference import check_strings, load_run
+from tflm.lazy import tf
+from tflm.quiet import VERBOSE_HELP, run_command
+from tflm.tokenizer import PAD_ID
 
 MAX_NEW_TOKENS = 1024  # the most tokens one request may ask for (Python and the SavedModel)
 LENGTH_BUCKET = 64  # Python pads the token buffer to a multiple of this (one XLA program each)
@@ -234,6 +231,7 @@ def parse_args(argv):
     parser.add_argument("--top-k", type=int, default=0, help="sample from the k most likely (0 = all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = all)")
     parser.add_argument("--seed", type=int, help=f"0 to {MAX_SEED}, for reproducible samples (default: random)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
@@ -250,4 +248,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -5,18 +5,18 @@ functions take the model and tokenizer as arguments, so the code that scores or 
 is the code traced into the exported SavedModel.
 """
 
+from __future__ import annotations  # LoadedRun's `keras.Model` annotation is not evaluated (tflm.lazy)
+
 import dataclasses
 import os
 import sys
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from tflm import run_dir as runs
 from tflm.checkpoint import checkpoint_dir, list_checkpoints
 from tflm.errors import TflmError
-from tflm.models import build_model
+from tflm.lazy import keras, tf
 from tflm.tokenizer import PAD_ID, CharTokenizer
 
 CHUNK_TOKENS = 8192  # tokens per model call when scoring or reading long rows: bounds memory
@@ -66,6 +66,7 @@ def load_run(run_dir):
         raise TflmError(f"{run_dir} has no checkpoint yet; train it first (python -m tflm.train --run-dir {run_dir})")
     config = runs.read_config(run_dir)
     tokenizer = runs.load_tokenizer(run_dir)
+    from tflm.models import build_model  # defines Keras classes, so it loads Keras and TensorFlow
     # Inference runs in float32 whatever the run trained with: the variables are float32 either
     # way, and exact float32 logits make scores reproducible across Python and TF Serving.
     policy = keras.config.dtype_policy()

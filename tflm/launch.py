@@ -18,6 +18,7 @@ import threading
 import time
 
 from tflm.errors import EXIT_PREEMPTED, TflmError, exit_on_user_error
+from tflm.quiet import VERBOSE_HELP, run_command
 
 STOP_GRACE_S = 10  # after a failure, how long the other workers get to exit before SIGKILL
 PREEMPTION_GRACE_S = 300  # after a preemption, how long the others get to save their checkpoint
@@ -28,6 +29,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m tflm.launch", description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, required=True, help="number of worker processes")
     parser.add_argument("--port", type=int, default=0, help="first port (default: free ports)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP + "; passed on to the workers")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then python -m tflm.train arguments")
     args = parser.parse_args(argv)
     if args.train_args[:1] == ["--"]:
@@ -147,4 +149,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -23,6 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, LogFormatter, PercentFormatter
 
 from tflm.errors import TflmError, exit_on_user_error
+from tflm.quiet import VERBOSE_HELP, run_command
 
 # As tflm.run_dir.history_path; not imported from there, which would load TensorFlow (seconds) to draw a plot.
 HISTORY_FILE = "history.jsonl"
@@ -239,6 +240,7 @@ def parse_args(argv):
     parser.add_argument("--name", action="append", help="legend name of each run, in order (default: directory names)")
     parser.add_argument("--title", help="figure title")
     parser.add_argument("-o", "--output", required=True, metavar="FILE.png", help="image to write")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
@@ -252,4 +254,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -17,16 +17,13 @@ their log-probs are summed back per text; memory holds one chunk, however long t
 
 import argparse
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
-
-from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
-from tflm.inference import (CHUNK_TOKENS, MAX_BATCH_SIZE, check_strings, load_run, longest,  # noqa: E402
-                            read_texts, tokens_at)
+from tflm.errors import TflmError, exit_on_user_error
+from tflm.inference import (CHUNK_TOKENS, MAX_BATCH_SIZE, check_strings, load_run, longest, read_texts,
+                            tokens_at)
+from tflm.lazy import tf
+from tflm.quiet import VERBOSE_HELP, run_command
 
 
 SCORES = ("log_prob", "mean_nll", "perplexity", "num_tokens")
@@ -175,6 +172,7 @@ def parse_args(argv):
     parser.add_argument("--file", help="also score each line of this UTF-8 file ('-' = stdin)")
     parser.add_argument("--stride", type=int, help="Transformer window stride (default: seq_len / 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
@@ -193,4 +191,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -5,9 +5,8 @@ loads a version, so the first real request does not pay for tracing and memory a
 """
 
 import numpy as np
-import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from tflm.lazy import tf
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 
@@ -27,6 +26,8 @@ def warmup_inputs(tokenizer):
 
 def write_warmup_requests(path, model_name, requests):
     """Write one PredictionLog(PredictRequest) per signature of `requests` to a TFRecord file."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # these load TensorFlow
+
     with tf.io.TFRecordWriter(path) as writer:
         for signature, inputs in requests.items():
             request = predict_pb2.PredictRequest(
@@ -39,6 +40,8 @@ def write_warmup_requests(path, model_name, requests):
 
 def read_warmup_requests(path):
     """[(signature name, {input name: numpy array})] from a warmup file, in order."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
     requests = []
     for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
         request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
@@ -49,6 +52,8 @@ def read_warmup_requests(path):
 
 def graph_ops(saved_model_dir):
     """Sorted op types in a SavedModel's graph, functions included."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
     saved_model = saved_model_pb2.SavedModel()
     with open(f"{saved_model_dir}/saved_model.pb", "rb") as f:
         saved_model.ParseFromString(f.read())

@@ -18,6 +18,7 @@ import os
 import sys
 
 from tflm.errors import TflmError
+from tflm.lazy import tf
 
 SPLITS = ("train", "validation")
 LINES_PER_BLOCK = 100  # files are split into train/validation in blocks of this many lines
@@ -125,8 +126,6 @@ def is_url(path):
 
 def expand_paths(patterns):
     """Sorted files matching the paths/globs; a TflmError if one matches nothing."""
-    import tensorflow as tf
-
     files = []
     for pattern in patterns:
         if is_url(pattern):
@@ -144,16 +143,12 @@ def expand_paths(patterns):
 
 def file_stat(path):
     """{path, bytes, mtime} of a file, local or remote."""
-    import tensorflow as tf
-
     stat = tf.io.gfile.stat(path)
     return {"path": path, "bytes": stat.length, "mtime": stat.mtime_nsec // 10**9}
 
 
 def read_utf8_lines(path):
     """Yield the lines of a UTF-8 file, streamed; invalid bytes raise a TflmError naming the line."""
-    import tensorflow as tf
-
     decoder = codecs.getincrementaldecoder("utf-8")()
     line_number = 1
     try:

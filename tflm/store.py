@@ -23,10 +23,10 @@ import threading
 import zlib
 
 import numpy as np
-import tensorflow as tf
 
 from tflm.atomic import is_local
 from tflm.errors import TflmError
+from tflm.lazy import tf
 
 FORMAT = "tflm-store/1"
 INDEX_FILE = "index.json"

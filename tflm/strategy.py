@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 
-import tensorflow as tf
-
 from tflm.errors import ClusterError, TflmError
+from tflm.lazy import tf
+from tflm.quiet import flush_native_logs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +246,10 @@ def wait_for_every_worker(strategy):
     tf.function(lambda: strategy.run(arrive))()
 
 
-PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
-               tf.errors.DeadlineExceededError, tf.errors.InternalError)
+def peer_errors():
+    """The TensorFlow errors a collective raises when a peer is gone."""
+    return (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError, tf.errors.InternalError)
 
 
 @contextlib.contextmanager
@@ -259,7 +261,7 @@ def exit_if_a_peer_is_lost(task, prefix, current_step):
         threading.excepthook = _quiet_watcher_hook(threading.excepthook)
     try:
         yield
-    except PEER_ERRORS as error:
+    except peer_errors() as error:
         if task.num_workers == 1:
             raise
         lost = lost_peer_error(error, task, current_step())
@@ -298,6 +300,7 @@ def lost_peer_error(error, task, step):
 def exit_now(message, code):
     """Print one line and end the process at once, skipping TensorFlow's teardown (which can
     block on a dead peer)."""
+    flush_native_logs()  # so that this line comes last
     print(message, file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(code)

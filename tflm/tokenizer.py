@@ -70,12 +70,11 @@ import math
 import os
 import re
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from tflm import atomic
 from tflm.errors import TflmError
+from tflm.lazy import keras, tf
 
 PAD_ID = 0
 OOV_ID = 1  # the unknown id of every kind (never produced by byte or sentencepiece)

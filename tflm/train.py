@@ -6,36 +6,33 @@ directory is never restarted, truncated or overwritten unless `--restart` says s
 old one is moved aside, not deleted).
 
 Start-up order, so that bad input fails before anything is written: check the config and the
-cluster description; check the run directory (and lock it if it exists); meet the other workers
-(deadline: runtime.cluster_timeout_s); start TensorFlow's cluster (same deadline, enforced by a
-watchdog); read the data (no deadline: it can take long on a large corpus); build the model;
-restore; only then create the run directory, and train.
+cluster description; check the run directory (and lock it if it exists); load TensorFlow (seconds,
+more on a busy host: before any deadline); meet the other workers (deadline:
+runtime.cluster_timeout_s); start TensorFlow's cluster (same deadline, enforced by a watchdog);
+read the data (no deadline: it can take long on a large corpus); build the model; restore; only
+then create the run directory, and train.
 """
 
 import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-
-from tflm import run_dir as runs  # noqa: E402
-from tflm.atomic import is_local  # noqa: E402
-from tflm.cluster import use_cluster  # noqa: E402
-from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir  # noqa: E402
-from tflm.config import check_resume_compatible, dump, load_config  # noqa: E402
-from tflm.controller import Controller  # noqa: E402
-from tflm.data import check_fits, eval_batches_per_pass, eval_dataset_fn, train_dataset_fn  # noqa: E402
-from tflm.errors import TflmError, exit_on_user_error  # noqa: E402
-from tflm.models import build_model  # noqa: E402
-from tflm.prepare import check_store_matches, prepare_store, staging_path  # noqa: E402
-from tflm.progress import Progress  # noqa: E402
-from tflm.strategy import (current_task, exit_if_a_peer_is_lost, make_strategy,  # noqa: E402
-                           resolve_strategy_name, startup_watchdog, wait_for_every_worker, wait_for_peers)
-from tflm.store import TokenStore  # noqa: E402
-from tflm.tokenizer import load_tokenizer  # noqa: E402
-from tflm.trainer import Trainer, make_optimizer  # noqa: E402
+from tflm import run_dir as runs
+from tflm.atomic import is_local
+from tflm.cluster import use_cluster
+from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir
+from tflm.config import check_resume_compatible, dump, load_config
+from tflm.controller import Controller
+from tflm.data import check_fits, eval_batches_per_pass, eval_dataset_fn, train_dataset_fn
+from tflm.errors import TflmError, exit_on_user_error
+from tflm.lazy import keras, tf
+from tflm.prepare import check_store_matches, prepare_store, staging_path
+from tflm.progress import Progress
+from tflm.quiet import VERBOSE_HELP, run_command
+from tflm.store import TokenStore
+from tflm.strategy import (current_task, exit_if_a_peer_is_lost, make_strategy, resolve_strategy_name,
+                           startup_watchdog, wait_for_every_worker, wait_for_peers)
+from tflm.tokenizer import load_tokenizer
 
 
 def parse_args(argv):
@@ -50,6 +47,7 @@ def parse_args(argv):
     parser.add_argument("--restart", action="store_true",
                         help="start over in an existing --run-dir: it is first renamed to RUN_DIR.replaced-<time>")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
@@ -78,6 +76,7 @@ def train(config, run_dir=None, restart=False):
     locked = False
     try:
         resuming, locked = open_run_dir(run_dir, config, task, restart)
+        tf.import_now()  # not under the deadlines below: it takes longer on a busy host
         if task.num_workers > 1:
             wait_for_peers(task, config.runtime.cluster_timeout_s)
         with startup_watchdog(task, config.runtime.cluster_timeout_s, prefix):
@@ -128,6 +127,9 @@ def has_progress(run_dir):
 
 def train_in(config, run_dir, task, strategy, resuming, prefix):
     """Data, model, restore, then the loop (strategy started)."""
+    from tflm.models import build_model  # these two define Keras classes, so they load Keras
+    from tflm.trainer import Trainer, make_optimizer
+
     replicas, global_batch, seq_len = strategy.num_replicas_in_sync, config.train.global_batch_size, config.data.seq_len
     if global_batch % replicas:
         raise TflmError(f"train.global_batch_size={global_batch} is not divisible by the {replicas} replicas")
@@ -219,4 +221,4 @@ def create_run_dir(config, run_dir, store, path):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -1,0 +1,34 @@
+"""TensorFlow and Keras imported on first use, so `--help`, `import tflm` and plotting start in a blink.
+
+Importing TensorFlow takes seconds. A module that only *calls* TensorFlow inside its functions
+imports `tf` and `keras` from here; the real import happens at the first attribute access
+(`tf.constant`, `keras.Model`, ...). Modules that define Keras subclasses (tflm.models,
+tflm.trainer) need the real thing when they load, so the command modules import them inside the
+functions that use them.
+"""
+
+import importlib
+
+
+class LazyModule:
+    """Stands for the module `name` and imports it at the first attribute access."""
+
+    def __init__(self, name):
+        self._name = name
+        self._module = None
+
+    def __getattr__(self, attribute):
+        return getattr(self.import_now(), attribute)
+
+    def import_now(self):
+        """The module, imported now if it is not yet (e.g. before a deadline starts)."""
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return self._module
+
+    def __repr__(self):
+        return f"<lazy module {self._name!r}{'' if self._module is None else ' (imported)'}>"
+
+
+tf = LazyModule("tensorflow")
+keras = LazyModule("keras")
