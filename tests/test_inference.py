@@ -83,6 +83,8 @@ def test_score_is_the_sum_of_next_token_log_probs(loaded, model_type):
     assert result["log_prob"] == pytest.approx(expected.sum(), abs=1e-4)
     assert result["mean_nll"] == pytest.approx(-expected.mean(), abs=1e-5)
     assert result["perplexity"] == pytest.approx(math.exp(-expected.mean()), rel=1e-5)
+    # Every scored character here is one UTF-8 byte: bits per byte is the summed loss in bits / 22.
+    assert result["bits_per_byte"] == pytest.approx(-expected.sum() / math.log(2) / (len(text) - 1), rel=1e-5)
 
 
 @pytest.mark.slow
@@ -108,7 +110,8 @@ def test_batches_mixing_empty_unseen_and_long_texts_score_like_single_texts(load
     run = loaded[model_type]
     texts = ["", "a", "print(1)", "\u2603\u2603 unseen \u2603", "x = 1\n" * 20]
     batch = score_texts(run, texts)
-    assert batch[0] == {"text": "", "log_prob": 0.0, "mean_nll": 0.0, "perplexity": 1.0, "num_tokens": 0}
+    assert batch[0] == {"text": "", "log_prob": 0.0, "mean_nll": 0.0, "perplexity": 1.0, "bits_per_byte": 0.0,
+                        "num_tokens": 0}
     assert batch[1]["num_tokens"] == 0 and batch[1]["perplexity"] == 1.0
     assert 1 in ids_of(run, texts[3])  # the snowman is out of vocabulary
     for text, result in zip(texts, batch):

@@ -4,6 +4,8 @@
 
 The first token has nothing to be conditioned on, so a text of n tokens scores n - 1 of them
 (`num_tokens`); an empty or one-character text scores log_prob 0, mean_nll 0, perplexity 1.
+`bits_per_byte` is -log_prob in bits over the UTF-8 bytes of those scored tokens: unlike the
+per-token figures, it compares models with different tokenizers.
 The LSTM reads each text in one pass. The Transformer sees at most `data.seq_len` tokens, so a
 longer text is scored in windows of seq_len that start every `stride` tokens: the first window
 scores all its tokens, each later one only the last `stride` (those no window scored yet), so
@@ -17,6 +19,7 @@ their log-probs are summed back per text; memory holds one chunk, however long t
 
 import argparse
 import json
+import math
 import sys
 
 from tflm.errors import TflmError, exit_on_user_error
@@ -26,7 +29,7 @@ from tflm.lazy import tf
 from tflm.quiet import VERBOSE_HELP, run_command
 
 
-SCORES = ("log_prob", "mean_nll", "perplexity", "num_tokens")
+SCORES = ("log_prob", "mean_nll", "perplexity", "bits_per_byte", "num_tokens")
 
 
 def default_stride(context):
@@ -136,12 +139,18 @@ def lstm_log_probs(model, ids, lengths):
 
 
 def score_strings(loaded, texts, stride):
-    """{log_prob, mean_nll, perplexity, num_tokens} tensors for a 1-D string tensor `texts`."""
+    """{log_prob, mean_nll, perplexity, bits_per_byte, num_tokens} tensors for a 1-D string
+    tensor `texts`. bits_per_byte: -log_prob in bits over the UTF-8 bytes the scored tokens (all
+    but the first) decode to, so it compares runs with different tokenizers (0 with none scored)."""
     context = loaded.context if loaded.model_type == "transformer" else None
-    log_prob, num_tokens = score_ids(loaded.model, loaded.tokenizer.tokenize(texts), context, stride)
+    ids = loaded.tokenizer.tokenize(texts)
+    log_prob, num_tokens = score_ids(loaded.model, ids, context, stride)
     mean_nll = 0.0 - log_prob / tf.cast(tf.maximum(num_tokens, 1), tf.float32)
+    byte_lengths = tf.constant(loaded.tokenizer.byte_lengths(), tf.int32)
+    target_bytes = tf.cast(tf.reduce_sum(tf.gather(byte_lengths, ids[:, 1:]), axis=1), tf.float32)
+    bits_per_byte = 0.0 - log_prob / math.log(2) / tf.maximum(target_bytes, 1.0)
     return {"log_prob": log_prob, "mean_nll": mean_nll, "perplexity": tf.exp(mean_nll),
-            "num_tokens": num_tokens}
+            "bits_per_byte": bits_per_byte, "num_tokens": num_tokens}
 
 
 def score_function(loaded, stride):
@@ -186,7 +195,8 @@ def main(argv=None):
             print(json.dumps(result, ensure_ascii=False))
         else:
             print(f"log_prob {result['log_prob']:.4f}  mean_nll {result['mean_nll']:.4f}  "
-                  f"perplexity {result['perplexity']:.3f}  tokens {result['num_tokens']}  {result['text']!r}")
+                  f"perplexity {result['perplexity']:.3f}  bits/byte {result['bits_per_byte']:.3f}  "
+                  f"tokens {result['num_tokens']}  {result['text']!r}")
     return 0
 
 
