@@ -26,12 +26,16 @@ COMPARED_STEPS = 20
 
 
 def run_config(model_type):
-    """Evaluated (on one batch) after every step so history holds per-step losses; the
-    Transformer runs longer because the fault-tolerance test interrupts it twice. With dropout:
-    replicas must draw the masks one device would."""
-    steps = 40 if model_type == "transformer" else COMPARED_STEPS
-    return small_config(model_type, model={"dropout": 0.2},
-                        train={"steps": steps, "eval_every": 1, "eval_batches": 1, "checkpoint_every": 10})
+    """With dropout: replicas must draw the masks one device would. The Transformer is evaluated
+    (on one batch) after every step, so history holds per-step losses, and runs longer because
+    the fault-tolerance test interrupts it twice; the LSTM runs 5 steps per host call
+    (train.steps_per_loop) and is evaluated after each."""
+    if model_type == "transformer":
+        train = {"steps": 40, "eval_every": 1, "eval_batches": 1, "checkpoint_every": 10}
+    else:
+        train = {"steps": COMPARED_STEPS, "eval_every": 5, "steps_per_loop": 5, "eval_batches": 1,
+                 "checkpoint_every": 10}
+    return small_config(model_type, model={"dropout": 0.2}, train=train)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +58,12 @@ def two_worker_runs(tmp_path_factory):
 
 
 def assert_same_run(run_dir, reference):
-    """Per-step training losses over the first COMPARED_STEPS and final weights agree to 1e-4."""
-    losses = [r["loss"] for r in runs.read_history(run_dir)][:COMPARED_STEPS]
-    expected = [r["loss"] for r in runs.read_history(reference)][:COMPARED_STEPS]
-    assert len(losses) == len(expected) == COMPARED_STEPS
+    """Training losses over the first COMPARED_STEPS (per evaluation) and final weights agree to 1e-4."""
+    losses = [r["loss"] for r in runs.read_history(run_dir) if r["step"] <= COMPARED_STEPS]
+    expected = [r["loss"] for r in runs.read_history(reference) if r["step"] <= COMPARED_STEPS]
+    assert len(losses) == len(expected) > 0
     for step, (a, b) in enumerate(zip(losses, expected), start=1):
-        assert abs(a - b) <= 1e-4 * abs(b), f"step {step}: {a} vs {b}"
+        assert abs(a - b) <= 1e-4 * abs(b), f"evaluation {step}: {a} vs {b}"
     assert max_weight_difference(run_dir, reference) <= 1e-4
 
 

@@ -127,7 +127,8 @@ class TrainConfig:
     steps: Annotated[int, STEPS] = 2000   # total optimizer steps; a resumed run stops here too
     global_batch_size: Annotated[int, Range(1, 2**24)] = 12  # windows per step, summed over all replicas
     eval_every: Annotated[int, STEPS] = 250  # steps between evaluations (and history lines)
-    eval_batches: Annotated[int, COUNT] = 0  # global batches per evaluation; 0 = the whole split
+    eval_batches: Annotated[int, COUNT] = 0  # global batches per evaluation; 0 = about 10% of training time
+    steps_per_loop: Annotated[int, Range(1, 10**6)] = 50  # steps per host call; logs, evaluations, checkpoints, preemption checks between
     checkpoint_every: Annotated[int, Range(0, MANY)] = 0  # steps between checkpoints; 0 = at every evaluation
     keep_checkpoints: Annotated[int, Range(1, 10**6)] = 3  # newest checkpoints kept
     learning_rate: Annotated[float, POSITIVE] = 3.0e-3  # peak, after linear warmup; cosine decay after
@@ -183,7 +184,7 @@ class Config:
 # How keys changed since tflm 0.1: configs saved in run directories are migrated; a config a
 # user writes is told (one line) what to use instead.
 ADDED_SINCE_0_1 = ("train.max_nonfinite_steps", "runtime.cluster", "data.validation_paths", "data.tokenizer",
-                   "data.sentencepiece_model", "data.store")  # saved configs without them take the defaults
+                   "data.sentencepiece_model", "data.store", "train.steps_per_loop")  # saved configs without them take the defaults
 RENAMED = {"data.max_vocab_size": "data.vocab_size"}
 RETIRED = {"data.shuffle_buffer": "windows are shuffled over the whole token store, with no buffer",
            "data.shard_policy": "every worker reads the token store by window index"}
@@ -381,7 +382,7 @@ def dump(config):
 
 # Keys that may change when a run directory is resumed: how long to train, and how often to look.
 RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.max_nonfinite_steps")
+                     "train.keep_checkpoints", "train.max_nonfinite_steps", "train.steps_per_loop")
 
 
 def check_resume_compatible(saved, requested):

@@ -44,7 +44,7 @@ class Controller:
         with self._ctrl_c_saves():
             while step < t.steps:
                 self._stop_if_asked(preemption, step)
-                trainer.train_step(train_iterator)
+                trainer.train_steps(train_iterator, self._loop_length(step))
                 step = trainer.step
                 self._check_divergence(step)
                 progress.update(step, lambda: trainer.train_metrics.result()["loss"])
@@ -68,6 +68,13 @@ class Controller:
                 if step % t.eval_every == 0:  # the next period's speed counts training steps only
                     period_start, period_start_step = time.perf_counter(), step
         progress.log(f"done: step {step}; checkpoints in {self.checkpointer.shared_dir}")
+
+    def _loop_length(self, step):
+        """Steps to run in the next host call: train.steps_per_loop, cut at the next evaluation,
+        checkpoint or the end, which happen between loops."""
+        t = self.config
+        return min(t.steps_per_loop, t.steps - step, t.eval_every - step % t.eval_every,
+                   self.checkpoint_every - step % self.checkpoint_every)
 
     def _save(self, step):
         if self._saved_step != step:

@@ -128,10 +128,16 @@ def train_dataset_fn(store, seq_len, global_batch, seed, start_step=0):
     return dataset_fn
 
 
-def eval_batches_per_pass(store, seq_len, global_batch, eval_batches):
-    """How many global batches one evaluation runs (all full batches unless train.eval_batches)."""
+EVAL_SHARE = 0.1  # of training time, for evaluations by default
+EVAL_STEP_COST = 1 / 3  # an evaluation batch (forward only) against a training step (forward, backward, update)
+
+
+def eval_batches_per_pass(store, seq_len, global_batch, eval_batches, eval_every):
+    """How many global batches one evaluation runs: train.eval_batches, or by default as many as
+    cost about EVAL_SHARE of the training steps between evaluations; never more than the split has."""
     available = Windows.of(store, "validation", seq_len).total // global_batch
-    return min(eval_batches, available) if eval_batches else available
+    wanted = eval_batches or max(1, round(EVAL_SHARE * eval_every / EVAL_STEP_COST))
+    return min(wanted, available)
 
 
 def eval_dataset_fn(store, seq_len, global_batch, batches):

@@ -162,7 +162,8 @@ def train_in(config, run_dir, task, strategy, resuming, prefix):
             if restored:
                 progress.log(f"resuming from {restored} at step {step}")
             history = runs.repair_history(run_dir, step) if task.is_chief else []
-            eval_batches = eval_batches_per_pass(store, seq_len, global_batch, config.train.eval_batches)
+            eval_batches = eval_batches_per_pass(store, seq_len, global_batch, config.train.eval_batches,
+                                                 config.train.eval_every)
             train_iterator = iter(strategy.distribute_datasets_from_function(
                 train_dataset_fn(store, seq_len, global_batch, config.train.seed, step)))
             eval_iterator = iter(strategy.distribute_datasets_from_function(

@@ -89,7 +89,15 @@ def metric_sums(loss_sum, correct, targets, byte_lengths):
 class Trainer:
     """Owns the compiled train and eval steps for one model, optimizer and strategy.
 
-    A step whose all-reduced gradient norm is NaN or inf is skipped: no update, and
+    On one device (the default strategy) a whole step is one program, XLA-compiled with
+    runtime.jit_compile: forward, backward, clipping, and the AdamW update or its skip. Under
+    MirroredStrategy and MultiWorkerMirroredStrategy each replica runs its forward/backward as an
+    XLA program on its share of the global batch, then the gradients are all-reduced and the
+    update applied to every replica (XLA cannot compile across a strategy's devices). Either way,
+    `train_steps(iterator, n)` runs n steps in one call (a loop inside one tf.function, as Keras'
+    steps_per_execution and Orbit do it), so Python runs only between loops.
+
+    A step whose (all-reduced) gradient norm is NaN or inf is skipped: no update, and
     `nonfinite_steps` counts it (the loop stops past train.max_nonfinite_steps). The optimizer's
     `iterations` still advances, so it counts the batches consumed, which is the step number
     everything else (data position, checkpoints, history) uses.
@@ -109,10 +117,12 @@ class Trainer:
             self.nonfinite_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_steps")
             self.first_nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False,
                                                     name="first_nonfinite_step")
+        self.one_device = strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1
+        self._device_step = tf.function(self._device_step_fn, jit_compile=jit_compile)
         self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=jit_compile)
         self._forward = tf.function(self._forward_fn, jit_compile=jit_compile)
-        self.train_step = tf.function(self._train_step_fn)
-        self.eval_step = tf.function(self._eval_step_fn)
+        self._train_loop = tf.function(self._train_loop_fn)
+        self._eval_loop = tf.function(self._eval_loop_fn)
 
     @property
     def step(self):
@@ -123,43 +133,79 @@ class Trainer:
         """Variables a checkpoint must hold beside the model and optimizer."""
         return {"nonfinite_steps": self.nonfinite_steps, "first_nonfinite_step": self.first_nonfinite_step}
 
+    def train_steps(self, iterator, steps):
+        """Run `steps` training steps in one call."""
+        self._train_loop(iterator, tf.constant(steps, tf.int64))
+
+    def train_step(self, iterator):
+        """Run one training step."""
+        self.train_steps(iterator, 1)
+
+    def evaluate(self, iterator, batches):
+        """Run `batches` global validation batches in one call; their metrics."""
+        self.eval_metrics.reset()
+        self._eval_loop(iterator, tf.constant(batches, tf.int64))
+        return self.eval_metrics.result()
+
+    def _train_loop_fn(self, iterator, steps):
+        for _ in tf.range(steps):
+            if self.one_device:
+                self._device_step(*next(iterator))
+            else:
+                self._replica_step(iterator)
+
+    def _eval_loop_fn(self, iterator, batches):
+        for _ in tf.range(batches):
+            inputs, targets = next(iterator)
+            sums = self.strategy.run(self._replica_eval_step, args=(inputs, targets))
+            self.eval_metrics.update(self.strategy.reduce("SUM", sums, axis=None))
+
     def _forward_backward_fn(self, inputs, targets, example_ids):
         with tf.GradientTape() as tape:
             logits = self.model(inputs, training=True, example_ids=example_ids)
             loss_sum, correct = token_loss_and_accuracy(targets, logits)
             scaled_loss = loss_sum / self.global_tokens
         grads = tape.gradient(scaled_loss, self.model.trainable_variables)
-        return grads, loss_sum, correct
+        return grads, metric_sums(loss_sum, correct, targets, self.byte_lengths)
 
-    def _replica_gradients(self, inputs, targets, example_ids):
-        """All-reduced, clipped gradients; [loss sum, correct, tokens]; whether the norm is finite
-        (the same on every replica, since the gradients are the same)."""
-        grads, loss_sum, correct = self._forward_backward(inputs, targets, example_ids)
-        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    def _clipped(self, grads):
+        """(gradients clipped to train.clip_norm, whether their global norm is finite)."""
         norm = tf.linalg.global_norm(grads)
         grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
-        return grads, metric_sums(loss_sum, correct, targets, self.byte_lengths), tf.math.is_finite(norm)
+        return grads, tf.math.is_finite(norm)
 
-    def _replica_apply(self, grads):
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    def _device_step_fn(self, inputs, targets, example_ids):
+        """A whole step on one device: one program."""
+        grads, sums = self._forward_backward_fn(inputs, targets, example_ids)
+        grads, finite = self._clipped(grads)
+        tf.cond(finite, lambda: self._apply(grads), self._skip)
+        self.train_metrics.update(tf.where(finite, sums, tf.zeros_like(sums)))
 
-    def _train_step_fn(self, iterator):
+    def _replica_gradients(self, inputs, targets, example_ids):
+        """All-reduced, clipped gradients; metric sums; whether the norm is finite (the same on
+        every replica, since the gradients are the same)."""
+        grads, sums = self._forward_backward(inputs, targets, example_ids)
+        grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        return (*self._clipped(grads), sums)
+
+    def _replica_step(self, iterator):
         inputs, targets, example_ids = next(iterator)
-        grads, sums, finite = self.strategy.run(self._replica_gradients, args=(inputs, targets, example_ids))
+        grads, finite, sums = self.strategy.run(self._replica_gradients, args=(inputs, targets, example_ids))
         finite = self.strategy.experimental_local_results(finite)[0]
-
-        def apply():
-            self.strategy.run(self._replica_apply, args=(grads,))
-
-        def skip():  # in cross-replica context: a cond branch cannot hold the optimizer's merge_call
-            self.first_nonfinite_step.assign(tf.where(self.first_nonfinite_step < 0,
-                                                      self.optimizer.iterations + 1, self.first_nonfinite_step))
-            self.nonfinite_steps.assign_add(1)
-            self.optimizer.iterations.assign_add(1)
-
-        tf.cond(finite, apply, skip)
+        # The cond stays in cross-replica context: a branch may not hold the optimizer's merge_call.
+        tf.cond(finite, lambda: self.strategy.run(self._apply, args=(grads,)), self._skip)
         sums = self.strategy.reduce("SUM", sums, axis=None)
         self.train_metrics.update(tf.where(finite, sums, tf.zeros_like(sums)))
+
+    def _apply(self, grads):
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+
+    def _skip(self):
+        """A non-finite step: count it, advance the step counter, leave every weight alone."""
+        self.first_nonfinite_step.assign(tf.where(self.first_nonfinite_step < 0,
+                                                  self.optimizer.iterations + 1, self.first_nonfinite_step))
+        self.nonfinite_steps.assign_add(1)
+        self.optimizer.iterations.assign_add(1)
 
     def _forward_fn(self, inputs, targets):
         loss_sum, correct = token_loss_and_accuracy(targets, self.model(inputs, training=False))
@@ -169,15 +215,3 @@ class Trainer:
         # A plain function around the compiled one: handing strategy.run the tf.function itself
         # makes MirroredStrategy reuse replica 0's trace, variables included, on every replica.
         return self._forward(inputs, targets)
-
-    def _eval_step_fn(self, iterator):
-        inputs, targets = next(iterator)
-        sums = self.strategy.run(self._replica_eval_step, args=(inputs, targets))
-        self.eval_metrics.update(self.strategy.reduce("SUM", sums, axis=None))
-
-    def evaluate(self, iterator, batches):
-        """Run `batches` global validation batches; their metrics."""
-        self.eval_metrics.reset()
-        for _ in range(batches):
-            self.eval_step(iterator)
-        return self.eval_metrics.result()
