@@ -40,7 +40,8 @@ class FusedLSTM(keras.layers.Layer):
             zeros = tf.zeros([batch, self.units], inputs.dtype)
             initial_state = [zeros, zeros]
         h0, c0 = (tf.cast(s, inputs.dtype) for s in initial_state)
-        weights = (tf.cast(w, inputs.dtype) for w in (self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias))
+        weights = (tf.cast(tf.convert_to_tensor(w), inputs.dtype)
+                   for w in (self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias))
         outputs, h, c = lstm_sequence(inputs, *weights, h0, c0)
         return outputs, h, c
 
