@@ -301,11 +301,15 @@ def validate(config):
             check()
 
 
-def load_config(path=None, overrides=()):
-    """Defaults, then the YAML file at `path`, then `section.key=value` overrides; validated."""
+def load_config(path=None, overrides=(), saved=False):
+    """Defaults, then the YAML file at `path`, then `section.key=value` overrides; validated.
+
+    A `saved` file (a run directory's own config.yaml, passed back to resume it) is migrated from
+    older tflm versions as the run directory's copy is."""
     config = Config()
     if path:
-        config = updated(config, origin=str(path), **read_yaml(path))
+        sections = read_yaml(path)
+        config = updated(config, origin=str(path), **(migrate(sections) if saved else sections))
     for override in overrides:
         key, value = parse_override(override)
         section, name = key.split(".")

@@ -56,12 +56,19 @@ def main(argv=None):
     """Entry point of `python -m tflm.train` and `tflm train`."""
     args = parse_args(argv)
     overrides = args.set + ([f"runtime.strategy={args.strategy}"] if args.strategy else [])
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides, saved=is_own_config(args.config, args.run_dir))
     if args.print_config:
         print(dump(config), end="")
         return 0
     train(config, args.run_dir, restart=args.restart)
     return 0
+
+
+def is_own_config(config_path, run_dir):
+    """Whether `config_path` is the config.yaml that `run_dir` saved (resuming with it as --config)."""
+    if not config_path or not run_dir:
+        return False
+    return os.path.normpath(config_path) == os.path.normpath(os.path.join(run_dir, "config.yaml"))
 
 
 def train(config, run_dir=None, restart=False):
