@@ -12,13 +12,19 @@ place, so the poller never sees a half-written version; an existing version is n
 Signatures (named inputs -> named outputs); the tokenizer is in the graph, so REST takes text:
     serving_default: token_ids int32 [batch, time] -> logits float32 [batch, vocab]
     score:    texts string [batch] -> log_prob, mean_nll, perplexity float32 [batch], num_tokens int32
-    generate: prompts string [batch], max_new_tokens, temperature, top_k, seed (scalars)
-              -> completions string [batch]
-They trace the same functions `tflm.score` and `tflm.generate` run in Python, without XLA: a
-jit-compiled function in a SavedModel needs an XLA-enabled TF Serving build, and each request
-shape would compile anew. A request over the limits (MAX_BATCH_SIZE texts, prompts or rows;
-MAX_TEXT_CHARS characters per text or prompt, token ids per row), a token id outside the
-vocabulary, or a bad sampling input fails with INVALID_ARGUMENT before any work is done.
+    generate: prompts string [batch], max_new_tokens, temperature, top_k, seed (scalars), and
+              optionally top_p (default 1.0) and stop (default "") -> completions string [batch]
+Optional inputs are SignatureDef defaults, which TF Serving fills in when a request leaves them
+out, so requests written before they existed stay valid. The signatures trace the same functions
+`tflm.score` and `tflm.generate` run in Python, without XLA: a jit-compiled function in a
+SavedModel needs an XLA-enabled TF Serving build, and each request shape would compile anew. A
+request over the limits (MAX_BATCH_SIZE texts, prompts or rows; MAX_TEXT_CHARS characters per
+text, prompt or stop string, token ids per row), a token id outside the vocabulary, or a bad
+sampling input fails with INVALID_ARGUMENT before any work is done.
+
+The graph may use core TensorFlow ops only (those in tf.raw_ops, which stock TF Serving runs)
+and the ops the tokenizer declares (`non_core_ops`: none for the character tokenizer); an export
+that needs any other op fails with a TflmError naming them, and nothing is published.
 """
 
 import argparse
@@ -49,8 +55,15 @@ INPUTS = {
                  tf.TensorSpec([], tf.int32, name="max_new_tokens"),
                  tf.TensorSpec([], tf.float32, name="temperature"),
                  tf.TensorSpec([], tf.int32, name="top_k"),
-                 tf.TensorSpec([], tf.int32, name="seed")],
+                 tf.TensorSpec([], tf.int32, name="seed"),
+                 tf.TensorSpec([], tf.float32, name="top_p"),
+                 tf.TensorSpec([], tf.string, name="stop")],
 }
+DEFAULTS = {"generate": {"top_p": 1.0, "stop": ""}}  # inputs a request may leave out
+# How a generate request reads (REST, columnar form); in tflm_export.json too.
+GENERATE_REQUEST = {"signature_name": "generate",
+                    "inputs": {"prompts": ["def "], "max_new_tokens": 80, "temperature": 0.8, "top_k": 20,
+                               "seed": 1, "top_p": 0.95, "stop": "\n\n"}}
 OUTPUTS = {
     "serving_default": {"logits": ("float32", [None, None])},
     "score": {"log_prob": ("float32", [None]), "mean_nll": ("float32", [None]),
@@ -78,7 +91,8 @@ def signature_functions(loaded, stride):
     def score(texts):
         return score_strings(loaded, checked(texts, text_checks(texts, "texts")), stride)
 
-    def generate(prompts, max_new_tokens, temperature, top_k, seed):
+    def generate(prompts, max_new_tokens, temperature, top_k, seed,
+                 top_p=tf.constant(DEFAULTS["generate"]["top_p"]), stop=tf.constant(DEFAULTS["generate"]["stop"])):
         prompts = checked(prompts, text_checks(prompts, "prompts") + [
             tf.debugging.assert_greater(max_new_tokens, 0, message="max_new_tokens must be at least 1"),
             tf.debugging.assert_less_equal(max_new_tokens, MAX_NEW_TOKENS,
@@ -87,9 +101,14 @@ def signature_functions(loaded, stride):
             tf.debugging.assert_less(temperature, float("inf"), message="temperature must be finite"),
             tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = no limit)"),
             tf.debugging.assert_non_negative(seed, message=f"seed must be from 0 to {MAX_SEED}"),
+            tf.debugging.assert_greater(top_p, 0.0, message="top_p must be in (0, 1] (1 = no limit)"),
+            tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1] (1 = no limit)"),
+            tf.debugging.assert_less_equal(tf.strings.length(stop, unit="UTF8_CHAR"), MAX_TEXT_CHARS,
+                                           message=f"stop may have at most {MAX_TEXT_CHARS} characters"),
+            tf.debugging.assert_equal(is_utf8(stop), True, message="stop must be valid UTF-8"),
         ])
-        return {"completions": generate_strings(loaded, prompts, max_new_tokens, temperature, top_k,
-                                                tf.constant(1.0), seed)}
+        return {"completions": generate_strings(loaded, prompts, max_new_tokens, temperature, top_k, top_p,
+                                                seed, stop)}
 
     return {"serving_default": serving_default, "score": score, "generate": generate}
 
@@ -102,6 +121,11 @@ def text_checks(texts, name):
         tf.debugging.assert_less_equal(tf.strings.length(texts, unit="UTF8_CHAR"), MAX_TEXT_CHARS,
                                        message=f"{name} may have at most {MAX_TEXT_CHARS} characters each"),
     ]
+
+
+def is_utf8(text):
+    """Whether the scalar string `text` is valid UTF-8 (decoding it replaces nothing)."""
+    return tf.strings.reduce_join(tf.strings.unicode_split(text, "UTF-8", errors="replace")) == text
 
 
 def checked(value, checks):
@@ -139,14 +163,17 @@ def describe(loaded, stride, ops):
                       "characters": loaded.tokenizer.characters},
         "signatures": {
             name: {"inputs": {s.name: spec(s.dtype.name, s.shape.as_list()) for s in INPUTS[name]},
+                   "defaults": DEFAULTS.get(name, {}),  # inputs a request may leave out
                    "outputs": {k: spec(*v) for k, v in OUTPUTS[name].items()}}
             for name in INPUTS
         },
         "score": {"stride": stride},
-        "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "top_p": 1.0, "greedy_when_temperature": 0},
+        "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "greedy_when_temperature": 0,
+                     "request": GENERATE_REQUEST},
         "limits": limits(loaded.tokenizer.vocabulary_size),
         "ops": ops,
         "non_core_ops": non_core_ops(ops),
+        "allowed_non_core_ops": list(loaded.tokenizer.non_core_ops),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
 
@@ -159,8 +186,19 @@ def limits(vocabulary_size):
         "score": {"max_texts": MAX_BATCH_SIZE, "max_chars_per_text": MAX_TEXT_CHARS},
         "generate": {"max_prompts": MAX_BATCH_SIZE, "max_chars_per_prompt": MAX_TEXT_CHARS,
                      "max_new_tokens": [1, MAX_NEW_TOKENS], "temperature": ">= 0, finite", "top_k": ">= 0",
-                     "seed": [0, MAX_SEED]},
+                     "top_p": "> 0, <= 1", "seed": [0, MAX_SEED],
+                     "stop": f"valid UTF-8, at most {MAX_TEXT_CHARS} characters"},
     }
+
+
+def check_core_ops(ops, allowed):
+    """Raise a TflmError naming the ops in `ops` that stock TF Serving lacks (not in tf.raw_ops)
+    and that are not in `allowed` (those the tokenizer declares)."""
+    missing = [op for op in non_core_ops(ops) if op not in allowed]
+    if missing:
+        raise TflmError(f"the exported graph needs ops stock TF Serving lacks: {', '.join(missing)} "
+                        "(only core TensorFlow ops and those the tokenizer declares may be exported); "
+                        "nothing was published")
 
 
 def default_name(run_dir):
@@ -202,9 +240,11 @@ def export_run(run_dir, base="saved_models", name=None):
     try:
         stride = default_stride(loaded.context)
         write_saved_model(loaded, staging, stride)
+        ops = graph_ops(staging)
+        check_core_ops(ops, loaded.tokenizer.non_core_ops)
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra)
-        write_json(os.path.join(extra, "tflm_export.json"), describe(loaded, stride, graph_ops(staging)))
+        write_json(os.path.join(extra, "tflm_export.json"), describe(loaded, stride, ops))
         write_warmup_requests(os.path.join(extra, WARMUP_FILE), os.path.basename(model_dir),
                               warmup_inputs(loaded.tokenizer))
         return publish(staging, model_dir)

@@ -21,7 +21,8 @@ def warmup_inputs(tokenizer):
         "score": {"texts": np.array([sample.encode("utf-8")], object)},
         "generate": {"prompts": np.array([sample.encode("utf-8")], object),
                      "max_new_tokens": np.array(8, np.int32), "temperature": np.array(0.0, np.float32),
-                     "top_k": np.array(0, np.int32), "seed": np.array(0, np.int32)},
+                     "top_k": np.array(0, np.int32), "seed": np.array(0, np.int32),
+                     "top_p": np.array(1.0, np.float32), "stop": np.array(b"", object)},
     }
 
 

@@ -26,6 +26,10 @@ OOV_CHAR = "\ufffd"  # what detokenize writes for an out-of-vocabulary id
 class CharTokenizer:
     """Maps strings to ragged int32 ids and back; works inside tf.data and tf.function."""
 
+    # Ops outside core TensorFlow this tokenizer puts into an exported graph, which a TF Serving
+    # build must then have (tflm.export refuses any other): none, it uses core string ops only.
+    non_core_ops = ()
+
     def __init__(self, characters):
         if len(set(characters)) != len(characters) or any(len(c) != 1 for c in characters):
             raise TflmError("tokenizer vocabulary must be distinct single characters")
