@@ -122,13 +122,15 @@ def test_completions_end_before_the_first_stop_and_decoding_ends_when_every_row_
     assert completion_texts(LETTERS, ids, tf.constant(stop)).numpy()[0].decode() == text[:first]
 
 
-def test_decoding_goes_on_while_some_row_has_not_met_the_stop():
+def test_decoding_goes_on_while_some_row_has_not_met_the_stop_and_pads_those_that_have():
     prompts = [[4, 5, 6], [2]]
     expected = [checksum_continuation(p, 40, context=8) for p in prompts]
     texts = [LETTERS.detokenize(e).numpy().decode() for e in expected]
     stop = next(texts[0][5:5 + n] for n in range(2, 30) if texts[0][5:5 + n] not in texts[1])
     ids = greedy(ChecksumModel(8), prompts, 40, stop=stop)
-    assert ids.tolist() == expected
+    end = texts[0].index(stop) + len(stop)
+    assert ids[0].tolist() == expected[0][:end] + [PAD_ID] * (40 - end)  # nothing after its own stop
+    assert ids[1].tolist() == expected[1]
     cut = completion_texts(LETTERS, ids, tf.constant(stop)).numpy()
     assert [t.decode() for t in cut] == [texts[0][:texts[0].index(stop)], texts[1]]
 

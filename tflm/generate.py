@@ -187,7 +187,7 @@ def last_logits(logits, lengths):
 def decode(model, prompts, lengths, max_new_tokens, sampling, stop, cached=True):
     """Completion ids [batch, MAX_NEW_TOKENS] for the prompts in `prompts` [batch, width] (row b's
     first lengths[b] ids, right-padded): the first `max_new_tokens` columns are drawn, except
-    after every row met the stop string, when decoding ends and the rest stays PAD_ID.
+    that a row's ids after it met the stop string are PAD_ID, and decoding ends once every row has.
 
     `sampling` is (temperature, top_k, top_p, seed) and `stop` is (ids, length) from
     `stop_pattern`. A row restarts its window when it holds model.context tokens (see the module
@@ -201,7 +201,7 @@ def decode(model, prompts, lengths, max_new_tokens, sampling, stop, cached=True)
     def draw(i, completions, logits, stopped):
         """Token i of every row, written into `completions`; which rows have met the stop string."""
         token = sample(logits, *sampling, i)
-        completions = put(completions, i, token)
+        completions = put(completions, i, tf.where(stopped, PAD_ID, token))
         return token, completions, stopped | meets_stop(completions, i, *stop)
 
     def step(i, completions, logits, state, filled, stopped):
@@ -222,18 +222,25 @@ def decode(model, prompts, lengths, max_new_tokens, sampling, stop, cached=True)
     def running(i, stopped):
         return (i < max_new_tokens) & ~tf.reduce_all(stopped)
 
-    def until_full(i, completions, logits, state, filled, stopped):
+    def steps_until(end, loop):
+        """`step` until token `end` or until every row met the stop string: two steps per turn
+        of the loop (without XLA each turn costs ops for every value the loop carries), then the
+        one that may be left."""
+        loop = tf.while_loop(lambda i, *rest: running(i, rest[-1]) & (i + 1 < end), lambda *v: step(*step(*v)), loop)
+        return tf.while_loop(lambda i, *rest: running(i, rest[-1]) & (i < end), step, loop)
+
+    def until_full(*loop):
         """Steps while every row's window has room, then one `slide`."""
-        end = tf.minimum(max_new_tokens, i + context - tf.reduce_max(filled))
-        loop = tf.while_loop(lambda i, *rest: running(i, rest[-1]) & (i < end), step,
-                             (i, completions, logits, state, filled, stopped))
+        i, filled = loop[0], loop[4]
+        loop = steps_until(tf.minimum(max_new_tokens, i + context - tf.reduce_max(filled)), loop)
         return tf.cond(running(loop[0], loop[-1]), lambda: slide(*loop), lambda: loop)
 
     logits, state = steps.feed(prompts, tf.zeros([batch], tf.int32), lengths, steps.initial_state(batch))
     loop = (tf.constant(0), tf.fill([batch, MAX_NEW_TOKENS], PAD_ID), logits, state, lengths,
             tf.zeros([batch], tf.bool))
-    loop = tf.while_loop(lambda i, *rest: running(i, rest[-1]), step if context is None else until_full, loop)
-    return loop[1]
+    if context is None:
+        return steps_until(max_new_tokens, loop)[1]
+    return tf.while_loop(lambda i, *rest: running(i, rest[-1]), until_full, loop)[1]
 
 
 def last_tokens(prompts, lengths, completions, count, n):

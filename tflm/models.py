@@ -147,12 +147,13 @@ class LstmLM(keras.Model):
     def _step(self, token_ids, cache):
         """`call_with_cache` for one token per row: each layer's cell alone, without the LSTM
         layer's loop over time (the same arithmetic, a fraction of the ops)."""
-        x = self.embedding(token_ids[:, 0])
+        x = tf.gather(self.embedding.embeddings, token_ids[:, 0])
+        states = tf.unstack(tf.reshape(cache, [2 * self.num_layers, -1, self.lstm_units]))  # h, c of each layer
         new_states = []
         for i, lstm in enumerate(self.lstm_layers):
-            x, (h, c) = lstm.cell(x, [cache[i, 0], cache[i, 1]])
-            new_states.append(tf.stack([h, c]))
-        return self.head(x)[:, None], tf.stack(new_states)
+            x, (h, c) = lstm.cell(x, states[2 * i:2 * i + 2])
+            new_states += [h, c]
+        return self.head(x)[:, None], tf.reshape(tf.stack(new_states), tf.shape(cache))
 
     def initial_cache(self, batch_size):
         """Zero recurrent states for `call_with_cache`."""
@@ -389,7 +390,9 @@ class TransformerLM(keras.Model):
         slots = CacheSlots(positions, lengths, self.num_heads, self.seq_len)
         if lengths is not None:  # padding may run past the last position
             positions = tf.minimum(positions, self.seq_len - 1)
-        x = self.embedding(token_ids, positions=positions)
+        embedding = self.embedding  # its two lookups, without the layer's index checks (a few ops a step)
+        x = (tf.gather(tf.cast(embedding.token_embedding.embeddings, self.compute_dtype), token_ids)
+             + tf.gather(tf.cast(embedding.position_embedding.position_embeddings, self.compute_dtype), positions))
         new_cache = []
         for block, block_cache in zip(self.blocks, zip(cache[0::2], cache[1::2])):
             x, block_cache = block.call_with_cache(x, block_cache, slots)
