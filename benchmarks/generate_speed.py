@@ -1,17 +1,31 @@
-"""Generation speed: cached decoding vs recomputing the prefix, and the exported `generate` signature.
+"""Generation speed: in-process cached decoding (with and without XLA), recomputing the prefix, and
+the exported `generate` signature as TF Serving runs it.
 
     python benchmarks/generate_speed.py                      # default-size models, random weights
     python benchmarks/generate_speed.py --run-dir runs/X     # a trained run
 
 Batch 1, a short prompt, `--new-tokens` (256) greedy tokens. Without --run-dir the models have
 the default config's sizes (4 layers, 128 wide) with seq_len 512, so 256 tokens fit one context;
-weights do not change the speed. Each timing is the best of `--repeats` runs after a warm-up run
-(which traces and XLA-compiles). "uncached" re-runs the model over the whole prefix at every step
-(without XLA: its input grows each step). Not a test: numbers depend on the machine.
+weights do not change the speed. Each timing runs `--repeats` times after a warm-up run (which
+traces and XLA-compiles), taking turns (one run of each way per round, so a change in the
+machine's load hits them alike); it prints the median tokens/s and the range over the rounds,
+and the median and range of the per-round ratio of cached (XLA) to the exported signature.
+
+    cached (XLA)        `tflm.generate` in Python: the decoding loop XLA-compiled
+    cached, no XLA      the same tf.function without XLA
+    recompute prefix    the same loop re-running the model over the whole window at each step
+    exported generate   the SavedModel loaded with tf.saved_model.load and its `generate`
+                        signature called: graph mode without XLA, as stock TF Serving runs it on
+                        CPU (it JIT-compiles only when started with --xla_cpu_compilation_enabled)
+
+The goal is exported / cached (XLA) >= 1 / 1.5. Not a test: numbers depend on the machine, so
+the CPU's AVX-512 flags and the load average before and after are printed with them.
 """
 
 import argparse
 import os
+import re
+import statistics
 import string
 import sys
 import tempfile
@@ -41,32 +55,45 @@ def random_run(model_type, seq_len):
     return LoadedRun("(random weights)", config, tokenizer, model, "")
 
 
-def best_seconds(run, repeats):
-    """Best wall time of `run()` over `repeats`, after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def ways_to_decode(loaded, new_tokens, directory):
+    """{label: function that makes `new_tokens` tokens} for the four ways of decoding; the export
+    is written to `directory`."""
+    def in_process(cached, jit_compile):
+        return lambda: generate_ids(loaded, [PROMPT], new_tokens, temperature=0.0, cached=cached,
+                                    jit_compile=jit_compile)
+
+    write_saved_model(loaded, directory, default_stride(loaded.context))
+    signature = tf.saved_model.load(directory).signatures["generate"]
+    inputs = {"prompts": tf.constant([PROMPT]), "max_new_tokens": tf.constant(new_tokens),
+              "temperature": tf.constant(0.0), "top_k": tf.constant(0), "seed": tf.constant(0),
+              "top_p": tf.constant(1.0), "stop": tf.constant("")}
+    return {"cached (XLA)": in_process(True, True), "cached, no XLA": in_process(True, False),
+            "recompute prefix": in_process(False, False), "exported generate": lambda: signature(**inputs)}
 
 
 def benchmark(loaded, new_tokens, repeats):
-    """{label: tokens/s} for cached (XLA and not), uncached, and the exported signature."""
-    results = {}
-    for label, cached, jit_compile in (("cached", True, True), ("cached, no XLA", True, False),
-                                       ("uncached (recompute prefix)", False, False)):
-        seconds = best_seconds(lambda: generate_ids(loaded, [PROMPT], new_tokens, temperature=0.0, cached=cached,
-                                                    jit_compile=jit_compile), repeats)
-        results[label] = new_tokens / seconds
+    """{label: [tokens/s per round]}: each way once per round, after one warm-up run of each."""
     with tempfile.TemporaryDirectory() as directory:
-        write_saved_model(loaded, directory, default_stride(loaded.context))
-        signature = tf.saved_model.load(directory).signatures["generate"]
-        inputs = {"prompts": tf.constant([PROMPT]), "max_new_tokens": tf.constant(new_tokens),
-                  "temperature": tf.constant(0.0), "top_k": tf.constant(0), "seed": tf.constant(0)}
-        results["exported generate signature"] = new_tokens / best_seconds(lambda: signature(**inputs), repeats)
+        ways = ways_to_decode(loaded, new_tokens, directory)
+        for run in ways.values():
+            run()
+        results = {label: [] for label in ways}
+        for _ in range(repeats):
+            for label, run in ways.items():
+                start = time.perf_counter()
+                run()
+                results[label].append(new_tokens / (time.perf_counter() - start))
     return results
+
+
+def cpu_flags():
+    """The CPU's AVX-512 flags (as `grep -o 'avx512[a-z]*' /proc/cpuinfo | sort -u`), or "none"."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = sorted(set(re.findall(r"avx512[a-z]*", f.read())))
+    except OSError:
+        return "unknown"
+    return " ".join(flags) or "none"
 
 
 def main():
@@ -75,9 +102,11 @@ def main():
     parser.add_argument("--model-type", choices=("transformer", "lstm", "both"), default="both")
     parser.add_argument("--seq-len", type=int, default=512, help="context of the random models")
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
+    print(f"{os.cpu_count()} CPUs, AVX-512: {cpu_flags()}; load average {os.getloadavg()[0]:.2f} at start",
+          flush=True)
     if args.run_dir:
         runs = [load_run(args.run_dir)]
     else:
@@ -87,12 +116,13 @@ def main():
         results = benchmark(loaded, args.new_tokens, args.repeats)
         m = loaded.config.model
         print(f"{loaded.model_type}: {m.num_layers} layers, embed {m.embed_dim}, context {loaded.context}, "
-              f"batch 1, {args.new_tokens} new tokens, {os.cpu_count()} CPUs")
-        for label, tokens_per_s in results.items():
-            print(f"  {label:30s} {tokens_per_s:9.1f} tokens/s")
-        uncached = results["uncached (recompute prefix)"]
-        print(f"  cached speed-up over recomputing: {results['cached'] / uncached:.1f}x "
-              f"({results['cached, no XLA'] / uncached:.1f}x without XLA)", flush=True)
+              f"batch 1, {args.new_tokens} new tokens; median tokens/s [min-max of {args.repeats}]")
+        for label, rates in results.items():
+            print(f"  {label:20s} {statistics.median(rates):8.1f}  [{min(rates):.0f}-{max(rates):.0f}]")
+        ratios = [x / e for x, e in zip(results["cached (XLA)"], results["exported generate"])]
+        print(f"  cached (XLA) / exported generate: {statistics.median(ratios):.2f}x "
+              f"[{min(ratios):.2f}-{max(ratios):.2f}] (goal <= 1.5x); load average {os.getloadavg()[0]:.2f}",
+              flush=True)
 
 
 if __name__ == "__main__":

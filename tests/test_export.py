@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,6 +20,7 @@ from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate
 from tflm.inference import MAX_BATCH_SIZE, MAX_TEXT_CHARS, load_run, next_token_logits
 from tflm.score import score_texts
 from tflm.serving_warmup import read_warmup_requests
+from tflm.tokenizer import CharTokenizer
 from tflm.train import train
 
 pytestmark = pytest.mark.slow  # every test needs two runs trained and exported (about a minute)
@@ -59,6 +61,8 @@ def test_export_is_a_tf_serving_model_repository(exports, runs):
         assert description["non_core_ops"] == []
         assert set(description["signatures"]) == {"serving_default", "score", "generate"}
         assert description["signatures"]["generate"]["inputs"]["top_k"] == {"dtype": "int32", "shape": []}
+        assert description["signatures"]["generate"]["inputs"]["stop"] == {"dtype": "string", "shape": []}
+        assert description["signatures"]["generate"]["defaults"] == {"top_p": 1.0, "stop": ""}
         assert description["tokenizer"]["characters"] == load_run(runs["lstm"]).tokenizer.characters
         assert description["limits"]["score"] == {"max_texts": MAX_BATCH_SIZE, "max_chars_per_text": MAX_TEXT_CHARS}
         assert description["limits"]["generate"]["seed"] == [0, MAX_SEED]
@@ -79,7 +83,7 @@ FRESH_PROCESS = textwrap.dedent("""
         score = model.signatures["score"](texts=tf.constant(texts))
         generate = model.signatures["generate"](
             prompts=tf.constant(prompts), max_new_tokens=tf.constant(40), temperature=tf.constant(0.0),
-            top_k=tf.constant(0), seed=tf.constant(0))
+            top_k=tf.constant(0), seed=tf.constant(0), top_p=tf.constant(1.0), stop=tf.constant(""))
         logits = model.signatures["serving_default"](token_ids=tf.constant([[5, 6, 7, 0, 0]]))
         out[name] = {"score": {k: v.numpy().tolist() for k, v in score.items()},
                      "completions": [c.decode("utf-8") for c in generate["completions"].numpy()],
@@ -107,6 +111,54 @@ def test_fresh_tensorflow_process_serves_all_signatures_like_tflm(exports, loade
         assert served[name]["completions"] == generate(run, PROMPTS, 40, temperature=0.0)
         np.testing.assert_allclose(served[name]["logits"], next_token_logits(run, tf.constant([[5, 6, 7]])).numpy(),
                                    atol=1e-4)
+
+
+def test_exported_generate_samples_and_stops_like_python(exports, loaded):
+    _, paths = exports
+    for name, run in loaded.items():
+        signature = tf.saved_model.load(paths[name]).signatures["generate"]
+        for request in ({"temperature": 1.0, "top_k": 12, "top_p": 0.9, "seed": 5, "stop": ""},
+                        {"temperature": 0.7, "top_k": 0, "top_p": 1.0, "seed": 6, "stop": " "},
+                        {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "stop": "e"}):
+            served = signature(**generate_inputs(prompts=PROMPTS, max_new_tokens=50, **request))["completions"]
+            expected = generate(run, PROMPTS, 50, request["temperature"], request["top_k"], request["top_p"],
+                                request["seed"], request["stop"])
+            assert [text.decode("utf-8") for text in served.numpy()] == expected, (name, request)
+
+
+def test_requests_without_top_p_and_stop_are_served_as_before(exports, loaded):
+    """TF Serving fills in SignatureDef defaults, as a TF1 session over the export does here."""
+    _, paths = exports
+    tf1 = tf.compat.v1
+    with tf.Graph().as_default(), tf1.Session() as session:
+        meta_graph = tf1.saved_model.loader.load(session, ["serve"], paths["transformer"])
+        signature = meta_graph.signature_def["generate"]
+        assert {k: tf.make_ndarray(v).item() for k, v in signature.defaults.items()} == {"top_p": 1.0, "stop": b""}
+        old_request = {"prompts": PROMPTS, "max_new_tokens": 30, "temperature": 0.8, "top_k": 5, "seed": 3}
+        completions = session.run(signature.outputs["completions"].name,
+                                  {signature.inputs[k].name: v for k, v in old_request.items()})
+    assert [text.decode("utf-8") for text in completions] == generate(loaded["transformer"], PROMPTS, 30, 0.8, 5,
+                                                                      seed=3)
+
+
+def test_an_export_that_needs_ops_stock_serving_lacks_fails_and_leaves_no_version(runs, tmp_path, monkeypatch):
+    original = export_module.signature_functions
+
+    def with_an_xla_op(loaded, stride):  # keras.ops.slice_update lowers to XlaDynamicUpdateSlice
+        functions = original(loaded, stride)
+        logits_of = functions["serving_default"]
+        return {**functions, "serving_default": lambda token_ids: {"logits": keras.ops.slice_update(
+            logits_of(token_ids)["logits"], (0, 0), tf.zeros([1, 1]))}}
+
+    monkeypatch.setattr(export_module, "signature_functions", with_an_xla_op)
+    with pytest.raises(TflmError, match="ops stock TF Serving lacks: XlaDynamicUpdateSlice "):
+        export_run(runs["lstm"], base=str(tmp_path / "saved_models"), name="m")
+    assert os.listdir(tmp_path / "saved_models" / "m") == []
+    # A tokenizer that declares the op (as one built on tensorflow-text declares its ops) exports.
+    monkeypatch.setattr(CharTokenizer, "non_core_ops", ("XlaDynamicUpdateSlice",))
+    path = export_run(runs["lstm"], base=str(tmp_path / "saved_models"), name="m")
+    with open(os.path.join(path, "assets.extra", "tflm_export.json"), encoding="utf-8") as f:
+        assert json.load(f)["non_core_ops"] == ["XlaDynamicUpdateSlice"]
 
 
 def test_saved_model_cli_shows_and_runs_score(exports):
@@ -144,13 +196,13 @@ def test_exported_generate_rejects_max_new_tokens_out_of_range(exports, max_new_
     _, paths = exports
     signature = tf.saved_model.load(paths["lstm"]).signatures["generate"]
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_new_tokens must be"):
-        signature(prompts=tf.constant(["a"]), max_new_tokens=tf.constant(max_new_tokens),
-                  temperature=tf.constant(0.0), top_k=tf.constant(0), seed=tf.constant(0))
+        signature(**generate_inputs(max_new_tokens=max_new_tokens))
 
 
 def generate_inputs(**changes):
     """A valid `generate` request with `changes`."""
-    inputs = {"prompts": ["a"], "max_new_tokens": 4, "temperature": 0.0, "top_k": 0, "seed": 0, **changes}
+    inputs = {"prompts": ["a"], "max_new_tokens": 4, "temperature": 0.0, "top_k": 0, "seed": 0, "top_p": 1.0,
+              "stop": "", **changes}
     return {k: tf.constant(v) for k, v in inputs.items()}
 
 
@@ -161,6 +213,11 @@ def generate_inputs(**changes):
     ("generate", generate_inputs(prompts=["x" * (MAX_TEXT_CHARS + 1)]), f"at most {MAX_TEXT_CHARS} characters"),
     ("generate", generate_inputs(temperature=float("inf")), "temperature must be finite"),
     ("generate", generate_inputs(seed=-1), "seed must be from 0"),
+    ("generate", generate_inputs(top_p=0.0), "top_p must be in"),
+    ("generate", generate_inputs(top_p=1.5), "top_p must be in"),
+    ("generate", generate_inputs(top_p=float("nan")), "top_p must be in"),
+    ("generate", generate_inputs(stop=b"caf\xe9"), "stop must be valid UTF-8"),
+    ("generate", generate_inputs(stop="x" * (MAX_TEXT_CHARS + 1)), f"stop may have at most {MAX_TEXT_CHARS}"),
     ("serving_default", {"token_ids": tf.constant([[5, -1]])}, "token_ids must be >= 0"),
     ("serving_default", {"token_ids": tf.constant([[5, 10_000]])}, "token_ids must be < the vocabulary size"),
     ("serving_default", {"token_ids": tf.ones([MAX_BATCH_SIZE + 1, 2], tf.int32)}, f"at most {MAX_BATCH_SIZE} rows"),

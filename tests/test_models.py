@@ -59,6 +59,32 @@ def test_cached_decoding_gives_the_logits_of_a_full_pass(model_type):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-4)
 
 
+@pytest.mark.parametrize("model_type", ["transformer", "lstm"])
+def test_a_ragged_batch_in_one_call_gives_each_row_what_it_gives_alone(model_type):
+    config = small_config(model_type)
+    model = build_model(config.model, 40, config.data.seq_len)
+    tokens = tf.random.stateless_uniform((3, 10), seed=(5, 6), minval=1, maxval=40, dtype=tf.int32)
+    lengths = tf.constant([10, 4, 1])
+    logits, cache = model.call_with_cache(tokens, model.initial_cache(3), 0, lengths)
+    after, _ = model.call_with_cache(tokens[:, :1], cache, lengths)  # each row goes on at its own position
+    for row, length in enumerate(lengths.numpy()):
+        alone, alone_cache = model.call_with_cache(tokens[row:row + 1, :length], model.initial_cache(1), 0)
+        np.testing.assert_allclose(logits[row, :length], alone[0], atol=1e-4)
+        alone_after, _ = model.call_with_cache(tokens[row:row + 1, :1], alone_cache, length)
+        np.testing.assert_allclose(after[row], alone_after[0], atol=1e-4)
+
+
+def test_a_window_written_again_from_position_0_leaves_no_trace_of_the_old_one():
+    config = small_config("transformer")
+    model = build_model(config.model, 40, config.data.seq_len)
+    old = tf.random.stateless_uniform((2, 30), seed=(7, 8), minval=1, maxval=40, dtype=tf.int32)
+    window = tf.random.stateless_uniform((2, 9), seed=(9, 10), minval=1, maxval=40, dtype=tf.int32)
+    _, cache = model.call_with_cache(old, model.initial_cache(2), 0)
+    restarted, _ = model.call_with_cache(window, cache, 0)
+    fresh, _ = model.call_with_cache(window, model.initial_cache(2), 0)
+    np.testing.assert_allclose(restarted, fresh, atol=1e-5)
+
+
 MIRRORED_MASKS = textwrap.dedent("""
     import json, sys
     import tensorflow as tf

@@ -5,20 +5,32 @@
                                                               signatures, non-core ops)
     saved_models/NAME/VERSION/assets.extra/tf_serving_warmup_requests
 
-VERSION is the next integer. The version is written into a hidden directory beside it
+VERSION is the next integer. Locally the version is written into a hidden directory beside it
 (`.tflm-export-*`, which TF Serving's poller skips: it only loads integer names) and renamed into
 place, so the poller never sees a half-written version; an existing version is never replaced.
+A `--base` on another filesystem (gs://, hdfs://, ...: object stores cannot rename directories)
+gets the version written locally first, then copied in with saved_model.pb last: the poller
+loads a version only once its saved_model.pb exists.
 
 Signatures (named inputs -> named outputs); the tokenizer is in the graph, so REST takes text:
     serving_default: token_ids int32 [batch, time] -> logits float32 [batch, vocab]
-    score:    texts string [batch] -> log_prob, mean_nll, perplexity float32 [batch], num_tokens int32
-    generate: prompts string [batch], max_new_tokens, temperature, top_k, seed (scalars)
-              -> completions string [batch]
-They trace the same functions `tflm.score` and `tflm.generate` run in Python, without XLA: a
-jit-compiled function in a SavedModel needs an XLA-enabled TF Serving build, and each request
-shape would compile anew. A request over the limits (MAX_BATCH_SIZE texts, prompts or rows;
-MAX_TEXT_CHARS characters per text or prompt, token ids per row), a token id outside the
-vocabulary, or a bad sampling input fails with INVALID_ARGUMENT before any work is done.
+    score:    texts string [batch] -> log_prob, mean_nll, perplexity, bits_per_byte float32 [batch],
+              num_tokens int32
+    generate: prompts string [batch], max_new_tokens, temperature, top_k, seed (scalars), and
+              optionally top_p (default 1.0) and stop (default "") -> completions string [batch]
+Optional inputs are SignatureDef defaults, which TF Serving fills in when a request leaves them
+out, so requests written before they existed stay valid. The signatures trace the same functions
+`tflm.score` and `tflm.generate` run in Python, without XLA: a jit-compiled function in a
+SavedModel needs an XLA-enabled TF Serving build, and each request shape would compile anew. A
+request over the limits (MAX_BATCH_SIZE texts, prompts or rows; MAX_TEXT_CHARS characters per
+text, prompt or stop string, token ids per row), a token id outside the vocabulary, or a bad
+sampling input fails with INVALID_ARGUMENT before any work is done.
+
+The graph may use core TensorFlow ops only (those in tf.raw_ops, which stock TF Serving runs)
+and the ops the tokenizer declares (`non_core_ops`: none for the char and byte tokenizers,
+tensorflow-text's for wordpiece and sentencepiece, which TF Serving bundles; tflm_export.json
+names them and the TF Serving release known to carry them); an export that needs any other op
+fails with a TflmError naming them, and nothing is published.
 """
 
 import argparse
@@ -27,7 +39,9 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 
+from tflm import atomic
 from tflm.atomic import staging_dir, write_json
 from tflm.errors import TflmError, exit_on_user_error
 from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate_strings
@@ -36,7 +50,7 @@ from tflm.lazy import keras, tf
 from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.score import default_stride, score_strings
 from tflm.serving_warmup import WARMUP_FILE, graph_ops, non_core_ops, warmup_inputs, write_warmup_requests
-from tflm.tokenizer import OOV_ID, PAD_ID
+from tflm.tokenizer import OOV_ID, PAD_ID, TF_SERVING_RELEASE
 
 
 def signature_inputs():
@@ -48,14 +62,22 @@ def signature_inputs():
                      tf.TensorSpec([], tf.int32, name="max_new_tokens"),
                      tf.TensorSpec([], tf.float32, name="temperature"),
                      tf.TensorSpec([], tf.int32, name="top_k"),
-                     tf.TensorSpec([], tf.int32, name="seed")],
+                     tf.TensorSpec([], tf.int32, name="seed"),
+                     tf.TensorSpec([], tf.float32, name="top_p"),
+                     tf.TensorSpec([], tf.string, name="stop")],
     }
 
 
+DEFAULTS = {"generate": {"top_p": 1.0, "stop": ""}}  # inputs a request may leave out
+# How a generate request reads (REST, columnar form); in tflm_export.json too.
+GENERATE_REQUEST = {"signature_name": "generate",
+                    "inputs": {"prompts": ["def "], "max_new_tokens": 80, "temperature": 0.8, "top_k": 20,
+                               "seed": 1, "top_p": 0.95, "stop": "\n\n"}}
 OUTPUTS = {
     "serving_default": {"logits": ("float32", [None, None])},
     "score": {"log_prob": ("float32", [None]), "mean_nll": ("float32", [None]),
-              "perplexity": ("float32", [None]), "num_tokens": ("int32", [None])},
+              "perplexity": ("float32", [None]), "bits_per_byte": ("float32", [None]),
+              "num_tokens": ("int32", [None])},
     "generate": {"completions": ("string", [None])},
 }
 
@@ -79,7 +101,8 @@ def signature_functions(loaded, stride):
     def score(texts):
         return score_strings(loaded, checked(texts, text_checks(texts, "texts")), stride)
 
-    def generate(prompts, max_new_tokens, temperature, top_k, seed):
+    def generate(prompts, max_new_tokens, temperature, top_k, seed,
+                 top_p=tf.constant(DEFAULTS["generate"]["top_p"]), stop=tf.constant(DEFAULTS["generate"]["stop"])):
         prompts = checked(prompts, text_checks(prompts, "prompts") + [
             tf.debugging.assert_greater(max_new_tokens, 0, message="max_new_tokens must be at least 1"),
             tf.debugging.assert_less_equal(max_new_tokens, MAX_NEW_TOKENS,
@@ -88,9 +111,14 @@ def signature_functions(loaded, stride):
             tf.debugging.assert_less(temperature, float("inf"), message="temperature must be finite"),
             tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = no limit)"),
             tf.debugging.assert_non_negative(seed, message=f"seed must be from 0 to {MAX_SEED}"),
+            tf.debugging.assert_greater(top_p, 0.0, message="top_p must be in (0, 1] (1 = no limit)"),
+            tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1] (1 = no limit)"),
+            tf.debugging.assert_less_equal(tf.strings.length(stop, unit="UTF8_CHAR"), MAX_TEXT_CHARS,
+                                           message=f"stop may have at most {MAX_TEXT_CHARS} characters"),
+            tf.debugging.assert_equal(is_utf8(stop), True, message="stop must be valid UTF-8"),
         ])
-        return {"completions": generate_strings(loaded, prompts, max_new_tokens, temperature, top_k,
-                                                tf.constant(1.0), seed)}
+        return {"completions": generate_strings(loaded, prompts, max_new_tokens, temperature, top_k, top_p,
+                                                seed, stop)}
 
     return {"serving_default": serving_default, "score": score, "generate": generate}
 
@@ -105,6 +133,11 @@ def text_checks(texts, name):
     ]
 
 
+def is_utf8(text):
+    """Whether the scalar string `text` is valid UTF-8 (decoding it replaces nothing)."""
+    return tf.strings.reduce_join(tf.strings.unicode_split(text, "UTF-8", errors="replace")) == text
+
+
 def checked(value, checks):
     """`value`, available only once every assertion in `checks` has passed."""
     with tf.control_dependencies(checks):
@@ -115,10 +148,8 @@ def write_saved_model(loaded, path, stride):
     """The SavedModel with its three signatures, through keras.export.ExportArchive."""
     archive = keras.export.ExportArchive()
     archive.track(loaded.model)
-    for lookup in (loaded.tokenizer._to_id, loaded.tokenizer._to_char):  # the tokenizer's tables
-        if not lookup.built:  # a StringLookup only used eagerly is never marked built
-            lookup.build(None)
-        archive.track(lookup)
+    for trackable in loaded.tokenizer.trackables:  # lookup tables, a SentencePiece model
+        archive.track(trackable)
     for name, function in signature_functions(loaded, stride).items():
         archive.add_endpoint(name, tf.function(function), input_signature=signature_inputs()[name])
     archive.write_out(path, verbose=False)
@@ -136,20 +167,35 @@ def describe(loaded, stride, ops):
         "checkpoint": os.path.basename(loaded.checkpoint),
         "model": {"type": loaded.model_type, "context": loaded.context,
                   "vocabulary_size": loaded.tokenizer.vocabulary_size, **loaded.config.to_dict()["model"]},
-        "tokenizer": {"type": "char", "pad_id": PAD_ID, "oov_id": OOV_ID, "in_graph": True,
-                      "characters": loaded.tokenizer.characters},
+        "tokenizer": describe_tokenizer(loaded.tokenizer),
         "signatures": {
             name: {"inputs": {s.name: spec(s.dtype.name, s.shape.as_list()) for s in inputs},
+                   "defaults": DEFAULTS.get(name, {}),  # inputs a request may leave out
                    "outputs": {k: spec(*v) for k, v in OUTPUTS[name].items()}}
             for name, inputs in signature_inputs().items()
         },
         "score": {"stride": stride},
-        "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "top_p": 1.0, "greedy_when_temperature": 0},
+        "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "greedy_when_temperature": 0,
+                     "request": GENERATE_REQUEST},
         "limits": limits(loaded.tokenizer.vocabulary_size),
         "ops": ops,
         "non_core_ops": non_core_ops(ops),
+        "allowed_non_core_ops": list(loaded.tokenizer.non_core_ops),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
+
+
+def describe_tokenizer(tokenizer):
+    """The tokenizer part of tflm_export.json: what it is and what a TF Serving build needs for it."""
+    described = {"type": tokenizer.kind, "vocabulary_size": tokenizer.vocabulary_size,
+                 "fingerprint": tokenizer.fingerprint(), "pad_id": PAD_ID, "oov_id": OOV_ID, "in_graph": True,
+                 "non_core_ops": list(tokenizer.non_core_ops)}
+    if tokenizer.non_core_ops:
+        described["tf_serving"] = (f"tensorflow-text ops: stock TF Serving {TF_SERVING_RELEASE} or later "
+                                   "bundles them (see the README)")
+    if tokenizer.kind == "char":
+        described["characters"] = tokenizer.characters
+    return described
 
 
 def limits(vocabulary_size):
@@ -160,8 +206,19 @@ def limits(vocabulary_size):
         "score": {"max_texts": MAX_BATCH_SIZE, "max_chars_per_text": MAX_TEXT_CHARS},
         "generate": {"max_prompts": MAX_BATCH_SIZE, "max_chars_per_prompt": MAX_TEXT_CHARS,
                      "max_new_tokens": [1, MAX_NEW_TOKENS], "temperature": ">= 0, finite", "top_k": ">= 0",
-                     "seed": [0, MAX_SEED]},
+                     "top_p": "> 0, <= 1", "seed": [0, MAX_SEED],
+                     "stop": f"valid UTF-8, at most {MAX_TEXT_CHARS} characters"},
     }
+
+
+def check_core_ops(ops, allowed):
+    """Raise a TflmError naming the ops in `ops` that stock TF Serving lacks (not in tf.raw_ops)
+    and that are not in `allowed` (those the tokenizer declares)."""
+    missing = [op for op in non_core_ops(ops) if op not in allowed]
+    if missing:
+        raise TflmError(f"the exported graph needs ops stock TF Serving lacks: {', '.join(missing)} "
+                        "(only core TensorFlow ops and those the tokenizer declares may be exported); "
+                        "nothing was published")
 
 
 def default_name(run_dir):
@@ -178,13 +235,18 @@ def check_name(name):
 
 def versions(model_dir):
     """The integer version directories in `model_dir`, as ints."""
-    return sorted(int(d) for d in os.listdir(model_dir) if d.isdigit())
+    return sorted(int(d) for d in atomic.listdir(model_dir) if d.isdigit())
+
+
+def next_version(model_dir):
+    """The path of the version after the newest in `model_dir`."""
+    return f"{model_dir.rstrip('/')}/{(versions(model_dir) or [0])[-1] + 1}"
 
 
 def publish(staging, model_dir):
     """Rename `staging` to the next free version; returns its path. Never replaces a version."""
     while True:
-        target = os.path.join(model_dir, str((versions(model_dir) or [0])[-1] + 1))
+        target = next_version(model_dir)
         if os.path.exists(target):
             continue  # another exporter just took it; versions() now sees it
         try:
@@ -195,20 +257,50 @@ def publish(staging, model_dir):
                 raise
 
 
+def publish_remote(staging, model_dir):
+    """Copy the local `staging` to the next version in the remote `model_dir`, saved_model.pb last
+    (the file whose presence makes TF Serving load a version); returns its path."""
+    target = next_version(model_dir)
+    files = sorted(os.path.relpath(os.path.join(root, name), staging)
+                   for root, _, names in os.walk(staging) for name in names)
+    try:
+        for name in sorted(files, key=lambda name: name == "saved_model.pb"):
+            atomic.makedirs(atomic.parent_of(f"{target}/{name}"))
+            atomic.write_bytes(f"{target}/{name}", atomic.read_bytes(os.path.join(staging, name)))
+    except BaseException:
+        atomic.gfile().rmtree(target)  # without saved_model.pb it was never loadable: leave nothing
+        raise
+    return target
+
+
+def write_export(loaded, path, model_name):
+    """The SavedModel, its tflm_export.json and its warmup requests, in the local directory `path`."""
+    stride = default_stride(loaded.context)
+    write_saved_model(loaded, path, stride)
+    ops = graph_ops(path)
+    check_core_ops(ops, loaded.tokenizer.non_core_ops)
+    extra = os.path.join(path, "assets.extra")
+    os.makedirs(extra)
+    write_json(os.path.join(extra, "tflm_export.json"), describe(loaded, stride, ops))
+    write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name, warmup_inputs(loaded.tokenizer))
+
+
 def export_run(run_dir, base="saved_models", name=None):
     """Export the run's latest checkpoint to base/NAME/VERSION; returns that directory."""
-    model_dir = os.path.join(base, check_name(name or default_name(run_dir)))
+    name = check_name(name or default_name(run_dir))
+    model_dir = f"{base.rstrip('/')}/{name}" if not atomic.is_local(base) else os.path.join(base, name)
     loaded = load_run(run_dir)
-    staging = staging_dir(model_dir, ".tflm-export-", f"write an export under {model_dir}")
+    local = atomic.is_local(model_dir)
+    staging = (staging_dir(model_dir, ".tflm-export-", f"write an export under {model_dir}") if local
+               else tempfile.mkdtemp(prefix="tflm-export-"))
     try:
-        stride = default_stride(loaded.context)
-        write_saved_model(loaded, staging, stride)
-        extra = os.path.join(staging, "assets.extra")
-        os.makedirs(extra)
-        write_json(os.path.join(extra, "tflm_export.json"), describe(loaded, stride, graph_ops(staging)))
-        write_warmup_requests(os.path.join(extra, WARMUP_FILE), os.path.basename(model_dir),
-                              warmup_inputs(loaded.tokenizer))
-        return publish(staging, model_dir)
+        write_export(loaded, staging, name)
+        if local:
+            return publish(staging, model_dir)
+        try:
+            return publish_remote(staging, model_dir)
+        except Exception as error:  # tf.errors.OpError from the remote filesystem
+            raise TflmError(f"cannot write an export under {model_dir}: {str(error).splitlines()[0]}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when published
 

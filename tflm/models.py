@@ -5,8 +5,14 @@ float32 even under mixed precision so the loss and sampling stay exact, and both
 decoding interface (as keras-hub's causal LMs do), so a sampler never asks which model it has:
 
     cache = model.initial_cache(batch_size)
-    logits, cache = model.call_with_cache(token_ids, cache, cache_index)   # tokens at cache_index...
+    logits, cache = model.call_with_cache(token_ids, cache, cache_index, lengths=None)
     model.context   # how many tokens the model can condition on (None: unbounded, the LSTM)
+
+`token_ids` [batch, time] go at positions cache_index... of each row (`cache_index` a scalar or
+one index per row, so rows of different lengths decode side by side); with `lengths` [batch],
+only the first lengths[b] of row b are real and the rest is padding that leaves no trace in the
+cache. So one call reads a batch of ragged prompts, or restarts some rows' windows while the
+other rows take one token. The cache is the model's business: callers only pass it back.
 
 Dropout is a pure function of (train.seed, the dropout site, the example's global index in the
 training stream, the element), not of a random-number state: `example_ids` name each row of a
@@ -24,6 +30,7 @@ TransformerDecoder's layers, names and variable shapes, so checkpoints of either
 import keras
 import keras_nlp
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
 GOLDEN = 0x9E3779B9  # 2**32 / golden ratio: spreads consecutive counters across 32 bits
 
@@ -122,16 +129,31 @@ class LstmLM(keras.Model):
             x, _, _ = lstm(x, training=training)
         return self.head(self.output_dropout(x, example_ids, training=training))
 
-    def call_with_cache(self, token_ids, cache, cache_index=None):
+    def call_with_cache(self, token_ids, cache, cache_index=None, lengths=None):
         """Logits for `token_ids` [batch, time] run on from the recurrent state `cache`
-        [num_layers, 2, batch, lstm_units] (h and c of each layer), and the state after them;
-        `cache_index` is not needed (the state is the whole past)."""
+        [num_layers, 2, batch, lstm_units] (h and c of each layer), and the state after them
+        (after the first lengths[b] tokens of row b when `lengths` is given); `cache_index` is not
+        needed (the state is the whole past)."""
+        if token_ids.shape[1] == 1 and lengths is None:
+            return self._step(token_ids, cache)
+        mask = None if lengths is None else tf.range(tf.shape(token_ids)[1])[None, :] < lengths[:, None]
         x = self.embedding(token_ids)
         new_states = []
         for i, lstm in enumerate(self.lstm_layers):
-            x, h, c = lstm(x, initial_state=[cache[i, 0], cache[i, 1]])
+            x, h, c = lstm(x, initial_state=[cache[i, 0], cache[i, 1]], mask=mask)
             new_states.append(keras.ops.stack([h, c]))
         return self.head(x), keras.ops.stack(new_states)
+
+    def _step(self, token_ids, cache):
+        """`call_with_cache` for one token per row: each layer's cell alone, without the LSTM
+        layer's loop over time (the same arithmetic, a fraction of the ops)."""
+        x = tf.gather(self.embedding.embeddings, token_ids[:, 0])
+        states = tf.unstack(tf.reshape(cache, [2 * self.num_layers, -1, self.lstm_units]))  # h, c of each layer
+        new_states = []
+        for i, lstm in enumerate(self.lstm_layers):
+            x, (h, c) = lstm.cell(x, states[2 * i:2 * i + 2])
+            new_states += [h, c]
+        return self.head(x)[:, None], tf.reshape(tf.stack(new_states), tf.shape(cache))
 
     def initial_cache(self, batch_size):
         """Zero recurrent states for `call_with_cache`."""
@@ -193,30 +215,72 @@ class CausalSelfAttention(keras.layers.Layer):
         causal = tf.range(length)[:, None] >= tf.range(length)[None, :]
         return self._attend(query, keys, values, causal[None, None], example_ids, training)
 
-    def call_with_cache(self, x, cache, cache_index):
-        """Attention for `x` placed at positions cache_index...; `cache` [batch, 2, capacity,
-        heads, head_dim] holds the keys and values of earlier positions. Returns the output and
-        the cache with x's keys and values written in."""
-        query, keys, values = self._qkv(x)
-        cache = write_along_time(cache, tf.stack([keys, values], axis=1), cache_index)
-        length, capacity = tf.shape(x)[1], tf.shape(cache)[2]
-        positions = cache_index + tf.range(length)
-        visible = tf.range(capacity)[None, :] <= positions[:, None]
-        return self._attend(query, cache[:, 0], cache[:, 1], visible[None, None], None, False), cache
+    def call_with_cache(self, x, cache, slots):
+        """Attention for `x` [batch, time, embed] to the cached positions up to each token's own;
+        `cache` is this block's (keys, values), each [batch, heads, capacity + 1, head_dim], and
+        `slots` (CacheSlots) says where these tokens go. Returns the output and the cache with
+        x's keys and values written in. Written for few ops per token: without XLA each op costs
+        executor time, whatever its size."""
+        def project(dense):  # [batch, time, heads, head_dim]
+            return tf.einsum("btc,cnh->btnh", x, tf.cast(dense.kernel, x.dtype)) + tf.cast(dense.bias, x.dtype)
+
+        keys, values = (slots.write(c, project(d)) for c, d in zip(cache, (self._key_dense, self._value_dense)))
+        query = project(self._query_dense) * tf.cast(self.head_dim ** -0.5, x.dtype)
+        scores = tf.cast(tf.einsum("btnh,bnsh->bnts", query, keys), tf.float32)
+        probabilities = tf.nn.softmax(tf.where(slots.visible, scores, -1e9), axis=-1)
+        attended = tf.einsum("bnts,bnsh->btnh", tf.cast(probabilities, x.dtype), values)
+        output = self._output_dense
+        return (tf.einsum("btnh,nhe->bte", attended, tf.cast(output.kernel, x.dtype)) + tf.cast(output.bias, x.dtype),
+                (keys, values))
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "head_dim": self.head_dim,
                 "dropout": self.dropout_rate, "seed": self.seed, "site": self.site}
 
 
-def write_along_time(cache, updates, index):
-    """`cache` [batch, 2, capacity, heads, head_dim] with `updates` [batch, 2, n, ...] written at
-    time index..index+n-1, from core TF ops (no XlaDynamicUpdateSlice, which stock TF Serving
-    lacks; fixed shapes, so XLA compiles it too)."""
-    offsets = tf.range(tf.shape(cache)[2]) - index
-    inside = tf.reshape((offsets >= 0) & (offsets < tf.shape(updates)[2]), [1, 1, -1, 1, 1])
-    spread = tf.gather(updates, tf.clip_by_value(offsets, 0, tf.shape(updates)[2] - 1), axis=2)
-    return tf.where(inside, tf.cast(spread, cache.dtype), cache)
+class CacheSlots:
+    """Where the tokens of one `call_with_cache` go in a block's keys or values [batch, heads,
+    capacity + 1, head_dim], and which cached positions each may see (its own and those before
+    it); worked out once per call and shared by every block. A padding token (one past
+    lengths[b]) writes zeros into the spare last slot, which no real token sees."""
+
+    def __init__(self, positions, lengths, heads, capacity):
+        batch, time = tf.shape(positions)[0], tf.shape(positions)[1]
+        self.real = None if lengths is None else tf.range(time)[None, :] < lengths[:, None]
+        slots = positions if lengths is None else tf.where(self.real, positions, capacity)
+        shape = [batch, time, heads]
+        self.indices = tf.stack([tf.broadcast_to(tf.range(batch)[:, None, None], shape),
+                                 tf.broadcast_to(tf.range(heads)[None, None, :], shape),
+                                 tf.broadcast_to(slots[:, :, None], shape)], axis=-1)
+        self.visible = tf.range(capacity + 1)[None, None, None, :] <= positions[:, None, :, None]
+
+    def write(self, cache, updates):
+        """`cache` (a block's keys or values) with `updates` [batch, time, heads, head_dim] written in."""
+        if self.real is not None:
+            updates = tf.where(self.real[:, :, None, None], updates, tf.zeros([], updates.dtype))
+        return scatter_update(cache, self.indices, updates)
+
+
+def scatter_update(tensor, indices, updates):
+    """`tensor` with `updates` written at `indices`, as tf.tensor_scatter_nd_update (no index
+    twice, unless every write there is of zeros onto zeros), from core ops, in place when nothing
+    else holds `tensor`.
+
+    In place matters: a decoding step writes one token into a cache that holds thousands. Without
+    XLA, TensorScatterUpdate copies all of `tensor` (TF 2.21's kernel tries to reuse the buffer of
+    `updates`, never that of its input), so the write is two ScatterNdNonAliasingAdd ops, which
+    do reuse their input's buffer: minus the old values (leaving exact zeros), plus the new ones,
+    once the new ones exist (by then the readers of `tensor` they were computed from are done, so
+    its buffer is free to reuse). XLA has no kernel for that op, and
+    updates its own scatter in place; whether the graph is built for XLA is TensorFlow's answer
+    (control_flow_util, which tf.while_loop asks too)."""
+    updates = tf.cast(updates, tensor.dtype)
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return tf.tensor_scatter_nd_update(tensor, indices, updates)
+    with tf.control_dependencies([updates]):  # not before: earlier readers of `tensor` must be done
+        old = tf.gather_nd(tensor, indices)
+    cleared = tf.raw_ops.ScatterNdNonAliasingAdd(input=tensor, indices=indices, updates=-old)
+    return tf.raw_ops.ScatterNdNonAliasingAdd(input=cleared, indices=indices, updates=updates)
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -261,10 +325,16 @@ class DecoderBlock(keras.layers.Layer):
         x = x + self._self_attention_dropout(y, example_ids, training=training)
         return self._feedforward(x, example_ids, training)
 
-    def call_with_cache(self, x, cache, cache_index):
-        """The block for `x` at positions cache_index..., attending to `cache`; (output, cache)."""
-        y, cache = self._self_attention_layer.call_with_cache(self._self_attention_layer_norm(x), cache, cache_index)
-        return self._feedforward(x + y, None, False), cache
+    def call_with_cache(self, x, cache, slots):
+        """The block for `x` [batch, time, embed] with its (keys, values) cache (see
+        CausalSelfAttention's); (output, cache). The feed-forward runs on [batch * time, embed], where each Dense is one
+        MatMul (on 3-D input it is a Tensordot: a dozen ops)."""
+        y, cache = self._self_attention_layer.call_with_cache(self._self_attention_layer_norm(x), cache, slots)
+        x = x + y
+        flat = tf.reshape(x, [-1, x.shape[-1]])
+        flat = flat + self._feedforward_output_dense(
+            self._feedforward_intermediate_dense(self._feedforward_layer_norm(flat)))
+        return tf.reshape(flat, tf.shape(x)), cache
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "ff_dim": self.ff_dim,
@@ -306,24 +376,37 @@ class TransformerLM(keras.Model):
             x = block(x, example_ids, training=training)
         return self.head(self.final_norm(x))
 
-    def call_with_cache(self, token_ids, cache, cache_index):
-        """Logits for `token_ids` placed at positions `cache_index`..., and the updated cache.
+    def call_with_cache(self, token_ids, cache, cache_index, lengths=None):
+        """Logits for `token_ids` [batch, time] placed at positions cache_index... of each row
+        (`cache_index` a scalar or [batch]), and the cache with their keys and values.
 
-        `cache` is [num_layers, batch, 2, seq_len, num_heads, head_dim] (keys and values of each
-        block, from `initial_cache`); the tokens attend to cached positions before them, so a
-        generation step costs one token's work, not a re-run over the prefix.
+        The tokens attend to the cached positions up to their own, so a generation step costs one
+        token's work, not a re-run over the prefix. Padding (past `lengths`) is kept out of the
+        cache; cached positions a later token does not reach stay invisible to it, so a row
+        restarts its window just by writing it again from position 0.
         """
-        x = self.embedding(token_ids, start_index=cache_index)
+        batch, time = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
+        positions = tf.broadcast_to(cache_index, [batch])[:, None] + tf.range(time)[None, :]
+        slots = CacheSlots(positions, lengths, self.num_heads, self.seq_len)
+        if lengths is not None:  # padding may run past the last position
+            positions = tf.minimum(positions, self.seq_len - 1)
+        embedding = self.embedding  # its two lookups, without the layer's index checks (a few ops a step)
+        x = (tf.gather(tf.cast(embedding.token_embedding.embeddings, self.compute_dtype), token_ids)
+             + tf.gather(tf.cast(embedding.position_embedding.position_embeddings, self.compute_dtype), positions))
         new_cache = []
-        for i, block in enumerate(self.blocks):
-            x, block_cache = block.call_with_cache(x, cache[i], cache_index)
-            new_cache.append(block_cache)
-        return self.head(self.final_norm(x)), tf.stack(new_cache)
+        for block, block_cache in zip(self.blocks, zip(cache[0::2], cache[1::2])):
+            x, block_cache = block.call_with_cache(x, block_cache, slots)
+            new_cache.extend(block_cache)
+        logits = self.head(self.final_norm(tf.reshape(x, [-1, self.embed_dim])))
+        return tf.reshape(logits, [batch, time, self.vocabulary_size]), tuple(new_cache)
 
     def initial_cache(self, batch_size):
-        """An empty key/value cache for `call_with_cache`."""
+        """An empty cache for `call_with_cache`: each block's keys, then values, each [batch,
+        num_heads, seq_len + 1, head_dim] (positions, and a spare last slot for padding). Separate
+        tensors, not slices of one: XLA copies a tensor it reads a slice of before it writes it."""
         head_dim = self.embed_dim // self.num_heads
-        return keras.ops.zeros((self.num_layers, batch_size, 2, self.seq_len, self.num_heads, head_dim))
+        return tuple(tf.zeros([batch_size, self.num_heads, self.seq_len + 1, head_dim], self.compute_dtype)
+                     for _ in range(2 * self.num_layers))
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,

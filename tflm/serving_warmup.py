@@ -6,6 +6,7 @@ loads a version, so the first real request does not pay for tracing and memory a
 
 import numpy as np
 
+from tflm.atomic import read_bytes
 from tflm.lazy import tf
 
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -13,14 +14,15 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 
 def warmup_inputs(tokenizer):
     """{signature: {input name: numpy array}}: one small, valid request per signature."""
-    sample = "".join(tokenizer.characters[:8])
+    sample = tokenizer.detokenize(list(range(2, 10))).numpy().decode("utf-8")  # ids 0 and 1: pad, OOV
     ids = tokenizer.tokenize(sample).numpy()
     return {
         "serving_default": {"token_ids": np.array([ids], np.int32)},
         "score": {"texts": np.array([sample.encode("utf-8")], object)},
         "generate": {"prompts": np.array([sample.encode("utf-8")], object),
                      "max_new_tokens": np.array(8, np.int32), "temperature": np.array(0.0, np.float32),
-                     "top_k": np.array(0, np.int32), "seed": np.array(0, np.int32)},
+                     "top_k": np.array(0, np.int32), "seed": np.array(0, np.int32),
+                     "top_p": np.array(1.0, np.float32), "stop": np.array(b"", object)},
     }
 
 
@@ -55,8 +57,7 @@ def graph_ops(saved_model_dir):
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
-    with open(f"{saved_model_dir}/saved_model.pb", "rb") as f:
-        saved_model.ParseFromString(f.read())
+    saved_model.ParseFromString(read_bytes(f"{saved_model_dir}/saved_model.pb"))
     ops = set()
     for meta_graph in saved_model.meta_graphs:
         ops.update(node.op for node in meta_graph.graph_def.node)
