@@ -37,6 +37,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -90,7 +91,7 @@ def load_data(data_config):
     if data_config.source != "default":
         raise SystemExit("torch_peer: only data.source=default is implemented")
     texts = default_corpus(data_config.validation_fraction)
-    characters = vocabulary(texts["train"], data_config.max_vocab_size)
+    characters = vocabulary(texts["train"], data_config.vocab_size)
     return (characters, windows(texts["train"], characters, data_config.seq_len),
             windows(texts["validation"], characters, data_config.seq_len))
 
@@ -399,26 +400,31 @@ def set_threads(threads):
 def check(config_paths):
     """Compare with tflm itself; print each comparison; return whether all agree."""
     # TensorFlow and tflm's model code: only for the check
-    from tflm.data import load_corpus
+    from tflm.data import Windows
     from tflm.models import build_model as build_tflm_model
+    from tflm.prepare import prepare_store
+    from tflm.store import TokenStore
+    from tflm.tokenizer import load_tokenizer
     from tflm.trainer import make_optimizer as make_tflm_optimizer
 
     ok = True
     for path in config_paths:
         config = load_config(path)
         characters, train_windows, validation_windows = load_data(config.data)
-        corpus = load_corpus(config.data)
-        tflm_model = build_tflm_model(config.model, corpus.tokenizer.vocabulary_size, config.data.seq_len)
+        store_dir = os.path.join(tempfile.mkdtemp(prefix="torch-peer-check-"), "store")
+        prepare_store(config.data, store_dir, log=lambda *_: None)
+        store, tokenizer = TokenStore.open(store_dir), load_tokenizer(os.path.join(store_dir, "tokenizer"))
+        tflm_model = build_tflm_model(config.model, tokenizer.vocabulary_size, config.data.seq_len)
         optimizer = make_tflm_optimizer(config.train)
         peer = Peer(config, len(characters) + 2)
         # Keras's own (private) test of which variables AdamW decays: the truth to compare with.
         decayed = count(v for v in tflm_model.trainable_variables if optimizer._use_weight_decay(v))
         peer_decayed = sum(p.numel() for p in peer.optimizer.param_groups[0]["params"])
         name = os.path.basename(path) if path else "default config"
-        ok &= report(f"{name}: vocabulary", corpus.tokenizer.characters, characters,
+        ok &= report(f"{name}: vocabulary", tokenizer.characters, characters,
                      f"{len(characters)} characters in the same order")
-        ok &= report(f"{name}: training windows", corpus.windows("train", config.data.seq_len), len(train_windows))
-        ok &= report(f"{name}: validation windows", corpus.windows("validation", config.data.seq_len),
+        # tflm's training windows must fit at every alignment shift, so it may have a few fewer.
+        ok &= report(f"{name}: validation windows", Windows.of(store, "validation", config.data.seq_len).total,
                      len(validation_windows))
         ok &= report(f"{name}: trainable parameters", count(tflm_model.trainable_variables),
                      trainable_parameters(peer.model))

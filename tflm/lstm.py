@@ -34,19 +34,47 @@ class FusedLSTM(keras.layers.Layer):
     def build(self, input_shape):
         self.cell.build(input_shape[:1] + input_shape[2:])
 
-    def call(self, inputs, initial_state=None, training=False):
+    def call(self, inputs, initial_state=None, mask=None, training=False):
         batch = tf.shape(inputs)[0]
         if initial_state is None:
             zeros = tf.zeros([batch, self.units], inputs.dtype)
             initial_state = [zeros, zeros]
         h0, c0 = (tf.cast(s, inputs.dtype) for s in initial_state)
-        weights = (tf.cast(tf.convert_to_tensor(w), inputs.dtype)
-                   for w in (self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias))
-        outputs, h, c = lstm_sequence(inputs, *weights, h0, c0)
+        weights = [tf.cast(tf.convert_to_tensor(w), inputs.dtype)
+                   for w in (self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias)]
+        sequence = masked_lstm_sequence(inputs, mask, *weights, h0, c0) if mask is not None else \
+            lstm_sequence(inputs, *weights, h0, c0)
+        outputs, h, c = sequence
+        outputs = tf.ensure_shape(outputs, inputs.shape[:2] + (self.units,))  # the loop's TensorArray loses it
         return outputs, h, c
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+def lstm_cell(z, c):
+    """(h, c, gates i f g o) of one step from its pre-activations `z` [batch, 4 units]."""
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    c = f * c + i * g
+    return o * tf.tanh(c), c, (i, f, g, o)
+
+
+def masked_lstm_sequence(inputs, mask, kernel, recurrent_kernel, bias, h0, c0):
+    """(outputs, h, c) where a step whose `mask` [batch, time] is False keeps the state it had, as
+    keras.layers.LSTM does with a mask (for inference on right-padded batches: no custom gradient)."""
+    projected = tf.einsum("btf,fg->tbg", inputs, kernel) + bias
+    keep = tf.transpose(mask)[:, :, None]  # [time, batch, 1]
+
+    def step(t, h, c, hs):
+        new_h, new_c, _ = lstm_cell(projected[t] + tf.matmul(h, recurrent_kernel), c)
+        h, c = tf.where(keep[t], new_h, h), tf.where(keep[t], new_c, c)
+        return t + 1, h, c, hs.write(t, h)
+
+    steps = tf.shape(projected)[0]
+    _, h, c, hs = tf.while_loop(lambda t, *_: t < steps, step,
+                                (0, h0, c0, tf.TensorArray(inputs.dtype, size=steps)))
+    return tf.transpose(hs.stack(), [1, 0, 2]), h, c
 
 
 @tf.custom_gradient
@@ -57,12 +85,8 @@ def lstm_sequence(inputs, kernel, recurrent_kernel, bias, h0, c0):
     steps = tf.shape(projected)[0]
 
     def step(t, h, c, hs, cs, gates):
-        z = projected[t] + tf.matmul(h, recurrent_kernel)
-        i, f, g, o = tf.split(z, 4, axis=-1)
-        i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-        c = f * c + i * g
-        h = o * tf.tanh(c)
-        return t + 1, h, c, hs.write(t, h), cs.write(t, c), gates.write(t, tf.concat([i, f, g, o], axis=-1))
+        h, c, gate_values = lstm_cell(projected[t] + tf.matmul(h, recurrent_kernel), c)
+        return t + 1, h, c, hs.write(t, h), cs.write(t, c), gates.write(t, tf.concat(gate_values, axis=-1))
 
     arrays = [tf.TensorArray(inputs.dtype, size=steps) for _ in range(3)]
     _, h, c, hs, cs, gates = tf.while_loop(lambda t, *_: t < steps, step, (0, h0, c0, *arrays))

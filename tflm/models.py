@@ -32,6 +32,8 @@ import keras_nlp
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
+from tflm.lstm import FusedLSTM
+
 GOLDEN = 0x9E3779B9  # 2**32 / golden ratio: spreads consecutive counters across 32 bits
 
 
@@ -107,8 +109,7 @@ class LstmLM(keras.Model):
         # One attribute per layer, not a list: tf.train.Checkpoint does not follow Keras 3's
         # tracked lists, so layers kept only in a list would be missing from checkpoints.
         for i in range(num_layers):
-            setattr(self, f"lstm_{i}", keras.layers.LSTM(lstm_units, return_sequences=True, return_state=True,
-                                                          name=f"lstm_{i}"))
+            setattr(self, f"lstm_{i}", FusedLSTM(lstm_units, name=f"lstm_{i}"))  # keras.layers.LSTM's weights
             setattr(self, f"input_dropout_{i}", ExampleDropout(dropout, seed, site=i, shared_axes=(1,),
                                                                name=f"input_dropout_{i}"))
         self.output_dropout = ExampleDropout(dropout, seed, site=num_layers, name="output_dropout")
