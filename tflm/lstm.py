@@ -23,7 +23,8 @@ class FusedLSTM(keras.layers.Layer):
     """LSTM over [batch, time, features] -> (outputs [batch, time, units], h, c).
 
     Call as `lstm(x)` or `lstm(x, initial_state=[h, c])`, like
-    `keras.layers.LSTM(units, return_sequences=True, return_state=True)`.
+    `keras.layers.LSTM(units, return_sequences=True, return_state=True)`; `step_mask` [batch, time]
+    (False: the step keeps the state it had) does what that layer's `mask` does.
     """
 
     def __init__(self, units, **kwargs):
@@ -34,7 +35,7 @@ class FusedLSTM(keras.layers.Layer):
     def build(self, input_shape):
         self.cell.build(input_shape[:1] + input_shape[2:])
 
-    def call(self, inputs, initial_state=None, mask=None, training=False):
+    def call(self, inputs, initial_state=None, step_mask=None, training=False):
         batch = tf.shape(inputs)[0]
         if initial_state is None:
             zeros = tf.zeros([batch, self.units], inputs.dtype)
@@ -42,7 +43,7 @@ class FusedLSTM(keras.layers.Layer):
         h0, c0 = (tf.cast(s, inputs.dtype) for s in initial_state)
         weights = [tf.cast(tf.convert_to_tensor(w), inputs.dtype)
                    for w in (self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias)]
-        sequence = masked_lstm_sequence(inputs, mask, *weights, h0, c0) if mask is not None else \
+        sequence = masked_lstm_sequence(inputs, step_mask, *weights, h0, c0) if step_mask is not None else \
             lstm_sequence(inputs, *weights, h0, c0)
         outputs, h, c = sequence
         outputs = tf.ensure_shape(outputs, inputs.shape[:2] + (self.units,))  # the loop's TensorArray loses it

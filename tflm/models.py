@@ -141,7 +141,7 @@ class LstmLM(keras.Model):
         x = self.embedding(token_ids)
         new_states = []
         for i, lstm in enumerate(self.lstm_layers):
-            x, h, c = lstm(x, initial_state=[cache[i, 0], cache[i, 1]], mask=mask)
+            x, h, c = lstm(x, initial_state=[cache[i, 0], cache[i, 1]], step_mask=mask)
             new_states.append(keras.ops.stack([h, c]))
         return self.head(x), keras.ops.stack(new_states)
 
