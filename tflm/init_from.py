@@ -49,11 +49,8 @@ def check_source(config, run_dir, resuming):
     """The Source of a new run with train.init_from, None without one (or when resuming), or a
     TflmError: the source is this run, is no run, has no checkpoint, or has another model."""
     path = config.train.init_from
-    if not path:
-        return None
-    if os.path.normpath(os.path.abspath(path)) == os.path.normpath(os.path.abspath(run_dir)):
-        raise TflmError(f"--init-from {path} is the run directory itself; resuming it needs no --init-from")
-    if resuming:
+    check_not_itself(path, run_dir)
+    if not path or resuming:
         return None
     if not runs.is_run_dir(path):
         raise TflmError(f"--init-from {path}: no such tflm run directory (no config.yaml and vocab.json)")
@@ -65,6 +62,12 @@ def check_source(config, run_dir, resuming):
         raise TflmError(f"--init-from {path}: a {source_config.task.type} run; start from a language-model run")
     check_same_model(path, source_config, config)
     return Source(path, checkpoints[-1])
+
+
+def check_not_itself(path, run_dir):
+    """Raise if train.init_from names the run directory being trained (or resumed)."""
+    if path and os.path.normpath(os.path.abspath(path)) == os.path.normpath(os.path.abspath(run_dir)):
+        raise TflmError(f"--init-from {path} is the run directory itself; resuming it needs no --init-from")
 
 
 def check_same_model(path, source_config, config):

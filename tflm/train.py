@@ -29,7 +29,7 @@ from tflm.config import check_resume_compatible, dump, load_config
 from tflm.controller import Controller
 from tflm.data import check_fits, eval_batches_per_pass, eval_dataset_fn, train_dataset_fn
 from tflm.errors import TflmError, exit_on_user_error
-from tflm.init_from import RECORD_FILE, check_source, restore_source
+from tflm.init_from import RECORD_FILE, check_not_itself, check_source, restore_source
 from tflm.labelled import LABELS_FILE, load_labels, read_labelled, save_labels
 from tflm.lazy import keras, tf
 from tflm.prepare import check_store_matches, prepare_store, staging_path
@@ -90,6 +90,7 @@ def train(config, run_dir=None, restart=False):
         raise TflmError("multi-worker training needs --run-dir, the same shared path on every worker")
     run_dir = run_dir or runs.default_run_dir(config)
     prefix = f"[{task.name}] " if task.num_workers > 1 else ""
+    check_not_itself(config.train.init_from, run_dir)
     locked = False
     try:
         resuming, locked = open_run_dir(run_dir, config, task, restart)
