@@ -155,7 +155,7 @@ FRESH_PROCESS = textwrap.dedent("""
     print(json.dumps({"labels": [x.decode() for x in out["labels"].numpy()],
                       "label_ids": out["label_ids"].numpy().tolist(),
                       "probabilities": out["probabilities"].numpy().tolist(),
-                      "modules": sorted({m.split(".")[0] for m in sys.modules} & {"keras", "tflm", "keras_nlp"})}))
+                      "modules": sorted({m.split(".")[0] for m in sys.modules} & {"keras_nlp", "keras_hub", "tflm"})}))
 """)
 
 
