@@ -188,3 +188,38 @@ def load_labels(run_dir):
         return tuple(json.loads(atomic.read_bytes(f"{run_dir.rstrip('/')}/{LABELS_FILE}"))["labels"])
     except (OSError, ValueError, KeyError) as error:
         raise TflmError(f"{run_dir}/{LABELS_FILE}: cannot read the run's labels ({error})") from None
+
+
+# A labelled set built offline from the embedded corpus: which topic of the Python reference
+# manual (pydoc_data.topics) a paragraph comes from. Used by notebooks/04_finetune.ipynb and
+# benchmarks/finetune_vs_scratch.py.
+MANUAL_TOPICS = ("compound", "debugger", "formatstrings", "string-methods")
+MIN_PARAGRAPH_CHARS = 60
+
+
+def write_manual_topics(directory, topics=MANUAL_TOPICS, validation_every=5):
+    """Write train.csv and validation.csv (text, label) of the paragraphs of `topics` in the
+    embedded manual, every `validation_every`-th paragraph of each topic to validation; returns
+    their paths."""
+    import os
+    import re
+
+    from pydoc_data.topics import topics as manual
+
+    os.makedirs(directory, exist_ok=True)
+    rows = {"train": [], "validation": []}
+    for topic in topics:
+        paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", manual[topic])]
+        paragraphs = [p for p in paragraphs if len(p) >= MIN_PARAGRAPH_CHARS]
+        for i, paragraph in enumerate(paragraphs):
+            split = "validation" if i % validation_every == validation_every - 1 else "train"
+            rows[split].append({"text": paragraph, "label": topic})
+    paths = []
+    for split, examples in rows.items():
+        path = os.path.join(directory, f"{split}.csv")
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label"])
+            writer.writeheader()
+            writer.writerows(examples)
+        paths.append(path)
+    return tuple(paths)
