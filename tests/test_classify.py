@@ -241,3 +241,16 @@ def test_init_from_the_run_being_resumed_is_refused(capsys, source_lm):
     assert exit_info.value.code == 2
     assert "is the run directory itself" in capsys.readouterr().err
     assert open(runs.history_path(source_lm)).read() == before
+
+
+@pytest.mark.slow
+def test_resumed_classifier_matches_the_uninterrupted_run(tmp_path, labelled, classifier_run):
+    run_dir = str(tmp_path / "resumed")
+    shutil.copytree(classifier_run, run_dir, ignore=shutil.ignore_patterns("lock"))
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    for name in os.listdir(checkpoints):  # back to step 4: inside the frozen start's aftermath
+        if name.startswith(("ckpt-6", "ckpt-8", "checkpoint")):
+            os.remove(os.path.join(checkpoints, name))
+    train(classify_config(*labelled), run_dir)
+    assert [r["step"] for r in runs.read_history(run_dir)] == [2, 4, 6, 8]
+    assert max_weight_difference(run_dir, classifier_run) <= 1e-6
