@@ -176,7 +176,7 @@ def train_in(config, run_dir, task, strategy, resuming, prefix, source=None):
             print(f"{prefix}tflm: run directory {run_dir} ({type(strategy).__name__}, {replicas} replica(s))",
                   flush=True)
             step = trainer.step
-            progress = Progress(config.train.steps, data.units_per_step, prefix)
+            progress = Progress(config.train.steps, data.units_per_step, prefix, unit=data.unit)
             if step >= config.train.steps:
                 progress.log(f"run already finished: step {step} of train.steps={config.train.steps}; nothing to do")
                 return run_dir
@@ -198,9 +198,10 @@ def train_in(config, run_dir, task, strategy, resuming, prefix, source=None):
 class TaskParts:
     """What a task brings to the shared loop: its model, trainer and input pipelines."""
 
-    def __init__(self, build_model, trainer, datasets, units_per_step, language_model=lambda model: model):
+    def __init__(self, build_model, trainer, datasets, units_per_step, unit="tok",
+                 language_model=lambda model: model):
         self.build_model, self.trainer, self.datasets = build_model, trainer, datasets
-        self.units_per_step, self.language_model = units_per_step, language_model
+        self.units_per_step, self.unit, self.language_model = units_per_step, unit, language_model
 
 
 def lm_parts(config, run_dir, task, strategy, resuming, source):
@@ -243,7 +244,7 @@ def classify_parts(config, run_dir, task, strategy, resuming, source):
     return TaskParts(
         lambda: classifier.build_classifier(config, tokenizer.vocabulary_size, len(data.labels)),
         lambda strategy, model, optimizer: classifier.ClassifierTrainer(strategy, model, optimizer, config, weights),
-        datasets, global_batch, language_model=lambda model: model.backbone)
+        datasets, global_batch, unit="examples", language_model=lambda model: model.backbone)
 
 
 def open_labelled(config, run_dir, task, strategy, resuming, source):
