@@ -26,6 +26,8 @@ def tiny_parameters(name, tmp):
         "02_data_parallel.ipynb": {**steps, "GLOBAL_BATCH": 4, "RUN_ROOT": f"{tmp}/runs"},
         "03_serving.ipynb": {**steps, "RUN_DIR": f"{tmp}/runs/serving", "EXPORT_BASE": f"{tmp}/saved_models",
                              "MAX_NEW_TOKENS": 8},
+        "04_finetune.ipynb": {**steps, "PRETRAIN_STEPS": 4, "RUN_ROOT": f"{tmp}/runs",
+                              "PNG_PATH": f"{tmp}/finetune.png"},
     }[name]
 
 
@@ -49,8 +51,8 @@ def images(notebook):
                for output in cell.get("outputs", []))
 
 
-def test_there_are_three_notebooks():
-    assert NOTEBOOKS == ["01_quickstart.ipynb", "02_data_parallel.ipynb", "03_serving.ipynb"]
+def test_there_are_four_notebooks():
+    assert NOTEBOOKS == ["01_quickstart.ipynb", "02_data_parallel.ipynb", "03_serving.ipynb", "04_finetune.ipynb"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

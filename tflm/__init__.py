@@ -6,6 +6,7 @@ tflm` and plotting never load TensorFlow):
     load_config(path, overrides) -> Config          the run configuration (tflm.config)
     load_run(run_dir) -> LoadedRun                  a trained run, ready for inference (tflm.inference)
     score_texts(run, texts) -> [dict]               log-probability, NLL and perplexity (tflm.score)
+    classify_texts(run, texts) -> [dict]            a classifier's labels and probabilities (tflm.classify)
     export_run(run_dir, base, name) -> directory    a SavedModel for TF Serving (tflm.export)
     plot_runs(run_dirs, metrics, x) -> Figure       training curves (tflm.plot)
     TflmError                                       what every mistake a user can fix raises (tflm.errors)
@@ -22,6 +23,7 @@ API = {
     "load_config": "tflm.config",
     "load_run": "tflm.inference",
     "score_texts": "tflm.score",
+    "classify_texts": "tflm.classify",
     "export_run": "tflm.export",
     "plot_runs": "tflm.plot",
     "TflmError": "tflm.errors",

@@ -10,6 +10,7 @@ COMMANDS = {
     "train": "train (or resume) a model into a run directory",
     "launch": "run N multi-worker training processes on localhost",
     "score": "log-probability, NLL and perplexity of texts",
+    "classify": "labels of texts from a trained classifier",
     "generate": "sample text from a trained run",
     "export": "write a SavedModel for TF Serving",
     "plot": "draw training curves from run directories",

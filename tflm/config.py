@@ -1,8 +1,9 @@
 """Run configuration: one typed, frozen dataclass per section, with each field's default and meaning.
 
-The config has four sections, kept apart as in TF Model Garden: `data` and `model` (what is
-learned), `train` (how long and how: steps, batch, optimizer, checkpoints) and `runtime` (where:
-strategy, devices, precision, XLA). The dataclasses below are the one source of truth: the
+The config has five sections, kept apart as in TF Model Garden: `data` and `model` (what is
+learned from, and by what network), `train` (how long and how: steps, batch, optimizer,
+checkpoints), `runtime` (where: strategy, devices, precision, XLA) and `task` (what is learned:
+next tokens, or labels of texts). The dataclasses below are the one source of truth: the
 defaults are what `python -m tflm.train` runs with no arguments, the comment beside a field is
 its documentation (`--print-config` and every saved `config.yaml` repeat it), and YAML files,
 `--set section.key=value` overrides and the configs saved in run directories all load through
@@ -138,6 +139,7 @@ class TrainConfig:
     clip_norm: Annotated[float, POSITIVE] = 1.0  # global norm of the all-reduced gradient
     seed: Annotated[int, Range(0, INT32_MAX)] = 0  # initial weights, shuffling and dropout
     max_nonfinite_steps: Annotated[int, Range(0, 10**6)] = 0  # steps with a NaN/inf gradient skipped before stopping (exit 4)
+    init_from: str = ""                   # a run directory: start from its latest weights and tokenizer ("" = random)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +156,26 @@ class RuntimeConfig:
     inter_op_threads: Annotated[int, Range(0, 4096)] = 0  # 0 = TensorFlow's default
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig}
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+    """What is learned: next tokens of plain text, or labels of labelled text."""
+
+    type: Annotated[str, OneOf("lm", "classify")] = "lm"  # lm: next-token prediction; classify: a label per text
+    text_field: str = "text"              # classify: the column (CSV/TSV), field (JSONL) or TFDS feature of the text
+    label_field: str = "label"            # classify: the column, field or TFDS feature of the label
+    pooling: Annotated[str, OneOf("last", "mean")] = "last"  # classify: the last real token's features, or their mean
+    freeze_backbone_steps: Annotated[int, Range(0, MANY)] = 0  # classify: steps that train only the head at first
+    class_weights: Annotated[str, OneOf("none", "balanced")] = "none"  # classify: balanced weighs classes by 1 / frequency
+
+    def check(self):
+        if self.type == "classify" and not (self.text_field and self.label_field):
+            raise TflmError("task.text_field and task.label_field must not be empty")
+        if self.type == "classify" and self.text_field == self.label_field:
+            raise TflmError(f"task.text_field and task.label_field are both {self.text_field!r}")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig,
+            "task": TaskConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +186,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
 
     @classmethod
     def from_dict(cls, sections, origin="config", saved=False):
@@ -184,7 +206,9 @@ class Config:
 # How keys changed since tflm 0.1: configs saved in run directories are migrated; a config a
 # user writes is told (one line) what to use instead.
 ADDED_SINCE_0_1 = ("train.max_nonfinite_steps", "runtime.cluster", "data.validation_paths", "data.tokenizer",
-                   "data.sentencepiece_model", "data.store", "train.steps_per_loop")  # saved configs without them take the defaults
+                   "data.sentencepiece_model", "data.store", "train.steps_per_loop", "train.init_from",
+                   "task.type", "task.text_field", "task.label_field", "task.pooling",
+                   "task.freeze_backbone_steps", "task.class_weights")  # saved configs without them take the defaults
 RENAMED = {"data.max_vocab_size": "data.vocab_size"}
 RETIRED = {"data.shuffle_buffer": "windows are shuffled over the whole token store, with no buffer",
            "data.shard_policy": "every worker reads the token store by window index"}
@@ -299,6 +323,9 @@ def validate(config):
         check = getattr(getattr(config, section), "check", None)
         if check:
             check()
+    if config.task.type == "classify" and config.data.source == "default":
+        raise TflmError("task.type=classify needs labelled data: data.source=files (CSV, TSV or JSONL "
+                        "data.paths) or data.source=tfds")
 
 
 def load_config(path=None, overrides=(), saved=False):
@@ -310,11 +337,12 @@ def load_config(path=None, overrides=(), saved=False):
     if path:
         sections = read_yaml(path)
         config = updated(config, origin=str(path), **(migrate(sections) if saved else sections))
-    for override in overrides:
+    changes = {}
+    for override in overrides:  # checked together: one may need another (task.type=classify, data.source)
         key, value = parse_override(override)
         section, name = key.split(".")
-        config = updated(config, **{section: {name: value}})
-    return config
+        changes.setdefault(section, {})[name] = value
+    return updated(config, **changes) if changes else config
 
 
 def read_yaml(path):
@@ -386,7 +414,8 @@ def dump(config):
 
 # Keys that may change when a run directory is resumed: how long to train, and how often to look.
 RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.max_nonfinite_steps", "train.steps_per_loop")
+                     "train.keep_checkpoints", "train.max_nonfinite_steps", "train.steps_per_loop",
+                     "train.init_from")  # init_from: only a new run starts from it
 
 
 def check_resume_compatible(saved, requested):

@@ -52,14 +52,12 @@ class Controller:
                     train_metrics = trainer.train_metrics.result()  # waits for the last step to finish
                     train_time_s = time.perf_counter() - period_start
                     val = trainer.evaluate(eval_iterator, eval_batches)
+                    unit = trainer.unit
                     record = {
-                        "step": step, "tokens_seen": step * self.tokens_per_step,
+                        "step": step, f"{unit}_seen": step * self.tokens_per_step,
                         "elapsed_s": round(elapsed_before_s + time.perf_counter() - start, 3),
-                        "loss": train_metrics["loss"], "accuracy": train_metrics["accuracy"],
-                        "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                        "val_perplexity": val["perplexity"], "bits_per_byte": train_metrics["bits_per_byte"],
-                        "val_bits_per_byte": val["bits_per_byte"],
-                        "tokens_per_sec": (step - period_start_step) * self.tokens_per_step / train_time_s,
+                        **trainer.history_fields(train_metrics, val),
+                        f"{unit}_per_sec": (step - period_start_step) * self.tokens_per_step / train_time_s,
                     }
                     self._report(record, train_metrics, val)
                     trainer.train_metrics.reset()
@@ -132,19 +130,17 @@ class Controller:
 
     def _report(self, record, train_metrics, val):
         """Log an evaluation, append it to history.jsonl (chief) and TensorBoard."""
-        self.progress.log(
-            f"step {record['step']}/{self.config.steps}  loss {record['loss']:.4f}  acc {record['accuracy']:.3f}  "
-            f"val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.3f}  "
-            f"val_ppl {record['val_perplexity']:.2f}  val_bpb {record['val_bits_per_byte']:.3f}  "
-            f"{record['tokens_per_sec']:.0f} tok/s"
-        )
+        speed = f"{self.trainer.unit}_per_sec"
+        self.progress.log(f"step {record['step']}/{self.config.steps}  {self.trainer.log_text(record)}  "
+                          f"{record[speed]:.0f} {'tok' if self.trainer.unit == 'tokens' else 'examples'}/s")
         if self.task.is_chief:
             runs.append_history(self.run_dir, record)
         with self.writer.as_default(step=record["step"]):
             for name, value in {**{f"train/{k}": v for k, v in train_metrics.items()},
                                 **{f"validation/{k}": v for k, v in val.items()},
-                                "tokens_per_sec": record["tokens_per_sec"]}.items():
-                tf.summary.scalar(name, value)
+                                speed: record[speed]}.items():
+                if isinstance(value, (int, float)):  # not the confusion matrix
+                    tf.summary.scalar(name, value)
         self.writer.flush()
 
 

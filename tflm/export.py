@@ -18,6 +18,9 @@ Signatures (named inputs -> named outputs); the tokenizer is in the graph, so RE
               num_tokens int32
     generate: prompts string [batch], max_new_tokens, temperature, top_k, seed (scalars), and
               optionally top_p (default 1.0) and stop (default "") -> completions string [batch]
+A classifier's export (task.type: classify) has instead:
+    classify (and serving_default, the same): texts string [batch] -> labels string [batch],
+              label_ids int32 [batch], probabilities float32 [batch, classes]
 Optional inputs are SignatureDef defaults, which TF Serving fills in when a request leaves them
 out, so requests written before they existed stay valid. The signatures trace the same functions
 `tflm.score` and `tflm.generate` run in Python, without XLA: a jit-compiled function in a
@@ -46,6 +49,7 @@ from tflm.atomic import staging_dir, write_json
 from tflm.errors import TflmError, exit_on_user_error
 from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate_strings
 from tflm.inference import MAX_BATCH_SIZE, MAX_TEXT_CHARS, load_run, next_token_logits
+from tflm.classify import classify_strings
 from tflm.lazy import keras, tf
 from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.score import default_stride, score_strings
@@ -53,8 +57,11 @@ from tflm.serving_warmup import WARMUP_FILE, graph_ops, non_core_ops, warmup_inp
 from tflm.tokenizer import OOV_ID, PAD_ID, TF_SERVING_RELEASE
 
 
-def signature_inputs():
+def signature_inputs(classifier=False):
     """{signature: its input TensorSpecs} (built on use: importing this module loads no TensorFlow)."""
+    if classifier:
+        texts = [tf.TensorSpec([None], tf.string, name="texts")]
+        return {"classify": texts, "serving_default": texts}
     return {
         "serving_default": [tf.TensorSpec([None, None], tf.int32, name="token_ids")],
         "score": [tf.TensorSpec([None], tf.string, name="texts")],
@@ -80,10 +87,18 @@ OUTPUTS = {
               "num_tokens": ("int32", [None])},
     "generate": {"completions": ("string", [None])},
 }
+CLASSIFY_OUTPUTS = {"labels": ("string", [None]), "label_ids": ("int32", [None]),
+                    "probabilities": ("float32", [None, None])}
+CLASSIFIER_OUTPUTS = {"classify": CLASSIFY_OUTPUTS, "serving_default": CLASSIFY_OUTPUTS}
 
 
 def signature_functions(loaded, stride):
     """{signature name: python function} over the loaded run; argument names are input names."""
+    if loaded.is_classifier:
+        def classify(texts):
+            return classify_strings(loaded, checked(texts, text_checks(texts, "texts")))
+
+        return {"classify": classify, "serving_default": classify}
     vocabulary_size = loaded.tokenizer.vocabulary_size
 
     def serving_default(token_ids):
@@ -150,8 +165,9 @@ def write_saved_model(loaded, path, stride):
     archive.track(loaded.model)
     for trackable in loaded.tokenizer.trackables:  # lookup tables, a SentencePiece model
         archive.track(trackable)
+    inputs = signature_inputs(loaded.is_classifier)
     for name, function in signature_functions(loaded, stride).items():
-        archive.add_endpoint(name, tf.function(function), input_signature=signature_inputs()[name])
+        archive.add_endpoint(name, tf.function(function), input_signature=inputs[name])
     archive.write_out(path, verbose=False)
 
 
@@ -160,7 +176,8 @@ def describe(loaded, stride, ops):
     def spec(dtype, shape):
         return {"dtype": dtype, "shape": shape}
 
-    return {
+    outputs = CLASSIFIER_OUTPUTS if loaded.is_classifier else OUTPUTS
+    described = {
         "format": "tflm-export/1",
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run_dir": loaded.run_dir,
@@ -171,8 +188,8 @@ def describe(loaded, stride, ops):
         "signatures": {
             name: {"inputs": {s.name: spec(s.dtype.name, s.shape.as_list()) for s in inputs},
                    "defaults": DEFAULTS.get(name, {}),  # inputs a request may leave out
-                   "outputs": {k: spec(*v) for k, v in OUTPUTS[name].items()}}
-            for name, inputs in signature_inputs().items()
+                   "outputs": {k: spec(*v) for k, v in outputs[name].items()}}
+            for name, inputs in signature_inputs(loaded.is_classifier).items()
         },
         "score": {"stride": stride},
         "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "greedy_when_temperature": 0,
@@ -183,6 +200,14 @@ def describe(loaded, stride, ops):
         "allowed_non_core_ops": list(loaded.tokenizer.non_core_ops),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
+    if loaded.is_classifier:
+        for key in ("score", "generate"):
+            del described[key]
+        described["classify"] = {"labels": list(loaded.labels), "max_tokens": loaded.context,
+                                 "pooling": loaded.config.task.pooling}
+        described["limits"] = {name: {"max_texts": MAX_BATCH_SIZE, "max_chars_per_text": MAX_TEXT_CHARS}
+                               for name in CLASSIFIER_OUTPUTS}
+    return described
 
 
 def describe_tokenizer(tokenizer):
@@ -282,7 +307,8 @@ def write_export(loaded, path, model_name):
     extra = os.path.join(path, "assets.extra")
     os.makedirs(extra)
     write_json(os.path.join(extra, "tflm_export.json"), describe(loaded, stride, ops))
-    write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name, warmup_inputs(loaded.tokenizer))
+    write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name,
+                          warmup_inputs(loaded.tokenizer, loaded.is_classifier))
 
 
 def export_run(run_dir, base="saved_models", name=None):

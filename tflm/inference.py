@@ -16,6 +16,7 @@ import numpy as np
 from tflm import run_dir as runs
 from tflm.checkpoint import checkpoint_dir, list_checkpoints
 from tflm.errors import TflmError
+from tflm.labelled import load_labels
 from tflm.lazy import keras, tf
 from tflm.tokenizer import PAD_ID, CharTokenizer
 
@@ -35,12 +36,18 @@ class LoadedRun:
     tokenizer: CharTokenizer
     model: keras.Model
     checkpoint: str
+    labels: tuple = ()  # a classifier's label names, in id order (empty for a language model)
     functions: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def model_type(self):
         """"transformer" or "lstm"."""
         return self.config.model.type
+
+    @property
+    def is_classifier(self):
+        """Whether the run is a text classifier (task.type: classify)."""
+        return self.config.task.type == "classify"
 
     @property
     def context(self):
@@ -66,18 +73,29 @@ def load_run(run_dir):
         raise TflmError(f"{run_dir} has no checkpoint yet; train it first (python -m tflm.train --run-dir {run_dir})")
     config = runs.read_config(run_dir)
     tokenizer = runs.load_tokenizer(run_dir)
-    from tflm.models import build_model  # defines Keras classes, so it loads Keras and TensorFlow
+    labels = load_labels(run_dir) if config.task.type == "classify" else ()
     # Inference runs in float32 whatever the run trained with: the variables are float32 either
     # way, and exact float32 logits make scores reproducible across Python and TF Serving.
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        model = build_model(config.model, tokenizer.vocabulary_size, config.data.seq_len)
+        model = build_inference_model(config, tokenizer.vocabulary_size, labels)
     finally:
         keras.config.set_dtype_policy(policy)
     checkpoint = restore_newest_readable(model, checkpoints)
     check_finite(model, checkpoint)
-    return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint)
+    return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint, labels)
+
+
+def build_inference_model(config, vocabulary_size, labels):
+    """The run's model (a language model, or a classifier over `labels`) with fresh weights."""
+    if labels:
+        from tflm.classifier import build_classifier  # these define Keras classes: they load TensorFlow
+
+        return build_classifier(config, vocabulary_size, len(labels))
+    from tflm.models import build_model
+
+    return build_model(config.model, vocabulary_size, config.data.seq_len)
 
 
 def restore_newest_readable(model, checkpoints):

@@ -124,11 +124,15 @@ class LstmLM(keras.Model):
 
     def call(self, token_ids, training=False, example_ids=None):
         """Logits for every position of `token_ids`."""
+        return self.head(self.features(token_ids, training, example_ids))
+
+    def features(self, token_ids, training=False, example_ids=None):
+        """The last LSTM layer's output [batch, time, lstm_units], what the head reads."""
         x = self.embedding(token_ids)
         for i, lstm in enumerate(self.lstm_layers):
             x = getattr(self, f"input_dropout_{i}")(x, example_ids, training=training)
             x, _, _ = lstm(x, training=training)
-        return self.head(self.output_dropout(x, example_ids, training=training))
+        return self.output_dropout(x, example_ids, training=training)
 
     def call_with_cache(self, token_ids, cache, cache_index=None, lengths=None):
         """Logits for `token_ids` [batch, time] run on from the recurrent state `cache`
@@ -372,10 +376,14 @@ class TransformerLM(keras.Model):
 
     def call(self, token_ids, training=False, example_ids=None):
         """Logits for every position of `token_ids` (causal: position t sees tokens <= t)."""
+        return self.head(self.features(token_ids, training, example_ids))
+
+    def features(self, token_ids, training=False, example_ids=None):
+        """The normalised last block's output [batch, time, embed_dim], what the head reads."""
         x = self.embedding(token_ids)
         for block in self.blocks:
             x = block(x, example_ids, training=training)
-        return self.head(self.final_norm(x))
+        return self.final_norm(x)
 
     def call_with_cache(self, token_ids, cache, cache_index, lengths=None):
         """Logits for `token_ids` [batch, time] placed at positions cache_index... of each row

@@ -2,6 +2,7 @@
 
     python -m tflm.plot runs/lstm runs/transformer -o curves.png
     python -m tflm.plot runs/lstm --metric loss --metric perplexity --x tokens -o curves.png
+    python -m tflm.plot runs/classifier --metric accuracy --metric macro_f1 -o classifier.png
 
 Each run gets one colour; its training curve is dashed and its validation curve solid. The
 training value at an evaluation is the mean over the steps since the previous one, so it lags
@@ -56,6 +57,7 @@ def perplexity(nats):
 
 METRICS = {
     "accuracy": Metric("next-token accuracy (%)", "accuracy", "val_accuracy", percent=True),
+    "macro_f1": Metric("macro-F1 over the labels (%)", "macro_f1", "val_macro_f1", percent=True),
     "loss": Metric("cross-entropy loss (nats/token)", "loss", "val_loss"),
     "perplexity": Metric("perplexity per token (log scale)", "loss", "val_loss", perplexity, log_scale=True),
     "bits_per_char": Metric("cross-entropy (bits/token; per character for char runs)", "loss", "val_loss",
@@ -67,6 +69,7 @@ METRICS = {
 X_AXES = {
     "step": ("step", "optimizer step"),
     "tokens": ("tokens_seen", "tokens seen"),
+    "examples": ("examples_seen", "examples seen (classifiers)"),
     "time": ("elapsed_s", "wall-clock time since start (s)"),
 }
 
@@ -174,7 +177,8 @@ def draw_metric(ax, runs, metric, x="step"):
                     markersize=3, linewidth=1.6 if part == "validation" else 1.2,
                     alpha=1.0 if part == "validation" else 0.8, label=f"{run.name} {part}")
     ax.set_xlabel(x_label)
-    ax.set_ylabel(spec.label)
+    classifiers = all("val_macro_f1" in run.records[0] for run in runs)
+    ax.set_ylabel("accuracy of the predicted labels (%)" if metric == "accuracy" and classifiers else spec.label)
     if spec.log_scale:
         ax.set_yscale("log")
         for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):

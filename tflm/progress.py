@@ -23,8 +23,9 @@ def format_rate(tokens_per_sec):
 class Progress:
     """Prints `prefix` + messages; on a terminal also redraws a step/loss/tokens/ETA line."""
 
-    def __init__(self, total_steps, tokens_per_step, prefix="", stream=None, interval_s=0.5):
-        self.total_steps, self.tokens_per_step, self.prefix = total_steps, tokens_per_step, prefix
+    def __init__(self, total_steps, tokens_per_step, prefix="", stream=None, interval_s=0.5, unit="tok"):
+        """`tokens_per_step` counts `unit`s (tokens; a classifier's examples)."""
+        self.total_steps, self.tokens_per_step, self.prefix, self.unit = total_steps, tokens_per_step, prefix, unit
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty()
         self.interval_s = interval_s
@@ -54,7 +55,7 @@ class Progress:
         self._last_draw = time.perf_counter()
         rate = (step - self._start_step) * self.tokens_per_step / max(self._last_draw - self._start_time, 1e-9)
         line = (f"{self.prefix}step {step}/{self.total_steps}  loss {loss_fn():.3f}  "
-                f"{format_rate(rate)} tok/s  ETA {format_duration(self.eta_s(step))}")
+                f"{format_rate(rate)} {self.unit}/s  ETA {format_duration(self.eta_s(step))}")
         self.stream.write("\r" + line.ljust(79))
         self.stream.flush()
 

@@ -5,6 +5,8 @@
     RUN_DIR/store/           the token store, unless data.store names a shared one (tflm.store)
     RUN_DIR/checkpoints/     tf.train.CheckpointManager files (model, optimizer, step)
     RUN_DIR/history.jsonl    one JSON object per evaluation
+    RUN_DIR/labels.json      a classifier's label names, in id order (tflm.labelled)
+    RUN_DIR/init_from.json   the run it started from, if any (tflm.init_from)
     RUN_DIR/tensorboard/     event files
     RUN_DIR/lock             held by the trainer writing here (pid, host, start time)
 
@@ -33,6 +35,8 @@ from tflm.errors import TflmError
 
 HISTORY_KEYS = ("step", "tokens_seen", "elapsed_s", "loss", "accuracy", "val_loss", "val_accuracy",
                 "val_perplexity", "bits_per_byte", "val_bits_per_byte", "tokens_per_sec")
+CLASSIFY_HISTORY_KEYS = ("step", "examples_seen", "elapsed_s", "loss", "accuracy", "macro_f1", "val_loss",
+                         "val_accuracy", "val_macro_f1", "val_confusion", "examples_per_sec")
 LOCK_FILE = "lock"
 LOCK_REFRESH_S = 10  # a trainer touches its lock this often
 LOCK_LEASE_S = 60  # a lock from another host untouched this long belongs to a trainer that is gone
@@ -86,14 +90,18 @@ def read_config(run_dir):
     return Config.from_dict(read_yaml(path), origin=path, saved=True)
 
 
-def create(run_dir, config, tokenizer, store_dir=None):
-    """Create `run_dir` with its config, tokenizer, this process's lock and, if given, the token
-    store prepared for it (moved in as RUN_DIR/store): atomically on a local filesystem; on
-    others in place, lock first and config.yaml (which makes it a run directory) last."""
+def create(run_dir, config, tokenizer, store_dir=None, extra_files=None):
+    """Create `run_dir` with its config, tokenizer, this process's lock, `extra_files` ({name:
+    text}, e.g. labels.json) and, if given, the token store prepared for it (moved in as
+    RUN_DIR/store): atomically on a local filesystem; on others in place, lock first and
+    config.yaml (which makes it a run directory) last."""
+    extra_files = extra_files or {}
     if not atomic.is_local(run_dir):
         atomic.makedirs(run_dir)
         acquire_lock(run_dir)
         tokenizer.save(run_dir)
+        for name, text in extra_files.items():
+            write_text(os.path.join(run_dir, name), text)
         if store_dir:
             atomic.rename(store_dir, os.path.join(run_dir, "store"))
         write_text(config_path(run_dir), dump(config))
@@ -102,6 +110,8 @@ def create(run_dir, config, tokenizer, store_dir=None):
     try:
         write_text(config_path(staging), dump(config))
         tokenizer.save(staging)
+        for name, text in extra_files.items():
+            write_text(os.path.join(staging, name), text)
         write_text(lock_path(staging), json.dumps(lock_record()))
         if store_dir:
             os.rename(store_dir, os.path.join(staging, "store"))
@@ -119,12 +129,14 @@ def create(run_dir, config, tokenizer, store_dir=None):
         raise
 
 
-def replace_config(run_dir, config, tokenizer=None):
+def replace_config(run_dir, config, tokenizer=None, extra_files=None):
     """Rewrite a run's config (resuming: only steps and intervals may differ), and its vocabulary
-    when it has not trained yet."""
+    and `extra_files` when it has not trained yet."""
     write_text(config_path(run_dir), dump(config))
     if tokenizer is not None:
         tokenizer.save(run_dir)
+    for name, text in (extra_files or {}).items():
+        write_text(os.path.join(run_dir, name), text)
 
 
 def move_aside(run_dir):
@@ -194,7 +206,8 @@ def repair_history(run_dir, last_step):
 
 def append_history(run_dir, record):
     """Append one evaluation record, flushed to disk."""
-    atomic.append_line(history_path(run_dir), json.dumps({k: record[k] for k in HISTORY_KEYS}))
+    keys = CLASSIFY_HISTORY_KEYS if "examples_seen" in record else HISTORY_KEYS
+    atomic.append_line(history_path(run_dir), json.dumps({k: record[k] for k in keys}))
 
 
 # --- the lock --------------------------------------------------------------------------------

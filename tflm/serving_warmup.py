@@ -12,9 +12,13 @@ from tflm.lazy import tf
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
-def warmup_inputs(tokenizer):
-    """{signature: {input name: numpy array}}: one small, valid request per signature."""
+def warmup_inputs(tokenizer, classifier=False):
+    """{signature: {input name: numpy array}}: one small, valid request per signature (a
+    classifier's signatures, or a language model's)."""
     sample = tokenizer.detokenize(list(range(2, 10))).numpy().decode("utf-8")  # ids 0 and 1: pad, OOV
+    if classifier:
+        texts = {"texts": np.array([sample.encode("utf-8")], object)}
+        return {"classify": texts, "serving_default": texts}
     ids = tokenizer.tokenize(sample).numpy()
     return {
         "serving_default": {"token_ids": np.array([ids], np.int32)},

@@ -9,6 +9,7 @@ per-replica forward/backward is XLA-compiled; the step that calls `strategy.run`
 cannot compile across MirroredStrategy's devices).
 """
 
+import functools
 import math
 
 import keras
@@ -103,6 +104,8 @@ class Trainer:
     everything else (data position, checkpoints, history) uses.
     """
 
+    unit = "tokens"  # what a step's share of the global batch is counted in (history: tokens_seen, tokens_per_sec)
+
     def __init__(self, strategy, model, optimizer, train_config, seq_len, jit_compile, byte_lengths=None):
         """`byte_lengths`: UTF-8 bytes each token id decodes to (the tokenizer's), for bits per
         byte; without it every token counts as one byte."""
@@ -137,6 +140,27 @@ class Trainer:
         """Run `steps` training steps in one call."""
         self._train_loop(iterator, tf.constant(steps, tf.int64))
 
+    def trained_variables(self, frozen=False):
+        """The variables a step updates (`frozen`: a subclass's part of them; here all)."""
+        return self.model.trainable_variables
+
+    def loss_and_sums(self, targets, logits):
+        """(this replica's share of the global-batch mean loss, its metric sums) for one batch."""
+        loss_sum, correct = token_loss_and_accuracy(targets, logits)
+        return loss_sum / self.global_tokens, metric_sums(loss_sum, correct, targets, self.byte_lengths)
+
+    def history_fields(self, train, val):
+        """The metrics of an evaluation's history record, in order."""
+        return {"loss": train["loss"], "accuracy": train["accuracy"], "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"], "val_perplexity": val["perplexity"],
+                "bits_per_byte": train["bits_per_byte"], "val_bits_per_byte": val["bits_per_byte"]}
+
+    def log_text(self, record):
+        """An evaluation's metrics as the progress line shows them."""
+        return (f"loss {record['loss']:.4f}  acc {record['accuracy']:.3f}  val_loss {record['val_loss']:.4f}  "
+                f"val_acc {record['val_accuracy']:.3f}  val_ppl {record['val_perplexity']:.2f}  "
+                f"val_bpb {record['val_bits_per_byte']:.3f}")
+
     def train_step(self, iterator):
         """Run one training step."""
         self.train_steps(iterator, 1)
@@ -147,12 +171,12 @@ class Trainer:
         self._eval_loop(iterator, tf.constant(batches, tf.int64))
         return self.eval_metrics.result()
 
-    def _train_loop_fn(self, iterator, steps):
+    def _train_loop_fn(self, iterator, steps, frozen=False):
         for _ in tf.range(steps):
             if self.one_device:
-                self._device_step(*next(iterator))
+                self._device_step(*next(iterator), frozen=frozen)
             else:
-                self._replica_step(iterator)
+                self._replica_step(iterator, frozen)
 
     def _eval_loop_fn(self, iterator, batches):
         for _ in tf.range(batches):
@@ -160,13 +184,11 @@ class Trainer:
             sums = self.strategy.run(self._replica_eval_step, args=(inputs, targets))
             self.eval_metrics.update(self.strategy.reduce("SUM", sums, axis=None))
 
-    def _forward_backward_fn(self, inputs, targets, example_ids):
+    def _forward_backward_fn(self, inputs, targets, example_ids, frozen=False):
         with tf.GradientTape() as tape:
             logits = self.model(inputs, training=True, example_ids=example_ids)
-            loss_sum, correct = token_loss_and_accuracy(targets, logits)
-            scaled_loss = loss_sum / self.global_tokens
-        grads = tape.gradient(scaled_loss, self.model.trainable_variables)
-        return grads, metric_sums(loss_sum, correct, targets, self.byte_lengths)
+            scaled_loss, sums = self.loss_and_sums(targets, logits)
+        return tape.gradient(scaled_loss, self.trained_variables(frozen)), sums
 
     def _clipped(self, grads):
         """(gradients clipped to train.clip_norm, whether their global norm is finite)."""
@@ -174,31 +196,33 @@ class Trainer:
         grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
         return grads, tf.math.is_finite(norm)
 
-    def _device_step_fn(self, inputs, targets, example_ids):
+    def _device_step_fn(self, inputs, targets, example_ids, frozen=False):
         """A whole step on one device: one program."""
-        grads, sums = self._forward_backward_fn(inputs, targets, example_ids)
+        grads, sums = self._forward_backward_fn(inputs, targets, example_ids, frozen)
         grads, finite = self._clipped(grads)
-        tf.cond(finite, lambda: self._apply(grads), self._skip)
+        tf.cond(finite, lambda: self._apply(grads, frozen), self._skip)
         self.train_metrics.update(tf.where(finite, sums, tf.zeros_like(sums)))
 
-    def _replica_gradients(self, inputs, targets, example_ids):
+    def _replica_gradients(self, inputs, targets, example_ids, frozen=False):
         """All-reduced, clipped gradients; metric sums; whether the norm is finite (the same on
         every replica, since the gradients are the same)."""
-        grads, sums = self._forward_backward(inputs, targets, example_ids)
+        grads, sums = self._forward_backward(inputs, targets, example_ids, frozen)
         grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
         return (*self._clipped(grads), sums)
 
-    def _replica_step(self, iterator):
+    def _replica_step(self, iterator, frozen=False):
         inputs, targets, example_ids = next(iterator)
-        grads, finite, sums = self.strategy.run(self._replica_gradients, args=(inputs, targets, example_ids))
+        grads, finite, sums = self.strategy.run(functools.partial(self._replica_gradients, frozen=frozen),
+                                                args=(inputs, targets, example_ids))
         finite = self.strategy.experimental_local_results(finite)[0]
         # The cond stays in cross-replica context: a branch may not hold the optimizer's merge_call.
-        tf.cond(finite, lambda: self.strategy.run(self._apply, args=(grads,)), self._skip)
+        tf.cond(finite, lambda: self.strategy.run(functools.partial(self._apply, frozen=frozen), args=(grads,)),
+                self._skip)
         sums = self.strategy.reduce("SUM", sums, axis=None)
         self.train_metrics.update(tf.where(finite, sums, tf.zeros_like(sums)))
 
-    def _apply(self, grads):
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    def _apply(self, grads, frozen=False):
+        self.optimizer.apply_gradients(zip(grads, self.trained_variables(frozen)))
 
     def _skip(self):
         """A non-finite step: count it, advance the step counter, leave every weight alone."""
@@ -208,8 +232,7 @@ class Trainer:
         self.optimizer.iterations.assign_add(1)
 
     def _forward_fn(self, inputs, targets):
-        loss_sum, correct = token_loss_and_accuracy(targets, self.model(inputs, training=False))
-        return metric_sums(loss_sum, correct, targets, self.byte_lengths)
+        return self.loss_and_sums(targets, self.model(inputs, training=False))[1]
 
     def _replica_eval_step(self, inputs, targets):
         # A plain function around the compiled one: handing strategy.run the tf.function itself
