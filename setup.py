@@ -41,6 +41,7 @@ setup(
         "gpu": ["tensorflow[and-cuda]==2.21.*"],  # CUDA and cuDNN from pip, for NVIDIA GPUs on Linux
         "dev": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # setup.cfg runs the tests in two processes
             "protobuf",  # the tests read TF Serving's models.config with protobuf's text format
             "nbclient>=0.10",
             "nbformat>=5.10",

@@ -1,4 +1,4 @@
-"""Every command with every tokenizer: train, resume, score, generate, and an export that a
+"""Every command with every tokenizer: train, resume exactly, score, generate, and an export that a
 process importing only TensorFlow (and tensorflow-text where the tokenizer needs its ops) serves
 as tflm does in Python."""
 
@@ -42,6 +42,11 @@ SERVE = textwrap.dedent("""
 """)
 
 
+def learned(history):
+    """History records without their timings."""
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_sec")} for r in history]
+
+
 def config_for(tokenizer, steps=10):
     return small_config(data={"tokenizer": tokenizer, "vocab_size": VOCAB_SIZES[tokenizer]},
                         train={"steps": steps, "eval_every": 5, "eval_batches": 2})
@@ -52,7 +57,9 @@ def test_every_command_works_with_the_tokenizer(tmp_path, tokenizer):
     run_dir = train(config_for(tokenizer, steps=5), str(tmp_path / "run"))
     fingerprint = load_run(run_dir).tokenizer.fingerprint()
     train(config_for(tokenizer), run_dir)  # resumes with the run's own tokenizer
+    straight = train(config_for(tokenizer), str(tmp_path / "straight"))
     history = runs.read_history(run_dir)
+    assert learned(history) == learned(runs.read_history(straight))  # resumed = uninterrupted, exactly
     assert [r["step"] for r in history] == [5, 10]
     assert all(np.isfinite(r["val_bits_per_byte"]) for r in history)
     run = load_run(run_dir)

@@ -7,6 +7,7 @@ from tflm import __version__
 from tflm.quiet import run_command
 
 COMMANDS = {
+    "prepare": "tokenize a corpus once into a token store",
     "train": "train (or resume) a model into a run directory",
     "launch": "run N multi-worker training processes on localhost",
     "score": "log-probability, NLL and perplexity of texts",

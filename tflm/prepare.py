@@ -24,6 +24,7 @@ import numpy as np
 
 from tflm.config import load_config
 from tflm.errors import TflmError, exit_on_user_error
+from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.sources import make_source
 from tflm.atomic import is_local, parent_of
 from tflm.store import FORMAT, SPLITS, ShardWriter, TokenStore, id_dtype, write_index
@@ -144,6 +145,7 @@ def parse_args(argv):
                         help="override one config value (repeatable)")
     parser.add_argument("--store", help="where to write the store (default: data.store)")
     parser.add_argument("--verify", metavar="STORE", help="check an existing store's shards against its index")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
 
@@ -171,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))
