@@ -11,6 +11,8 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's tflm
+
 from tflm import run_dir as runs
 
 

@@ -10,9 +10,11 @@ no logging, no preemption or divergence check. Compilation is excluded from both
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's tflm
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402

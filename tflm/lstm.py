@@ -10,6 +10,8 @@ weight gradients). Here:
   - the backward pass is written by hand (`tf.custom_gradient`): its loop does one matmul per step
     (the gradient flowing to the previous state), and the weight gradients are two large matmuls
     over all time steps after the loop, as cuDNN and oneDNN do it.
+Under XLA (configs/char_lstm.yaml) a 2 x 256 training step took 94 ms against 290 ms without XLA
+and 0.85x PyTorch's nn.LSTM tokens/s, from 0.37x with keras.layers.LSTM (AVX2 CPU, README).
 Gates are i, f, g, o in Keras' order; the cell is a `keras.layers.LSTMCell` (so checkpoints of
 `keras.layers.LSTM` restore: lstm_i/cell/kernel, recurrent_kernel, bias).
 """
