@@ -28,6 +28,7 @@ from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.sources import make_source
 from tflm.atomic import is_local, parent_of
 from tflm.store import FORMAT, SPLITS, ShardWriter, TokenStore, id_dtype, write_index
+from tflm.tokenizer import text_batches
 
 TEXT_BATCH_CHARS = 1 << 20  # texts are tokenized in batches of about this many characters
 # The data settings that decide what a store holds (seq_len does not: windows are cut on reading).
@@ -54,27 +55,13 @@ def check_store_matches(store, data_config, tokenizer=None):
                         "use another data.store")
 
 
-def text_batches(texts, batch_chars=TEXT_BATCH_CHARS):
-    """Lists of consecutive texts of about `batch_chars` characters each."""
-    batch, size = [], 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
-        if size >= batch_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
 def tokenize_split(source, split, tokenizer, writer, log):
     """Tokenize every unit of a split into `writer`, one unit (file) after another."""
     for name, texts in source.units(split):
         started, before = time.perf_counter(), writer.text_bytes
-        for batch in text_batches(texts()):
+        for batch in text_batches(texts(), TEXT_BATCH_CHARS):
             ids = tokenizer.encode(batch)
-            writer.add(np.concatenate(ids) if ids else np.zeros(0, np.int32),
-                       sum(len(text.encode("utf-8")) for text in batch))
+            writer.add(np.concatenate(ids) if ids else np.zeros(0, np.int32), len("".join(batch).encode("utf-8")))
         writer.end_file()
         megabytes = (writer.text_bytes - before) / 1e6
         if megabytes >= 10:

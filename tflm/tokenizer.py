@@ -140,7 +140,7 @@ class Tokenizer:
     def encode(self, texts):
         """List of str -> list of np.int32 arrays, the ids tokenize() gives, computed in bulk."""
         out = []
-        for batch in _batches(texts):
+        for batch in text_batches(texts):
             ids = self._tokenize_batch(tf.constant(batch, tf.string))
             out.extend(np.split(ids.flat_values.numpy(), ids.row_splits.numpy()[1:-1]))
         return out
@@ -169,7 +169,7 @@ def _canonical_json(obj):
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def _batches(texts, max_chars=ENCODE_BATCH_CHARS):
+def text_batches(texts, max_chars=ENCODE_BATCH_CHARS):
     """Consecutive lists of `texts` holding about `max_chars` characters each."""
     batch, size = [], 0
     for text in texts:
@@ -237,7 +237,7 @@ class CharTokenizer(Tokenizer):
             self._table = np.full(0x110000, OOV_ID, np.int32)
             self._table[[ord(c) for c in self.characters]] = np.arange(2, self.vocabulary_size, dtype=np.int32)
         out = []
-        for batch in _batches(texts):
+        for batch in text_batches(texts):
             codes = np.frombuffer("".join(batch).encode("utf-32-le"), np.uint32)
             out.extend(_split_lengths(self._table[codes], [len(t) for t in batch]))
         return out
@@ -297,7 +297,7 @@ class ByteTokenizer(Tokenizer):
     def encode(self, texts):
         """List of str -> list of np.int32 ids: the UTF-8 bytes plus one, no TensorFlow."""
         out = []
-        for batch in _batches(texts):
+        for batch in text_batches(texts):
             encoded = [text.encode("utf-8") for text in batch]
             ids = np.frombuffer(b"".join(encoded), np.uint8).astype(np.int32) + 1
             out.extend(_split_lengths(ids, [len(e) for e in encoded]))
