@@ -86,6 +86,30 @@ def test_macro_f1_is_the_mean_over_classes_that_occur():
     assert macro_f1([[0, 0, 0], [0, 3, 0], [0, 0, 0]]) == 1.0  # classes absent in truth and prediction
 
 
+@pytest.mark.parametrize("label,shown", [("true", "true"), ("NaN", "NaN"), ("1e400", "Infinity"),
+                                         ("0.5", "0.5"), ('" "', "' '"), ("[1]", "[1]")])
+def test_a_jsonl_label_that_is_no_string_or_integer_is_one_line_naming_file_and_line(tmp_path, label, shown):
+    from tflm.errors import TflmError
+    from tflm.labelled import read_labelled
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "abc", "label": "a"}\n{"text": "def", "label": %s}\n' % label, encoding="utf-8")
+    config = updated(small_config(), data={"source": "files", "paths": [str(path)]}, task={"type": "classify"})
+    with pytest.raises(TflmError) as error:
+        read_labelled(config.data, config.task)
+    assert str(error.value) == (f"{path}:2: the label 'label' must be a non-empty string or an integer, got {shown}")
+
+
+def test_integer_labels_written_as_floats_are_the_same_class(tmp_path):
+    from tflm.labelled import read_labelled
+
+    rows = [{"text": f"text {i}", "label": label} for i, label in enumerate([1, 1.0, 2, 2.0, " 1 ", "2"] * 2)]
+    config = updated(small_config(), data={"source": "files", "paths": [write_jsonl(tmp_path / "t.jsonl", rows)],
+                                           "validation_fraction": 0.5}, task={"type": "classify"})
+    data = read_labelled(config.data, config.task)
+    assert data.labels == ("1", "2") and len(data.train) + len(data.validation) == 12
+
+
 @pytest.mark.slow
 def test_init_from_reproduces_the_source_weights_then_trains_on_new_data(tmp_path, source_lm):
     from tflm.inference import load_run
@@ -242,6 +266,82 @@ def test_init_from_the_run_being_resumed_is_refused(capsys, source_lm):
     assert "is the run directory itself" in capsys.readouterr().err
     assert open(runs.history_path(source_lm)).read() == before
 
+
+def copy_checkpoint(run_dir, step, new_step, values=lambda name, value: value):
+    """Write ckpt-`new_step` of a run: ckpt-`step`'s values under the same names, changed by `values`."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints", f"ckpt-{step}"))
+    names = sorted(reader.get_variable_to_dtype_map())
+    tf.raw_ops.SaveV2(prefix=os.path.join(run_dir, "checkpoints", f"ckpt-{new_step}"), tensor_names=names,
+                      shape_and_slices=[""] * len(names), tensors=[values(n, reader.get_tensor(n)) for n in names])
+
+
+@pytest.fixture(scope="module")
+def damaged_source(tmp_path_factory, source_lm):
+    """source_lm as trained with data.vocab_size=500 (its character tokenizer has fewer ids than
+    either 500 or the default, so training with 500 gives this same run), with two newer
+    checkpoints that cannot be used: ckpt-9 holds NaN weights, ckpt-12 has a truncated data file."""
+    run_dir = str(tmp_path_factory.mktemp("damaged") / "source")
+    shutil.copytree(source_lm, run_dir, ignore=shutil.ignore_patterns("lock"))
+    config = open(os.path.join(run_dir, "config.yaml")).read()
+    open(os.path.join(run_dir, "config.yaml"), "w").write(config.replace("vocab_size: 1000 ", "vocab_size: 500  "))
+    assert runs.read_config(run_dir).data.vocab_size == 500
+    nan = lambda name, value: np.full_like(value, np.nan) if np.asarray(value).dtype.kind == "f" else value  # noqa: E731
+    copy_checkpoint(run_dir, 6, 9, nan)
+    copy_checkpoint(run_dir, 6, 12)
+    data = os.path.join(run_dir, "checkpoints", "ckpt-12.data-00000-of-00001")
+    os.truncate(data, os.path.getsize(data) // 2)
+    return run_dir
+
+
+TINY_RUN = ["--set", "data.seq_len=32", "--set", "train.steps=2", "--set", "train.eval_every=2",
+            "--set", "train.global_batch_size=8", "--set", "train.eval_batches=2"]
+
+
+@pytest.mark.slow
+def test_init_from_takes_what_it_is_not_given_from_the_source_and_skips_unusable_checkpoints(
+        tmp_path, capsys, damaged_source):
+    run_dir = str(tmp_path / "new")
+    assert main([*TINY_RUN, "--init-from", damaged_source, "--run-dir", run_dir]) == 0
+    out, err = capsys.readouterr()
+    assert (f"tflm: --init-from: took model.type='lstm', model.embed_dim=32, model.num_layers=1, model.num_heads=2, "
+            f"model.ff_dim=64, model.lstm_units=32, data.vocab_size=500 from the source run {damaged_source}\n") in out
+    assert err == (f"tflm: warning: --init-from {damaged_source}: starting from ckpt-6, its newest usable checkpoint; "
+                   "skipped ckpt-12: Read less bytes than requested; ckpt-9: it holds non-finite weights\n")
+    assert json.load(open(os.path.join(run_dir, "init_from.json")))["checkpoint"].endswith("ckpt-6")
+    source_config, config = runs.read_config(damaged_source), runs.read_config(run_dir)
+    assert config.model == source_config.model and config.data.vocab_size == 500
+
+    # The same command resumes it (with the settings it took), not a conflict with the defaults.
+    assert main([*TINY_RUN, "--set", "train.steps=4", "--init-from", damaged_source, "--run-dir", run_dir]) == 0
+    assert [r["step"] for r in runs.read_history(run_dir)] == [2, 4]
+
+    # A value given explicitly that differs from the source's is an error.
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY_RUN, "--set", "data.vocab_size=1000", "--init-from", damaged_source,
+              "--run-dir", str(tmp_path / "conflict")])
+    assert exit_info.value.code == 2 and not (tmp_path / "conflict").exists()
+    assert capsys.readouterr().err == (f"tflm: error: --init-from {damaged_source}: the source run has "
+                                       "data.vocab_size=500, this run 1000; leave data.vocab_size out (of --set "
+                                       "and the --config file) to take the source run's\n")
+
+
+@pytest.mark.slow
+def test_init_from_a_source_without_a_usable_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys,
+                                                                                      damaged_source):
+    source = str(tmp_path / "source")
+    shutil.copytree(damaged_source, source)
+    for name in os.listdir(os.path.join(source, "checkpoints")):
+        if name.startswith("ckpt-6."):
+            os.remove(os.path.join(source, "checkpoints", name))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY_RUN, "--init-from", source, "--run-dir", str(tmp_path / "new")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err == (f"tflm: error: --init-from {source}: none of its 2 checkpoint(s) can be used (the newest, "
+                   "ckpt-12: Read less bytes than requested)\n")
+    assert sorted(os.listdir(tmp_path)) == ["source"]
 
 @pytest.mark.slow
 def test_resumed_classifier_matches_the_uninterrupted_run(tmp_path, labelled, classifier_run):

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -77,3 +78,18 @@ def test_import_tflm_names_the_public_api_without_loading_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == ["after import, config and plot: []", "after importing every function: []"]
     assert os.path.getsize(tmp_path / "curves.png") > 1000
+
+
+def test_a_yaml_alias_bomb_is_one_short_line_in_a_second_with_little_memory(tmp_path):
+    # 387 bytes standing for 9**9 strings: once 1 GB and a 351 MB error line (MemoryError one level
+    # deeper). Run under a 1 GB address-space limit, which the expanded value would exceed.
+    bomb = "[" + ", ".join(["&b0 [" + ",".join(["lol"] * 9) + "]"]
+                           + [f"&b{i} [" + ",".join([f"*b{i - 1}"] * 9) + "]" for i in range(1, 9)]) + "]"
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); "
+    started = time.monotonic()
+    result = python("-c", limit + "import sys; from tflm.train import main; from tflm.quiet import run_command; "
+                    "sys.exit(run_command(main))", "--set", f"data.paths={bomb}", "--run-dir", str(tmp_path / "r"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr == ("tflm: error: --set 'data.paths': the YAML value expands to more than 100,000 values "
+                             "(through aliases)\n")
+    assert time.monotonic() - started < 20 and not (tmp_path / "r").exists()

@@ -52,3 +52,60 @@ def test_config_files_list_every_key_as_print_config_does(path):
     with open(path, encoding="utf-8") as f:
         body = "".join(line for line in f if not line.startswith("#"))
     assert body == dump(load_config(path))
+
+
+def alias_bomb(levels):
+    """A YAML flow list of `levels` anchors, each naming the one before nine times: a few hundred
+    bytes that stand for 9**levels strings."""
+    parts = ["&b0 [" + ",".join(["lol"] * 9) + "]"]
+    parts += [f"&b{i} [" + ",".join([f"*b{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def config_error(tmp_path, capsys, args):
+    """The stderr of `python -m tflm.train args` run in this process, checked to be one line and exit 2."""
+    from tflm.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("tflm: error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+    return err
+
+
+@pytest.mark.parametrize("value,message", [
+    (alias_bomb(9), "the YAML value expands to more than 100,000 values (through aliases)"),
+    ("&a [lol, *a]", "the YAML value refers to itself (a recursive alias)"),
+    ("[" * 5000 + "]" * 5000, "the YAML value is nested deeper than 32 levels"),
+    ("{a: " * 3000 + "1" + "}" * 3000, "the YAML value is nested deeper than 32 levels"),
+], ids=["alias bomb", "recursive alias", "deep list", "deep mapping"])
+def test_yaml_too_large_or_deep_is_one_short_line_by_set_and_by_config_file(tmp_path, capsys, value, message):
+    err = config_error(tmp_path, capsys, ["--set", f"data.paths={value}"])
+    assert err == f"tflm: error: --set 'data.paths': {message}\n"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data:\n  paths: {value}\n", encoding="utf-8")
+    assert config_error(tmp_path, capsys, ["--config", str(path)]) == f"tflm: error: {path}: {message}\n"
+
+
+def test_aliases_within_the_bounds_still_load():
+    config = load_config(None, ["data.paths=[&x a.txt, *x, *x]"])
+    assert config.data.paths == ("a.txt",) * 3
+
+
+@pytest.mark.parametrize("override", ["train.steps=" + "x" * 100_000, "data.paths=" + "[[a], " * 5000 + "b]",
+                                      "model.type=" + "g" * 100_000, "train.steps=" + "9" * 5000,
+                                      "x" * 100_000])
+def test_error_lines_repeat_at_most_about_100_characters_of_a_value(tmp_path, capsys, override):
+    err = config_error(tmp_path, capsys, ["--set", override])
+    assert len(err) < 250, err
+
+
+def test_the_config_knows_which_keys_were_given(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  type: lstm\ntrain:\n  steps: 5\n", encoding="utf-8")
+    config = load_config(str(path), ["data.vocab_size=500"])
+    assert config.given == {"model.type", "train.steps", "data.vocab_size"}
+    assert Config().given == frozenset() and config == updated(Config(), model={"type": "lstm"},
+                                                              train={"steps": 5}, data={"vocab_size": 500})
+    assert updated(config, model={"dropout": 0.5}).given == config.given | {"model.dropout"}

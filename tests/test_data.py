@@ -1,14 +1,18 @@
 """Sources and token stores: any UTF-8 text, explicit validation files, TFDS, shared stores, and
 one-line errors for the data a user can get wrong."""
 
+import errno
+import json
 import os
+import threading
 
 import pytest
 
 from conftest import run_tflm, small_config, write_config
 from tflm import run_dir as runs
 from tflm.errors import TflmError
-from tflm.prepare import prepare_store
+from tflm import prepare
+from tflm.prepare import StoreExists, prepare_store, preparing_alone, write_store
 from tflm.store import TokenStore
 from tflm.train import train
 
@@ -95,6 +99,7 @@ def test_runs_share_a_named_store_and_one_from_another_tokenizer_is_refused(tmp_
     config_path = write_config(tmp_path / "c.yaml", config)
     first = run_tflm("train", "--config", config_path, "--run-dir", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr[-2000:]
+    assert f"tflm: run directory {tmp_path / 'a'} (default strategy, one device, 1 replica(s))" in first.stdout
     index = open(os.path.join(shared, "index.json")).read()
     second = run_tflm("train", "--config", config_path, "--run-dir", str(tmp_path / "b"))
     assert second.returncode == 0, second.stderr[-2000:]
@@ -115,13 +120,95 @@ def test_a_damaged_store_stops_a_new_run_before_it_writes_anything(tmp_path):
     shared = str(tmp_path / "store")
     config = small_config(data={"store": shared})
     prepare_store(config.data, shared, log=lambda _: None)
-    shard = os.path.join(shared, "train", "00000.bin")
-    with open(shard, "r+b") as f:
-        f.seek(10)
-        byte = f.read(1)
-        f.seek(10)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    flip_a_byte(os.path.join(shared, "train", "00000.bin"))
     result = run_tflm("train", "--config", write_config(tmp_path / "c.yaml", config), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "train/00000.bin does not match its checksum" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()
+
+
+def flip_a_byte(path, offset=10):
+    """Change one byte of a file in place (its size and name stay)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.slow
+def test_a_store_damaged_after_its_run_started_stops_the_resume_naming_the_shard(tmp_path):
+    run_dir = train(small_config(train={"steps": 2, "eval_every": 2, "eval_batches": 1}), str(tmp_path / "run"))
+    history = open(runs.history_path(run_dir)).read()
+    checkpoints = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    shard = os.path.join(run_dir, "store", "train", "00000.bin")
+    flip_a_byte(shard)
+    longer = write_config(tmp_path / "c.yaml", small_config(train={"steps": 4, "eval_every": 2, "eval_batches": 1}))
+    resumed = run_tflm("train", "--config", longer, "--run-dir", run_dir)
+    assert resumed.returncode == 2
+    assert resumed.stderr.strip().splitlines()[-1] == (
+        f"tflm: error: token store {run_dir}/store: train/00000.bin does not match its checksum in index.json "
+        "(damaged or changed); prepare the store again")
+    flip_a_byte(shard)
+    os.truncate(shard, os.path.getsize(shard) - 1)
+    with pytest.raises(TflmError, match=r"train/00000.bin is \d+ bytes, index.json says \d+ \(truncated or changed\)"):
+        train(small_config(train={"steps": 4, "eval_every": 2, "eval_batches": 1}), run_dir)
+    assert open(runs.history_path(run_dir)).read() == history
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == checkpoints  # nothing trained on it is kept
+
+
+def test_a_full_disk_during_prepare_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from tensorflow.python.lib.io import file_io
+
+    (tmp_path / "corpus").mkdir()
+    pattern = write_files(tmp_path / "corpus", ["some text to tokenize\n" * 200])
+    write = file_io.FileIO.write
+
+    def full_disk(self, data):
+        if "/train/" in self.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(self, data)
+
+    monkeypatch.setattr(file_io.FileIO, "write", full_disk)
+    store = str(tmp_path / "stores" / "corpus")
+    with pytest.raises(SystemExit) as exit_:
+        prepare.main(["--set", "data.source=files", "--set", f"data.paths=[{json.dumps(pattern)}]", "--store", store])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (f"tflm: error: cannot write the token store {store}: No space left on device "
+                                       "(writing train/00000.bin); the partial store was removed\n")
+    assert os.listdir(tmp_path / "stores") == []
+
+
+def test_a_second_prepare_of_one_store_is_refused_or_waits_for_the_first(tmp_path):
+    config = small_config(data={"source": "files", "paths": [write_files(tmp_path, ["text " * 400])]})
+    path = str(tmp_path / "store")
+    quiet = lambda _: None  # noqa: E731
+    with preparing_alone(path, False, quiet):  # as another process preparing it: an flock on its own descriptor
+        with pytest.raises(TflmError, match=rf"^{path} is being prepared by pid {os.getpid()} on .*; "
+                                            "wait for it to finish, or prepare another path$"):
+            prepare_store(config.data, path, log=quiet)
+    assert not os.path.exists(path)
+
+    held, waiting, outcome = threading.Event(), threading.Event(), []
+
+    def first():
+        with preparing_alone(path, False, quiet):
+            held.set()
+            waiting.wait(60)
+            write_store(config.data, path, None, quiet)
+
+    def second():
+        try:
+            prepare_store(config.data, path, log=lambda line: waiting.set(), wait=True)
+        except StoreExists as error:
+            outcome.append(error)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    held.wait(60)
+    threads[1].start()
+    for thread in threads:
+        thread.join(120)
+    assert waiting.is_set() and len(outcome) == 1  # it waited, then found the store the first one prepared
+    assert TokenStore.open(path).tokens("train") > 0
+    assert sorted(os.listdir(tmp_path)) == ["part0.txt", "store"]  # no lock file, no staging left

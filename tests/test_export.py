@@ -17,7 +17,7 @@ from tflm import export as export_module
 from tflm.errors import TflmError
 from tflm.export import OUTPUTS, export_run
 from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate
-from tflm.inference import MAX_BATCH_SIZE, MAX_TEXT_CHARS, load_run, next_token_logits
+from tflm.inference import MAX_BATCH_SIZE, MAX_REQUEST_CHARS, load_run, next_token_logits
 from tflm.score import score_texts
 from tflm.serving_warmup import read_warmup_requests
 from tflm.tokenizer import CharTokenizer
@@ -64,7 +64,8 @@ def test_export_is_a_tf_serving_model_repository(exports, runs):
         assert description["signatures"]["generate"]["inputs"]["stop"] == {"dtype": "string", "shape": []}
         assert description["signatures"]["generate"]["defaults"] == {"top_p": 1.0, "stop": ""}
         assert description["tokenizer"]["characters"] == load_run(runs["lstm"]).tokenizer.characters
-        assert description["limits"]["score"] == {"max_texts": MAX_BATCH_SIZE, "max_chars_per_text": MAX_TEXT_CHARS}
+        assert description["limits"]["score"] == {
+            "max_texts": MAX_BATCH_SIZE, "max_chars_per_request": MAX_REQUEST_CHARS, "texts": "valid UTF-8"}
         assert description["limits"]["generate"]["seed"] == [0, MAX_SEED]
         vocabulary_size = description["model"]["vocabulary_size"]
         assert description["limits"]["serving_default"]["token_ids"] == [0, vocabulary_size - 1]
@@ -84,9 +85,20 @@ FRESH_PROCESS = textwrap.dedent("""
         generate = model.signatures["generate"](
             prompts=tf.constant(prompts), max_new_tokens=tf.constant(40), temperature=tf.constant(0.0),
             top_k=tf.constant(0), seed=tf.constant(0), top_p=tf.constant(1.0), stop=tf.constant(""))
+        # The call written before top_p and stop existed, through the exported object's attribute.
+        old_call = model.generate(prompts=tf.constant(prompts), max_new_tokens=tf.constant(40),
+                                  temperature=tf.constant(0.0), top_k=tf.constant(0), seed=tf.constant(0))
+        try:
+            model.signatures["generate"](prompts=tf.constant(prompts), max_new_tokens=tf.constant(40),
+                                         temperature=tf.constant(0.0), top_k=tf.constant(0), seed=tf.constant(0))
+            signature_old_call = "accepted"
+        except TypeError as error:
+            signature_old_call = str(error)
         logits = model.signatures["serving_default"](token_ids=tf.constant([[5, 6, 7, 0, 0]]))
         out[name] = {"score": {k: v.numpy().tolist() for k, v in score.items()},
                      "completions": [c.decode("utf-8") for c in generate["completions"].numpy()],
+                     "old_call": [c.decode("utf-8") for c in old_call["completions"].numpy()],
+                     "signature_old_call": signature_old_call,
                      "logits": logits["logits"].numpy().tolist()}
     loaded_modules = {m.split(".")[0] for m in sys.modules}
     out["modules"] = sorted(loaded_modules & {"keras_nlp", "keras_hub", "tensorflow_text", "tflm"})
@@ -109,6 +121,9 @@ def test_fresh_tensorflow_process_serves_all_signatures_like_tflm(exports, loade
             np.testing.assert_allclose(served[name]["score"][key], [r[key] for r in expected], atol=1e-4, rtol=1e-5)
         assert served[name]["score"]["num_tokens"] == [r["num_tokens"] for r in expected]
         assert served[name]["completions"] == generate(run, PROMPTS, 40, temperature=0.0)
+        assert served[name]["old_call"] == served[name]["completions"]
+        # What the README says: TensorFlow's Python loader ignores SignatureDef defaults.
+        assert "missing required arguments: stop, top_p" in served[name]["signature_old_call"]
         np.testing.assert_allclose(served[name]["logits"], next_token_logits(run, tf.constant([[5, 6, 7]])).numpy(),
                                    atol=1e-4)
 
@@ -144,8 +159,8 @@ def test_requests_without_top_p_and_stop_are_served_as_before(exports, loaded):
 def test_an_export_that_needs_ops_stock_serving_lacks_fails_and_leaves_no_version(runs, tmp_path, monkeypatch):
     original = export_module.signature_functions
 
-    def with_an_xla_op(loaded, stride):  # keras.ops.slice_update lowers to XlaDynamicUpdateSlice
-        functions = original(loaded, stride)
+    def with_an_xla_op(loaded, stride, limits):  # keras.ops.slice_update lowers to XlaDynamicUpdateSlice
+        functions = original(loaded, stride, limits)
         logits_of = functions["serving_default"]
         return {**functions, "serving_default": lambda token_ids: {"logits": keras.ops.slice_update(
             logits_of(token_ids)["logits"], (0, 0), tf.zeros([1, 1]))}}
@@ -208,19 +223,26 @@ def generate_inputs(**changes):
 
 @pytest.mark.parametrize("signature, inputs, match", [
     ("score", {"texts": tf.constant(["a"] * (MAX_BATCH_SIZE + 1))}, f"at most {MAX_BATCH_SIZE} texts"),
-    ("score", {"texts": tf.constant(["", "\u2603" * (MAX_TEXT_CHARS + 1)])}, f"at most {MAX_TEXT_CHARS} characters"),
+    ("score", {"texts": tf.constant(["", "\u2603" * (MAX_REQUEST_CHARS + 1)])},
+     f"at most {MAX_REQUEST_CHARS} characters of texts per request"),
+    ("score", {"texts": tf.constant(["x" * (MAX_REQUEST_CHARS // 2 + 1)] * 2)}, "characters of texts per request"),
+    ("score", {"texts": tf.constant([b"ok", b"caf\xe9"])}, "texts must be valid UTF-8"),  # as the CLI refuses it
     ("generate", generate_inputs(prompts=["a"] * (MAX_BATCH_SIZE + 1)), f"at most {MAX_BATCH_SIZE} prompts"),
-    ("generate", generate_inputs(prompts=["x" * (MAX_TEXT_CHARS + 1)]), f"at most {MAX_TEXT_CHARS} characters"),
+    ("generate", generate_inputs(prompts=["x" * (MAX_REQUEST_CHARS // 2 + 1)] * 2),
+     f"at most {MAX_REQUEST_CHARS} characters of prompts per request"),
+    ("generate", generate_inputs(prompts=[b"\xed\xa0\x80"]), "prompts must be valid UTF-8"),  # a lone surrogate
     ("generate", generate_inputs(temperature=float("inf")), "temperature must be finite"),
     ("generate", generate_inputs(seed=-1), "seed must be from 0"),
     ("generate", generate_inputs(top_p=0.0), "top_p must be in"),
     ("generate", generate_inputs(top_p=1.5), "top_p must be in"),
     ("generate", generate_inputs(top_p=float("nan")), "top_p must be in"),
     ("generate", generate_inputs(stop=b"caf\xe9"), "stop must be valid UTF-8"),
-    ("generate", generate_inputs(stop="x" * (MAX_TEXT_CHARS + 1)), f"stop may have at most {MAX_TEXT_CHARS}"),
+    ("generate", generate_inputs(stop="x" * (MAX_REQUEST_CHARS + 1)), f"stop may have at most {MAX_REQUEST_CHARS}"),
     ("serving_default", {"token_ids": tf.constant([[5, -1]])}, "token_ids must be >= 0"),
     ("serving_default", {"token_ids": tf.constant([[5, 10_000]])}, "token_ids must be < the vocabulary size"),
     ("serving_default", {"token_ids": tf.ones([MAX_BATCH_SIZE + 1, 2], tf.int32)}, f"at most {MAX_BATCH_SIZE} rows"),
+    ("serving_default", {"token_ids": tf.ones([2, MAX_REQUEST_CHARS // 2 + 1], tf.int32)},
+     f"at most {MAX_REQUEST_CHARS} token_ids per request"),
 ])
 def test_exported_signatures_reject_requests_over_their_limits(exports, signature, inputs, match):
     _, paths = exports
@@ -231,8 +253,10 @@ def test_exported_signatures_reject_requests_over_their_limits(exports, signatur
 def test_exported_signatures_take_requests_at_their_limits(exports, loaded):
     _, paths = exports
     model = tf.saved_model.load(paths["transformer"])
-    longest = "x = 1\n" * (MAX_TEXT_CHARS // 6) + "y" * (MAX_TEXT_CHARS % 6)
-    texts = [longest] + [f"print({i})" for i in range(MAX_BATCH_SIZE - 1)]
+    short = [f"print({i})" for i in range(MAX_BATCH_SIZE - 1)]
+    room = MAX_REQUEST_CHARS - sum(len(text) for text in short)
+    texts = ["x = 1\n" * (room // 6) + "y" * (room % 6)] + short
+    assert sum(len(text) for text in texts) == MAX_REQUEST_CHARS
     scores = model.signatures["score"](texts=tf.constant(texts))
     assert scores["num_tokens"].numpy().tolist() == [len(text) - 1 for text in texts]
     np.testing.assert_allclose(scores["log_prob"].numpy()[1:], [r["log_prob"] for r in score_texts(
@@ -291,3 +315,32 @@ def test_export_command_line(runs, tmp_path, tflm_cli):
     assert last_line.startswith("tflm: error:") and "no checkpoint" in last_line
     assert "Traceback" not in failed.stderr
     assert not os.path.exists(tmp_path / "models" / "bare")
+
+
+def test_export_options_set_the_limits_and_entries_that_are_not_versions_are_ignored(runs, tmp_path, capsys):
+    from tflm.export import main
+
+    model_dir = tmp_path / "models" / "small"
+    model_dir.mkdir(parents=True)
+    (model_dir / "\u00b2").write_text("not a version")  # "²".isdigit() is True, int("²") fails
+    (model_dir / "notes").mkdir()
+    common = ["--run-dir", runs["lstm"], "--base", str(tmp_path / "models"), "--name", "small"]
+    assert main(common + ["--max-batch-size", "2", "--max-request-chars", "6"]) == 0
+    version = capsys.readouterr().out.strip()
+    assert version == str(model_dir / "1")
+    with open(os.path.join(version, "assets.extra", "tflm_export.json"), encoding="utf-8") as f:
+        assert json.load(f)["limits"]["score"] == {"max_texts": 2, "max_chars_per_request": 6, "texts": "valid UTF-8"}
+    model = tf.saved_model.load(version)
+    assert model.signatures["score"](texts=tf.constant(["abc", "def"]))["num_tokens"].numpy().tolist() == [2, 2]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 6 characters of texts per request"):
+        model.signatures["score"](texts=tf.constant(["abc", "defg"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 2 texts per request"):
+        model.signatures["score"](texts=tf.constant(["a", "b", "c"]))
+    for name, inputs in read_warmup_requests(os.path.join(version, "assets.extra", "tf_serving_warmup_requests")):
+        model.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})  # within the limits: it loads
+    with pytest.raises(SystemExit) as exit_info:
+        main(common + ["--max-request-chars", "0"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error == "tflm: error: max_request_chars must be an integer from 1 to 2147483647, got 0\n"
+    assert sorted(os.listdir(model_dir)) == ["1", "notes", "\u00b2"]

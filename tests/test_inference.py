@@ -68,8 +68,10 @@ def test_run_dir_without_checkpoint_is_a_user_error(runs, tmp_path):
         shutil.copy(os.path.join(runs["lstm"], name), bare / name)
     with pytest.raises(TflmError, match="no checkpoint"):
         load_run(str(bare))
-    with pytest.raises(TflmError, match="not a tflm run directory"):
+    with pytest.raises(TflmError, match="missing: no such run directory"):
         load_run(str(tmp_path / "missing"))
+    with pytest.raises(TflmError, match="not a tflm run directory"):
+        load_run(str(tmp_path))
 
 
 @pytest.mark.slow
@@ -292,3 +294,47 @@ def test_command_line_mistakes_print_one_line_and_exit_2(runs, tmp_path, capsys,
     error = capsys.readouterr().err
     assert error.startswith("tflm: error:") and error.count("\n") == 1
     assert named in error
+
+
+@pytest.mark.slow
+def test_several_prompts_print_apart_and_as_json_lines(runs, loaded, capsys):
+    from tflm.generate import main
+
+    prompts = ["def ", "\n\n", ""]
+    expected = generate(loaded["lstm"], prompts, 30, temperature=0.0)
+    common = ["--run-dir", runs["lstm"], "--max-new-tokens", "30", "--temperature", "0"]
+    assert main(common + [arg for prompt in prompts for arg in ("--prompt", prompt)]) == 0
+    shown = "".join(f"--- prompt {i} of 3\n{prompt + completion}\n"
+                    for i, (prompt, completion) in enumerate(zip(prompts, expected), start=1))
+    assert capsys.readouterr().out == shown
+    assert main(common + ["--json"] + [arg for prompt in prompts for arg in ("--prompt", prompt)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [{"prompt": p, "completion": c} for p, c in zip(prompts, expected)]
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    """A tiny text classifier (task.type: classify), trained for two steps."""
+    tmp = tmp_path_factory.mktemp("classifier")
+    for split in ("train", "validation"):
+        rows = "".join(f"{'ab' * (i % 4 + 1)},{'odd' if i % 2 else 'even'}\n" for i in range(40))
+        (tmp / f"{split}.csv").write_text("text,label\n" + rows, encoding="utf-8")
+    config = small_config("lstm", data={"source": "files", "paths": [str(tmp / "train.csv")],
+                                        "validation_paths": [str(tmp / "validation.csv")]},
+                          train={"steps": 2, "eval_every": 2}, task={"type": "classify"})
+    return train(config, str(tmp / "run"))
+
+
+@pytest.mark.slow
+def test_score_and_generate_on_a_classifier_run_are_one_line_errors(classifier_run, capsys, tflm_cli):
+    from tflm.score import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run-dir", classifier_run, "abc"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error == f"tflm: error: {classifier_run} is a text classifier (task.type: classify), not a language " \
+                    "model; use tflm.classify\n"
+    generated = tflm_cli("generate", "--run-dir", classifier_run, "--prompt", "ab")
+    assert generated.returncode == 2 and generated.stdout == ""
+    assert generated.stderr.strip().splitlines() == [error.strip()]

@@ -6,10 +6,12 @@ MultiWorkerMirroredStrategy compute the same training run as one device.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -259,3 +261,85 @@ def test_a_peer_that_answers_but_never_starts_tensorflow_ends_in_one_line(tmp_pa
         "[worker 0] tflm: error: TensorFlow did not start the cluster within runtime.cluster_timeout_s=5s "
         "(a peer went away after the rendezvous?); relaunch the same command on every worker")
     assert not (tmp_path / "run").exists()
+
+
+def tiny_fast_config(steps, eval_every):
+    """Steps of a few milliseconds, each with its all-reduces across the workers."""
+    return small_config(model={"embed_dim": 8, "num_heads": 1, "ff_dim": 16}, data={"seq_len": 8},
+                        train={"steps": steps, "eval_every": eval_every, "global_batch_size": 4, "eval_batches": 1})
+
+
+# What tflm itself prints through tflm.launch: its messages, progress lines, the launcher's own.
+OWN_LINE = re.compile(r"(\[worker \d+\] )?(tflm(\.\w+)?: |step \d+/\d+  loss |done: step \d+)|tflm\.launch: ")
+
+
+def start_launch(tmp_path, config, *extra):
+    """`python -m tflm.launch --workers 2` in a session of its own, as a terminal runs it."""
+    args = ["--workers", "2", "--", "--config", write_config(tmp_path / "c.yaml", config),
+            "--run-dir", str(tmp_path / "run"), *extra]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
+    return subprocess.Popen([sys.executable, "-m", "tflm.launch", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def worker_pids(launcher):
+    """The process ids of the tflm.train workers a launcher started."""
+    children = open(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read().split()
+    return [int(pid) for pid in children if b"tflm.train" in open(f"/proc/{pid}/cmdline", "rb").read()]
+
+
+def thread_count(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        return None
+
+
+def test_thread_counts_stay_flat_over_5000_fast_steps_and_the_output_is_tflm_s_own(tmp_path):
+    launcher = start_launch(tmp_path, tiny_fast_config(steps=5000, eval_every=1000))
+    lines, samples = [], []  # samples: (evaluations seen so far, thread count of each worker)
+
+    def sample():
+        while launcher.poll() is None:
+            pids = worker_pids(launcher)
+            counts = [thread_count(pid) for pid in pids]
+            if len(pids) == 2 and None not in counts:
+                samples.append((sum(" step " in line for line in lines), counts))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    lines.extend(launcher.stdout)
+    assert launcher.wait(timeout=600) == 0, "".join(lines)[-3000:]
+    sampler.join()
+    trained = [counts for evaluations, counts in samples if evaluations >= 2]  # from step 1000 on
+    assert len(trained) >= 5, samples
+    print("threads per worker, sampled from step 1000 on:", trained)
+    for worker in (0, 1):
+        series = [counts[worker] for counts in trained]
+        # Before the fix: +700 threads a second, one per collective for its timeout, until one aborted.
+        assert max(series[len(series) // 2:]) <= series[0] + 20, series
+    assert [line for line in lines if not OWN_LINE.match(line)] == []
+    assert [line for line in lines if "checkpoints in" in line] == [
+        f"[worker 0] done: step 5000; checkpoints in {tmp_path / 'run' / 'checkpoints'}\n"]
+    assert "[worker 1] done: step 5000\n" in lines
+    assert [r["step"] for r in runs.read_history(str(tmp_path / "run"))] == [1000, 2000, 3000, 4000, 5000]
+
+
+def test_ctrl_c_on_launch_checkpoints_every_worker_and_exits_42_soon_with_only_tflm_s_lines(tmp_path):
+    launcher = start_launch(tmp_path, tiny_fast_config(steps=10**6, eval_every=100))
+    lines = []
+    for line in launcher.stdout:
+        lines.append(line)
+        if line.startswith("[worker 0] step 100/"):
+            break
+    os.killpg(launcher.pid, signal.SIGINT)  # Ctrl-C reaches the launcher and the workers
+    signalled = time.monotonic()
+    lines.extend(launcher.stdout)
+    assert launcher.wait(timeout=120) == 42, "".join(lines)[-3000:]
+    assert time.monotonic() - signalled < 30  # was 50 s: TensorFlow's teardown waiting on the other worker
+    assert [line for line in lines if not OWN_LINE.match(line)] == []
+    preempted = [line for line in lines if "tflm: preempted: SIGTERM received; checkpoint saved at step" in line]
+    assert sorted(line[:10] for line in preempted) == ["[worker 0]", "[worker 1]"]
+    saved = int(preempted[0].split("checkpoint saved at step ")[1].split()[0])
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / f"ckpt-{saved}.index")

@@ -124,3 +124,36 @@ def test_cli_malformed_history_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip() == (f"tflm: error: {run}/history.jsonl:2: not valid JSON "
                                      f"(Expecting value): 'not json'")
     assert not out.exists()
+
+
+def test_token_ticks_have_the_decimals_that_tell_them_apart(tmp_path):
+    records = [{**record(s, 2.0), "tokens_seen": 1_000_000 + s * 1000} for s in range(0, 401, 50)]
+    figure = plot.plot_runs([write_run(tmp_path / "run", records)], metrics=["loss"], x="tokens")
+    figure.canvas.draw()
+    ax = figure.axes[0]
+    labels = [label.get_text() for label in ax.get_xticklabels()]
+    assert len(set(labels)) == len(labels) > 2 and {"1M", "1.2M", "1.25M"} <= set(labels)
+    scale = {"k": 1e3, "M": 1e6}
+    assert [float(label[:-1]) * scale[label[-1]] for label in labels] == pytest.approx(list(ax.get_xticks()))
+    wide = plot.plot_runs([write_run(tmp_path / "wide", [record(s, 2.0) for s in (0, 1000, 2000)])],
+                          metrics=["loss"], x="tokens")
+    wide.canvas.draw()
+    assert "1M" in [label.get_text() for label in wide.axes[0].get_xticklabels()]  # no decimals when none is needed
+
+
+def test_a_nan_validation_loss_is_a_gap_in_the_curve_and_a_warning(tmp_path):
+    records = [record(s, 3.0 - s / 100) for s in (50, 100, 150, 200)]
+    records[1]["val_loss"] = float("nan")
+    records[2]["val_loss"] = float("inf")
+    run = write_run(tmp_path / "run", records)
+    warnings = []
+    figure = plot.plot_runs([run], metrics=["loss", "perplexity"], warn=warnings.append)
+    for ax in figure.axes:
+        validation = next(line for line in ax.get_lines() if line.get_label() == "run validation")
+        values = list(validation.get_ydata())
+        assert math.isnan(values[1]) and math.isnan(values[2]) and all(map(math.isfinite, values[::3]))
+    assert warnings == [f"{run}/history.jsonl: val_loss is NaN or infinite at 2 of 4 evaluations (step 100, 150); "
+                        "drawn as gaps in the curve"]
+    result = run_tflm("plot", run, "--metric", "loss", "-o", str(tmp_path / "curves.png"))
+    assert result.returncode == 0 and (tmp_path / "curves.png").exists()
+    assert result.stderr.strip() == f"tflm.plot: warning: {warnings[0]}"

@@ -62,6 +62,16 @@ def test_tensorflow_noise_is_left_out_and_every_other_line_is_kept_unchanged():
     assert filtered(NOISE[1] + "\na last line without a newline") == "a last line without a newline"
 
 
+def test_the_task_list_that_goes_on_a_hidden_info_line_is_hidden_and_an_error_s_is_kept():
+    info = ("I0000 00:00:1796560321.379534   17443 coordination_service.cc:505] Example stragglers:\n"
+            "/job:worker/replica:0/task:1\n")
+    error = ("E0000 00:00:1796560566.480966   22525 base_collective_executor.cc:252] The following tasks are "
+             "unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\n")
+    after_a_kept_line = "tflm: a line\n/job:worker/replica:0/task:2\n"
+    assert filtered(info + after_a_kept_line) == after_a_kept_line
+    assert filtered(info + error) == error
+
+
 def test_a_flush_request_is_acknowledged_and_never_shown():
     source, sink = os.pipe()
     out_read, out_write = os.pipe()

@@ -1,6 +1,7 @@
 """The token store and the windows read from it: every window once per epoch, the same global
 batches for any number of replicas and workers, O(1) resume, damaged stores reported."""
 
+import json
 import os
 import time
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tflm import prepare
 from tflm.data import Windows, eval_dataset_fn, train_dataset_fn, training_window
 from tflm.errors import TflmError
 from tflm.store import FORMAT, ShardWriter, TokenStore, id_dtype, write_index
@@ -113,10 +115,38 @@ def test_a_damaged_store_is_reported_naming_the_part(tmp_path):
     with pytest.raises(TflmError, match="train/00002.bin does not match its checksum"):
         store.verify()
     shard.write_bytes(bytes(data[:-2]))
-    with pytest.raises(TflmError, match="train/00002.bin does not match its checksum"):
+    with pytest.raises(TflmError, match=r"train/00002.bin is 598 bytes, index.json says 600 \(truncated or changed\)"):
+        store.verify()
+    shard.unlink()
+    with pytest.raises(TflmError, match="train/00002.bin is missing"):
         store.verify()
     (tmp_path / "store" / "index.json").write_text('{"format": ')
     with pytest.raises(TflmError, match="index.json is damaged"):
         TokenStore.open(str(tmp_path / "store"))
     with pytest.raises(TflmError, match="is not a prepared token store"):
         TokenStore.open(str(tmp_path / "elsewhere"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda index: index.pop("dtype"), "no key 'dtype'"),
+    (lambda index: index["tokenizer"].pop("fingerprint"), "no key 'tokenizer.fingerprint'"),
+    (lambda index: index["splits"]["train"]["shards"][1].pop("crc32"), "no key 'splits.train.shards[1].crc32'"),
+    (lambda index: index["splits"]["validation"].update(tokens="64"), "'splits.validation.tokens' must be an integer"),
+    (lambda index: index["splits"]["train"]["shards"][0].update(file="../../etc/passwd"),
+     "'splits.train.shards[0]' is {'file': '../../etc/passwd'"),
+    (lambda index: index.update(dtype="<f8"), "'dtype' is '<f8', not one of <u2, <u4"),
+])
+def test_an_index_that_lacks_a_key_names_the_key_and_the_file(tmp_path, capsys, damage, message):
+    write_store(tmp_path / "store")
+    index_path = tmp_path / "store" / "index.json"
+    index = json.loads(index_path.read_text())
+    damage(index)
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(TflmError) as error:
+        TokenStore.open(str(tmp_path / "store"))
+    assert str(error.value).startswith(f"{index_path} is damaged ({message}")
+    assert str(error.value).endswith("; prepare the store again")
+    with pytest.raises(SystemExit) as exit_:
+        prepare.main(["--verify", str(tmp_path / "store")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"tflm: error: {error.value}\n"

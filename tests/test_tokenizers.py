@@ -14,6 +14,7 @@ import tensorflow as tf
 from pydoc_data.topics import topics
 
 from tflm.errors import TflmError
+from tflm.quiet import is_noise
 from tflm.serving_warmup import graph_ops, non_core_ops
 from tflm.tokenizer import OOV_CHAR, PAD_ID, VOCAB_FILE, learn_tokenizer, load_tokenizer
 
@@ -181,6 +182,14 @@ def test_sentencepiece_too_small_for_the_corpus_says_the_minimum():
 def test_empty_training_split_is_an_error(kind):
     with pytest.raises(TflmError, match="the training split is empty"):
         learn_tokenizer(kind, ["", ""], SIZES[kind])
+
+
+def test_sentencepiece_log_lines_are_hidden_from_commands():
+    """tensorflow-text's sentencepiece logs "LOG(INFO)" lines to stderr when a model loads (its
+    level cannot be set from Python); the commands' stderr filter leaves them out, errors stay."""
+    assert is_noise("normalizer.cc(51) LOG(INFO) precompiled_charsmap is empty. use identity normalization.")
+    assert is_noise("trainer_interface.cc(409) LOG(WARNING) Found too long line (5000 > 4192).")
+    assert not is_noise("model_interface.cc(65) LOG(ERROR) cannot parse the model")
 
 
 def test_unreadable_or_mismatched_saves_are_one_line_errors(tokenizers, tmp_path):

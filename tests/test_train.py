@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, max_weight_difference, run_tflm, small_config, write_config
 from tflm import run_dir as runs
 from tflm.config import Config, load_config
-from tflm.train import main, train
+from tflm.train import main, resume_command, train
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_config_errors_are_one_line_exit_2_and_create_nothing(tmp_path, capsys, 
     assert exit_info.value.code == 2
     assert err.startswith("tflm: error: ") and err.count("\n") == 1 and message in err
     assert not run_dir.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tflm-new")]
+    assert list(tmp_path.iterdir()) == []  # no reservation, no store prepared beside it
 
 
 @pytest.mark.slow
@@ -167,3 +167,63 @@ def test_mirrored_strategy_on_two_logical_cpus_trains(tmp_path):
 def test_default_config_file_is_the_built_in_default():
     assert load_config(os.path.join(REPO, "configs", "char_transformer.yaml")) == Config()
     assert load_config(os.path.join(REPO, "configs", "char_lstm.yaml")).model.type == "lstm"
+
+
+def test_the_resume_hint_names_the_run_dir_the_command_chose():
+    command = ["python", "-m", "tflm.train", "--set", "train.steps=9", "--set", "data.paths=['a b.txt']"]
+    assert resume_command(command, "runs/x", chosen=False, restart=False) is None  # the same command resumes
+    assert resume_command(command, "runs/x-1", chosen=True, restart=False) == (
+        "python -m tflm.train --set train.steps=9 --set 'data.paths=['\"'\"'a b.txt'\"'\"']' --run-dir runs/x-1")
+    assert resume_command([*command, "--restart", "--run-dir", "r"], "r", chosen=False, restart=True) == (
+        "python -m tflm.train --set train.steps=9 --set 'data.paths=['\"'\"'a b.txt'\"'\"']' --run-dir r")
+    assert resume_command(None, "runs/x-2", chosen=True, restart=False) == "train(config, run_dir='runs/x-2')"
+
+
+@pytest.mark.slow
+def test_ctrl_c_without_run_dir_prints_the_command_that_resumes(tmp_path):
+    config_path = write_config(tmp_path / "config.yaml", small_config("lstm", train={"steps": 100000, "eval_every": 5}))
+    proc = subprocess.Popen([sys.executable, "-m", "tflm.train", "--config", config_path], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    deadline = time.monotonic() + 120
+    while not run_dirs(tmp_path / "runs"):  # renamed into place from its reservation, .tflm-new-NAME
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.2)
+    run_dir = os.path.join("runs", run_dirs(tmp_path / "runs")[0])
+    wait_for_history(str(tmp_path / run_dir), step=5, proc=proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.endswith(f"; resume with: python -m tflm.train --config {config_path} --run-dir {run_dir}"), last
+    stopped_at = int(re.search(r"Ctrl-C at step (\d+)", last).group(1))
+
+    command = last.split("resume with: ")[1].split() + ["--set", f"train.steps={stopped_at + 5}"]
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {os.path.join(run_dir, 'checkpoints', f'ckpt-{stopped_at}')} at step {stopped_at}" in (
+        resumed.stdout)
+    assert os.listdir(tmp_path / "runs") == [os.path.basename(run_dir)]
+
+
+def run_dirs(parent):
+    """The names of the visible directories in `parent` (none if it does not exist)."""
+    return [name for name in os.listdir(parent) if not name.startswith(".")] if os.path.isdir(parent) else []
+
+
+@pytest.mark.parametrize("command,args,message", [
+    ("train", ["--run-dir", "ram://runs/x"], "--run-dir ram://runs/x: ram:// is in this process's memory"),
+    ("train", ["--set", "data.store=ram://stores/x", "--run-dir", "RUN"], "data.store ram://stores/x: ram://"),
+    ("export", ["--run-dir", "RUN", "--base", "ram://models"], "--base ram://models: ram:// is in this process's"),
+])
+def test_the_command_line_refuses_in_memory_paths(tmp_path, capsys, command, args, message):
+    import importlib
+
+    args = [str(tmp_path / "run") if a == "RUN" else a for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"tflm.{command}").main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("tflm: error: ") and err.count("\n") == 1
+    assert message in err and "gone when the command exits" in err
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,6 @@ store, saved_model.pb of an export).
 import json
 import os
 import secrets
-import tempfile
 
 from tflm.errors import TflmError
 
@@ -114,7 +113,7 @@ def staging_dir(parent, prefix, purpose):
     try:
         if is_local(parent):
             os.makedirs(parent, exist_ok=True)
-            return tempfile.mkdtemp(prefix=prefix, dir=parent)
+            return make_unique_dir(parent, prefix)
         path = f"{parent.rstrip('/')}/{prefix}{secrets.token_hex(4)}"
         gfile().makedirs(path)
         return path
@@ -122,6 +121,32 @@ def staging_dir(parent, prefix, purpose):
         raise TflmError(f"cannot {purpose}: {error.strerror}") from None
     except Exception as error:  # tf.errors.OpError from a remote filesystem
         raise TflmError(f"cannot {purpose}: {str(error).splitlines()[0]}") from None
+
+
+def make_unique_dir(parent, prefix):
+    """A new local directory `parent`/`prefix`+random letters. Unlike tempfile.mkdtemp (always
+    0700) its mode honours the umask, as every directory tflm makes does: what it assembles is
+    renamed into place for others (TF Serving, other users of a shared volume) to read."""
+    while True:
+        path = os.path.join(parent, f"{prefix}{secrets.token_hex(4)}")
+        try:
+            os.mkdir(path, 0o777)
+            return path
+        except FileExistsError:
+            continue
+
+
+def in_memory(path):
+    """Whether `path` is on TensorFlow's in-memory filesystem (ram://), which ends with the process."""
+    return str(path).startswith("ram://")
+
+
+def check_persistent(path, option):
+    """Raise unless `path` outlives this process: the command line refuses ram:// (whatever a
+    command writes there is gone when it exits); the Python API allows it."""
+    if in_memory(path):
+        raise TflmError(f"{option} {path}: ram:// is in this process's memory and is gone when the command "
+                        "exits; give a local path or a persistent filesystem (gs://, hdfs://, ...)")
 
 
 def parent_of(path):

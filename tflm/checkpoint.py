@@ -12,6 +12,7 @@ checkpoint falls back to the one before it (moved aside, with a warning, never o
 Nothing non-finite is ever saved.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import sys
 import tempfile
 
 from tflm import atomic
+from tflm import run_dir as runs
 from tflm.errors import Diverged, TflmError
 from tflm.lazy import tf
 
@@ -42,10 +44,63 @@ def checkpoint_step(path):
     return int(path.rsplit("-", 1)[1])
 
 
+def newest_usable(paths, problem_of):
+    """The newest of `paths` (oldest first) in which `problem_of(path)` finds nothing wrong (None if
+    there is none), and the [(path, problem)] of the newer ones, newest first."""
+    problems = []
+    for path in reversed(paths):
+        problem = problem_of(path)
+        if problem is None:
+            return path, problems
+        problems.append((path, problem))
+    return None, problems
+
+
+def file_problem(path):
+    """None if every value in checkpoint `path` reads back whole and finite (read from the files,
+    without a model), else what is wrong with it."""
+    import numpy as np
+
+    try:
+        reader = tf.train.load_checkpoint(path)
+        # Every value, not only those under "model/": a checkpoint keeps a variable under the first
+        # path that reaches it, and some layers' weights are first reached through the optimizer.
+        for name, dtype in reader.get_variable_to_dtype_map().items():
+            value = reader.get_tensor(name)
+            if dtype.is_floating and not np.isfinite(value).all():
+                return "it holds non-finite weights"
+    except Exception as error:  # a damaged file raises DataLossError, OutOfRange, IndexError, ...
+        return first_line(error)
+    return None
+
+
+def first_line(error):
+    """The first line of an exception's message (at most 300 characters), for a one-line warning."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
 def all_finite(variables):
     """Whether every value of `variables` is finite (a scalar bool tensor)."""
     floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in floats]) if floats else tf.constant(True)
+
+
+WRITE_FAILURES = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system|Permission denied"
+                            r"|File too large", re.IGNORECASE)
+
+
+def write_failure(error):
+    """What stopped a checkpoint from being written (the line naming it), if `error` is a
+    filesystem's (a full disk, no permission: OSError, or TensorFlow's ResourceExhaustedError
+    and the like); None for anything else, such as a lost peer, which is reported elsewhere."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, OSError):
+        return error.strerror or text
+    found = WRITE_FAILURES.search(text)
+    if isinstance(error, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)) or (
+            isinstance(error, tf.errors.OpError) and found):
+        return found.group(0) if found else text[:300]
+    return None
 
 
 class Checkpointer:
@@ -62,11 +117,12 @@ class Checkpointer:
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states,
                                               **(extra or {}))
         self.variables = list(model.variables) + list(optimizer.variables)
-        self.shared_dir = checkpoint_dir(run_dir)
+        self.run_dir, self.shared_dir = run_dir, checkpoint_dir(run_dir)
         self.is_chief, self.max_to_keep = task.is_chief, max_to_keep
         self._handler_dir = None
         self._private_dir = None if task.is_chief else tempfile.mkdtemp(prefix=f"tflm-{task.type}{task.index}-")
-        self._finite = tf.function(lambda: all_finite(self.variables))
+        # No AutoGraph (plain Python): it cannot always find a lambda's source and warns about it.
+        self._finite = tf.function(lambda: all_finite(self.variables), autograph=False)
         self.manager = None
 
     def restore_latest(self):
@@ -74,17 +130,15 @@ class Checkpointer:
         None when there is none. Newer damaged ones are moved aside with a warning; a TflmError
         if checkpoints exist and none of them can be read."""
         candidates = list_checkpoints(self.shared_dir)
-        problems = []
-        for path in reversed(candidates):
-            problem = self._try_restore(path)
-            if problem is None:
-                if self.is_chief:
-                    self._set_aside_newer_than(path, problems)
-                    self._point_state_at(path, candidates[: candidates.index(path) + 1])
-                self._make_manager()
-                return path
-            print(f"tflm: warning: cannot restore {path}: {problem}", file=sys.stderr, flush=True)
-            problems.append((path, problem))
+        path, problems = newest_usable(candidates, self._try_restore)
+        for damaged, problem in problems:
+            print(f"tflm: warning: cannot restore {damaged}: {problem}", file=sys.stderr, flush=True)
+        if path is not None:
+            if self.is_chief:
+                self._set_aside_newer_than(path, problems)
+                self._point_state_at(path, candidates[: candidates.index(path) + 1])
+            self._make_manager()
+            return path
         if problems:
             newest, problem = problems[0]
             raise TflmError(f"no checkpoint in {self.shared_dir} can be restored (the newest, "
@@ -96,10 +150,12 @@ class Checkpointer:
     def _try_restore(self, path):
         """None if `path` restored every variable with finite values, else what went wrong."""
         try:
-            self._required.restore(path).assert_existing_objects_matched().expect_partial()
+            # expect_partial first: a status that fails its assertion would otherwise log a warning
+            # per unrestored value when it is garbage-collected, after the error line.
+            self._required.restore(path).expect_partial().assert_existing_objects_matched()
             self._optional.restore(path).expect_partial()
         except Exception as error:  # a damaged file raises DataLossError, OutOfRange, IndexError, ...
-            return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            return first_line(error)
         if not bool(self._finite()):
             return "it holds non-finite weights"
         return None
@@ -139,11 +195,38 @@ class Checkpointer:
 
     def save(self, step):
         """Save as checkpoint number `step` (every task must call this together); a Diverged
-        error instead if any weight is not finite, so no NaN checkpoint rotates good ones out."""
+        error instead if any weight is not finite, so no NaN checkpoint rotates good ones out; a
+        TflmError if the chief lost its run directory's lock, or the files cannot be written (a
+        full disk): the checkpoints before it are kept, what it wrote of this one is removed."""
         if not bool(self._finite()):
             raise Diverged(f"the weights are not finite at step {step}; not saving a checkpoint "
                            f"(the last finite one is {self.latest() or 'none'})")
-        return self.manager.save(checkpoint_number=step)
+        if self.is_chief:
+            runs.check_still_locked(self.run_dir)
+        directory = self._private_dir or self.shared_dir
+        before = set(atomic.listdir(directory))
+        try:
+            return self.manager.save(checkpoint_number=step)
+        except Exception as error:
+            reason = write_failure(error)
+            if reason is None:
+                raise
+            self._remove_partial(directory, step, before)
+            raise TflmError(f"cannot save checkpoint ckpt-{step} in {directory}: {reason}; the checkpoints "
+                            f"before it are kept (the newest: {self.latest() or 'none'}); free some space "
+                            "and resume") from None
+
+    def _remove_partial(self, directory, step, before):
+        """Remove the files a failed save of `step` left (a `ckpt-N_temp` directory, a partial
+        `ckpt-N.index`), none that were there before it."""
+        for name in set(atomic.listdir(directory)) - before:
+            if re.match(rf"^ckpt-{step}(\.|_temp)", name):
+                path = os.path.join(directory, name)
+                with contextlib.suppress(Exception):  # best effort: the disk may still be full
+                    if atomic.isdir(path):
+                        tf.io.gfile.rmtree(path)
+                    else:
+                        tf.io.gfile.remove(path)
 
     def latest(self):
         """The newest checkpoint in the chief's directory, or None."""

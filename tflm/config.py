@@ -20,6 +20,7 @@ import functools
 import inspect
 import math
 import re
+import reprlib
 import typing
 from typing import Annotated
 
@@ -29,6 +30,23 @@ from tflm.errors import TflmError
 
 INT32_MAX = 2**31 - 1
 MANY = 10**12  # a bound for counts of steps: far beyond any run, well inside int64 and float64
+# What a YAML config or --set value may expand to: a few hundred bytes of nested aliases can
+# otherwise stand for billions of values (a "billion laughs"), and deep nesting exhausts the stack.
+MAX_YAML_DEPTH = 32
+MAX_YAML_VALUES = 100_000
+SHOWN_CHARS = 100  # how much of a value an error message repeats
+
+
+def shown(value):
+    """repr(value) cut to about SHOWN_CHARS characters without expanding the rest of it, so an error
+    message stays one short line however large or deep the value."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 3, 8, 8
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = SHOWN_CHARS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +59,7 @@ class OneOf:
         object.__setattr__(self, "choices", choices)
 
     def problem(self, value):
-        return None if value in self.choices else f"must be one of {', '.join(self.choices)}, got {value!r}"
+        return None if value in self.choices else f"must be one of {', '.join(self.choices)}, got {shown(value)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +189,7 @@ class TaskConfig:
         if self.type == "classify" and not (self.text_field and self.label_field):
             raise TflmError("task.text_field and task.label_field must not be empty")
         if self.type == "classify" and self.text_field == self.label_field:
-            raise TflmError(f"task.text_field and task.label_field are both {self.text_field!r}")
+            raise TflmError(f"task.text_field and task.label_field are both {shown(self.text_field)}")
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig,
@@ -187,6 +205,8 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    # The `section.key` names set explicitly (by a config file, --set or `updated`), not defaults.
+    given: frozenset = dataclasses.field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, sections, origin="config", saved=False):
@@ -248,10 +268,10 @@ def _plain(value):
 def updated(config, origin="--set", **sections):
     """`config` with {key: value} changes per section, checked as a config file is: unknown
     names get a suggestion, values are converted to the field's type and range-checked."""
-    changes = {}
+    changes, given = {}, set()
     for section, values in sections.items():
         if section not in SECTIONS:
-            raise TflmError(f"{origin}: unknown section {section!r}{suggest(section, SECTIONS)}")
+            raise TflmError(f"{origin}: unknown section {shown(section)}{suggest(section, SECTIONS)}")
         if not isinstance(values, dict):
             raise TflmError(f"{origin}: section {section!r} must be a mapping")
         fields = field_types(SECTIONS[section])
@@ -263,10 +283,11 @@ def updated(config, origin="--set", **sections):
             if dotted in RETIRED:
                 raise TflmError(f"{origin}: {dotted} no longer exists: {RETIRED[dotted]}")
             if key not in fields:
-                raise TflmError(f"{origin}: unknown key {dotted!r}{suggest(dotted, all_keys())}")
+                raise TflmError(f"{origin}: unknown key {shown(dotted)}{suggest(dotted, all_keys())}")
             converted[key] = convert(dotted, value, *fields[key])
         changes[section] = dataclasses.replace(getattr(config, section), **converted)
-    config = dataclasses.replace(config, **changes)
+        given |= {f"{section}.{key}" for key in converted}
+    config = dataclasses.replace(config, **changes, given=config.given | given)
     validate(config)
     return config
 
@@ -314,7 +335,7 @@ def _convert_type(key, value, kind):
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
     name = "list of strings" if kind == PATHS else kind.__name__
-    raise TflmError(f"{key} must be {name}, got {value!r}")
+    raise TflmError(f"{key} must be {name}, got {shown(value)}")
 
 
 def validate(config):
@@ -350,13 +371,17 @@ def read_yaml(path):
     from tflm.atomic import read_bytes
 
     try:
-        data = yaml.safe_load(read_bytes(path).decode("utf-8"))
+        raw = read_bytes(path)
     except OSError as error:
         raise TflmError(f"cannot read config {path}: {error.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise TflmError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     except Exception as error:  # tf.errors from a remote filesystem
         raise TflmError(f"cannot read config {path}: {str(error).splitlines()[0]}") from None
+    try:
+        data = safe_load(raw.decode("utf-8"))
+    except TooLarge as error:
+        raise TflmError(f"{path}: {error}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as error:  # ValueError: an int of > 4300 digits
+        raise TflmError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -368,12 +393,67 @@ def parse_override(text):
     """Split `section.key=value` into ("section.key", value parsed as YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or key.count(".") != 1:
-        raise TflmError(f"--set expects section.key=value, got {text!r}")
+        raise TflmError(f"--set expects section.key=value, got {shown(text)}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
+        value = safe_load(raw) if raw.strip() else raw
+    except TooLarge as error:
+        raise TflmError(f"--set {shown(key.strip())}: {error}") from None
+    except (yaml.YAMLError, ValueError):  # not YAML: the text itself (checked as the key's type)
         value = raw
     return key.strip(), value
+
+
+class TooLarge(ValueError):
+    """YAML nested deeper than MAX_YAML_DEPTH, or expanding to more than MAX_YAML_VALUES values."""
+
+
+def safe_load(text):
+    """yaml.safe_load, bounded: a TooLarge error instead of a value too deep or too large."""
+    return _BoundedLoader(text).get_single_data()
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader that counts nesting while it composes, and the values a document expands to
+    (an alias counts as often as it is used) before it constructs anything."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise TooLarge(f"the YAML value is nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_document(self, node):
+        expanded_size(node, {}, set())
+        return super().construct_document(node)
+
+
+def expanded_size(node, sizes, open_nodes):
+    """How many values `node` stands for with its aliases expanded ({id: size} memoised, so a
+    shared node is walked once); a TooLarge error past MAX_YAML_VALUES or for a recursive alias."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise TooLarge("the YAML value refers to itself (a recursive alias)")
+    open_nodes.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = []
+    size = 1 + sum(expanded_size(child, sizes, open_nodes) for child in children)
+    if size > MAX_YAML_VALUES:
+        raise TooLarge(f"the YAML value expands to more than {MAX_YAML_VALUES:,} values (through aliases)")
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
 
 
 def all_keys():
@@ -427,6 +507,6 @@ def check_resume_compatible(saved, requested):
             continue
         if saved_values[section][name] != requested_values[section][name]:
             raise TflmError(
-                f"the run directory was trained with {key}={saved_values[section][name]!r}, not "
-                f"{requested_values[section][name]!r}; use a new --run-dir or the same setting"
+                f"the run directory was trained with {key}={shown(saved_values[section][name])}, not "
+                f"{shown(requested_values[section][name])}; use a new --run-dir or the same setting"
             )

@@ -14,15 +14,20 @@ import threading
 import time
 
 from tflm import run_dir as runs
-from tflm.errors import Diverged, Interrupted, Preempted
+from tflm.errors import EXIT_INTERRUPTED, Diverged, Interrupted, Preempted
 from tflm.lazy import tf
+from tflm.strategy import exit_now
 
 
 class Controller:
     """Runs a Trainer to train.steps with evaluations, history, TensorBoard and checkpoints."""
 
-    def __init__(self, trainer, checkpointer, train_config, tokens_per_step, run_dir, task, progress):
+    def __init__(self, trainer, checkpointer, train_config, tokens_per_step, run_dir, task, progress,
+                 resume_command=None):
+        """`resume_command`: what resumes this run, printed when it stops early, if that is not the
+        command that started it (which chose its run directory, or had --restart)."""
         self.trainer, self.checkpointer, self.config = trainer, checkpointer, train_config
+        self.resume_command = resume_command
         self.tokens_per_step, self.run_dir, self.task, self.progress = tokens_per_step, run_dir, task, progress
         self.checkpoint_every = train_config.checkpoint_every or train_config.eval_every
         self.writer = (tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if task.is_chief
@@ -65,7 +70,9 @@ class Controller:
                     self._save(step)
                 if step % t.eval_every == 0:  # the next period's speed counts training steps only
                     period_start, period_start_step = time.perf_counter(), step
-        progress.log(f"done: step {step}; checkpoints in {self.checkpointer.shared_dir}")
+        # Only the chief writes the run directory's checkpoints; the others' copies are temporary.
+        where = f"; checkpoints in {self.checkpointer.shared_dir}" if self.task.is_chief else ""
+        progress.log(f"done: step {step}{where}")
 
     def _loop_length(self, step):
         """Steps to run in the next host call: train.steps_per_loop, cut at the next evaluation,
@@ -84,12 +91,16 @@ class Controller:
         if self._sigint:
             self._save(step)
             raise Interrupted(f"Ctrl-C at step {step}; checkpoint saved ({self.checkpointer.latest()}); "
-                              "run the same command to resume")
+                              f"{self._how_to_resume()}")
 
     def _preempted(self, step):
         """PreemptionCheckpointHandler's exit: the checkpoint at `step` is saved on every worker."""
         raise Preempted(f"SIGTERM received; checkpoint saved at step {step} on every worker; "
-                        "relaunch the same command to resume")
+                        f"{self._how_to_resume('relaunch')}")
+
+    def _how_to_resume(self, verb="run"):
+        """'run the same command to resume', or the command that does."""
+        return f"resume with: {self.resume_command}" if self.resume_command else f"{verb} the same command to resume"
 
     def _check_divergence(self, step):
         """Stop past train.max_nonfinite_steps skipped steps; warn about each one skipped."""
@@ -103,30 +114,76 @@ class Controller:
                 f"the loss or gradient became NaN/inf at step {first} ({count} such step(s), "
                 f"train.max_nonfinite_steps={allowed}); stopped at step {step} without saving; the last "
                 f"finite checkpoint is {self.checkpointer.latest() or 'none'}; lower train.learning_rate, "
-                "or resume with a larger train.max_nonfinite_steps to skip the bad batches")
+                "or resume with a larger train.max_nonfinite_steps to skip the bad batches"
+                + (f" (its run directory: {self.run_dir})" if self.resume_command else ""))
         self.progress.log(f"warning: step {step}: NaN/inf gradient, update skipped ({count} of at most {allowed})")
 
     @contextlib.contextmanager
     def _ctrl_c_saves(self):
-        """While training alone, Ctrl-C asks the loop to checkpoint and stop (a second one stops at
-        once); in a cluster it becomes SIGTERM, which checkpoints every worker at the same step."""
+        """While training alone, Ctrl-C asks the loop to checkpoint and stop; in a cluster it becomes
+        SIGTERM, which checkpoints every worker at the same step. A second Ctrl-C ends the process
+        at once. Python runs a signal handler only when the main thread is back in Python, which a
+        long compiled call (many steps, an evaluation) delays, so a thread acts instead: it reads
+        the signal wakeup descriptor, which the C-level handler writes to the moment a signal comes."""
         if not _in_main_thread():
             yield
             return
-
-        def on_sigint(signum, frame):
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            if self.task.num_workers > 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            else:
-                self._sigint = True
-                self.progress.log("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
-
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)  # as set_wakeup_fd requires
+        previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: None)  # the thread acts
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        watcher = threading.Thread(target=self._watch_ctrl_c, args=(read_fd, previous_fd), name="tflm-ctrl-c",
+                                   daemon=True)
+        watcher.start()
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.set_wakeup_fd(previous_fd)
+            signal.signal(signal.SIGINT, previous_handler)
+            os.close(write_fd)  # the watcher reads end of file and returns
+            watcher.join()
+            os.close(read_fd)
+
+    def _watch_ctrl_c(self, read_fd, forward_fd):
+        """_ctrl_c_saves's thread: the first SIGINT asks for a checkpoint, the second ends the
+        process; other signals' wakeup bytes go on to `forward_fd` (the one set before, if any)."""
+        count = 0
+        while True:
+            try:
+                numbers = os.read(read_fd, 512)
+            except OSError:
+                return
+            if not numbers:
+                return
+            if forward_fd >= 0 and numbers.replace(bytes([signal.SIGINT]), b""):
+                with contextlib.suppress(OSError):
+                    os.write(forward_fd, numbers.replace(bytes([signal.SIGINT]), b""))
+            for _ in range(numbers.count(signal.SIGINT)):
+                count += 1
+                if count == 1:
+                    self._first_ctrl_c()
+                else:
+                    self._stop_at_once()
+
+    def _first_ctrl_c(self):
+        """Ask the loop to checkpoint and stop after this step (in a cluster: SIGTERM, so every worker does)."""
+        if self.task.num_workers > 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            self._sigint = True
+            self.progress.log("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+
+    def _stop_at_once(self):
+        """End the process now (a second Ctrl-C), whatever the main thread is doing: one line, exit 130."""
+        latest = None
+        try:
+            latest = self.checkpointer.latest()
+            if self.task.is_chief:
+                runs.release_lock(self.run_dir)
+            self.checkpointer.close()
+        finally:
+            exit_now(f"{self.progress.prefix}tflm: interrupted: Ctrl-C again: stopped at once, without saving; "
+                     f"the newest checkpoint is {latest or 'none'}; {self._how_to_resume()}", EXIT_INTERRUPTED)
 
     def _report(self, record, train_metrics, val):
         """Log an evaluation, append it to history.jsonl (chief) and TensorBoard."""

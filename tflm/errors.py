@@ -1,6 +1,7 @@
 """The one exception type for problems a user can fix, and the CLI wrapper that prints it."""
 
 import functools
+import logging
 import sys
 
 from tflm.quiet import flush_native_logs
@@ -56,6 +57,7 @@ def exit_on_user_error(main):
             return main(*args, **kwargs)
         except TflmError as error:
             flush_native_logs()  # so that this line comes last
+            quiet_python_warnings()
             print(f"tflm: {error.label}: {error}", file=sys.stderr, flush=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
@@ -64,3 +66,9 @@ def exit_on_user_error(main):
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
+
+
+def quiet_python_warnings():
+    """Hide TensorFlow's Python-logged warnings from here on: objects collected as the process ends
+    (checkpoint restore statuses, for one) would log them after the error line, which must come last."""
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)

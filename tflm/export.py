@@ -22,12 +22,16 @@ A classifier's export (task.type: classify) has instead:
     classify (and serving_default, the same): texts string [batch] -> labels string [batch],
               label_ids int32 [batch], probabilities float32 [batch, classes]
 Optional inputs are SignatureDef defaults, which TF Serving fills in when a request leaves them
-out, so requests written before they existed stay valid. The signatures trace the same functions
+out, so requests written before they existed stay valid. TensorFlow's Python loader ignores
+SignatureDef defaults: `tf.saved_model.load(d).signatures["generate"]` needs every input, while
+the exported object's `generate` attribute (`tf.saved_model.load(d).generate(...)`, a tf.function
+with the same defaults) takes the older calls too. The signatures trace the same functions
 `tflm.score` and `tflm.generate` run in Python, without XLA: a jit-compiled function in a
 SavedModel needs an XLA-enabled TF Serving build, and each request shape would compile anew. A
-request over the limits (MAX_BATCH_SIZE texts, prompts or rows; MAX_TEXT_CHARS characters per
-text, prompt or stop string, token ids per row), a token id outside the vocabulary, or a bad
-sampling input fails with INVALID_ARGUMENT before any work is done.
+request over the limits (`Limits`: texts, prompts or rows per request; characters of all its texts
+or prompts, token ids of all its rows, characters of the stop string), text that is not valid
+UTF-8, a token id outside the vocabulary, or a bad sampling input fails with INVALID_ARGUMENT
+before any work is done.
 
 The graph may use core TensorFlow ops only (those in tf.raw_ops, which stock TF Serving runs)
 and the ops the tokenizer declares (`non_core_ops`: none for the char and byte tokenizers,
@@ -37,6 +41,7 @@ fails with a TflmError naming them, and nothing is published.
 """
 
 import argparse
+import dataclasses
 import datetime
 import os
 import re
@@ -45,16 +50,16 @@ import sys
 import tempfile
 
 from tflm import atomic
-from tflm.atomic import staging_dir, write_json
+from tflm.atomic import check_persistent, staging_dir, write_json
 from tflm.errors import TflmError, exit_on_user_error
 from tflm.generate import MAX_NEW_TOKENS, MAX_SEED, generate_strings
-from tflm.inference import MAX_BATCH_SIZE, MAX_TEXT_CHARS, load_run, next_token_logits
+from tflm.inference import MAX_BATCH_SIZE, MAX_REQUEST_CHARS, load_run, next_token_logits
 from tflm.classify import classify_strings
 from tflm.lazy import keras, tf
 from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.score import default_stride, score_strings
 from tflm.serving_warmup import WARMUP_FILE, graph_ops, non_core_ops, warmup_inputs, write_warmup_requests
-from tflm.tokenizer import OOV_ID, PAD_ID, TF_SERVING_RELEASE
+from tflm.tokenizer import INT32_MAX, OOV_ID, PAD_ID, TF_SERVING_RELEASE
 
 
 def signature_inputs(classifier=False):
@@ -92,21 +97,36 @@ CLASSIFY_OUTPUTS = {"labels": ("string", [None]), "label_ids": ("int32", [None])
 CLASSIFIER_OUTPUTS = {"classify": CLASSIFY_OUTPUTS, "serving_default": CLASSIFY_OUTPUTS}
 
 
-def signature_functions(loaded, stride):
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one request to an exported signature may hold; a request costs in proportion to its
+    characters (README: Export for TF Serving), so they are counted per request."""
+
+    max_batch_size: int = MAX_BATCH_SIZE  # texts, prompts or token_ids rows
+    max_request_chars: int = MAX_REQUEST_CHARS  # characters of all texts or prompts, token ids of all rows
+
+    def __post_init__(self):
+        for name, value in dataclasses.asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT32_MAX:
+                raise TflmError(f"{name} must be an integer from 1 to {INT32_MAX}, got {value!r}")
+
+
+def signature_functions(loaded, stride, limits=Limits()):
     """{signature name: python function} over the loaded run; argument names are input names."""
     if loaded.is_classifier:
         def classify(texts):
-            return classify_strings(loaded, checked(texts, text_checks(texts, "texts")))
+            return classify_strings(loaded, checked(texts, text_checks(texts, "texts", limits)))
 
         return {"classify": classify, "serving_default": classify}
     vocabulary_size = loaded.tokenizer.vocabulary_size
 
     def serving_default(token_ids):
         token_ids = checked(token_ids, [
-            tf.debugging.assert_less_equal(tf.shape(token_ids)[0], MAX_BATCH_SIZE,
-                                           message=f"at most {MAX_BATCH_SIZE} rows of token_ids per request"),
-            tf.debugging.assert_less_equal(tf.shape(token_ids)[1], MAX_TEXT_CHARS,
-                                           message=f"token_ids may have at most {MAX_TEXT_CHARS} columns"),
+            tf.debugging.assert_less_equal(tf.shape(token_ids)[0], limits.max_batch_size,
+                                           message=f"at most {limits.max_batch_size} rows of token_ids per request"),
+            tf.debugging.assert_less_equal(tf.size(token_ids, tf.int64),
+                                           tf.constant(limits.max_request_chars, tf.int64),
+                                           message=f"at most {limits.max_request_chars} token_ids per request"),
             tf.debugging.assert_non_negative(token_ids, message="token_ids must be >= 0"),
             tf.debugging.assert_less(token_ids, vocabulary_size,
                                      message=f"token_ids must be < the vocabulary size, {vocabulary_size}"),
@@ -114,11 +134,11 @@ def signature_functions(loaded, stride):
         return {"logits": next_token_logits(loaded, token_ids)}
 
     def score(texts):
-        return score_strings(loaded, checked(texts, text_checks(texts, "texts")), stride)
+        return score_strings(loaded, checked(texts, text_checks(texts, "texts", limits)), stride)
 
     def generate(prompts, max_new_tokens, temperature, top_k, seed,
                  top_p=tf.constant(DEFAULTS["generate"]["top_p"]), stop=tf.constant(DEFAULTS["generate"]["stop"])):
-        prompts = checked(prompts, text_checks(prompts, "prompts") + [
+        prompts = checked(prompts, text_checks(prompts, "prompts", limits) + [
             tf.debugging.assert_greater(max_new_tokens, 0, message="max_new_tokens must be at least 1"),
             tf.debugging.assert_less_equal(max_new_tokens, MAX_NEW_TOKENS,
                                            message=f"max_new_tokens must be at most {MAX_NEW_TOKENS}"),
@@ -128,8 +148,8 @@ def signature_functions(loaded, stride):
             tf.debugging.assert_non_negative(seed, message=f"seed must be from 0 to {MAX_SEED}"),
             tf.debugging.assert_greater(top_p, 0.0, message="top_p must be in (0, 1] (1 = no limit)"),
             tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1] (1 = no limit)"),
-            tf.debugging.assert_less_equal(tf.strings.length(stop, unit="UTF8_CHAR"), MAX_TEXT_CHARS,
-                                           message=f"stop may have at most {MAX_TEXT_CHARS} characters"),
+            tf.debugging.assert_less_equal(tf.strings.length(stop, unit="UTF8_CHAR"), limits.max_request_chars,
+                                           message=f"stop may have at most {limits.max_request_chars} characters"),
             tf.debugging.assert_equal(is_utf8(stop), True, message="stop must be valid UTF-8"),
         ])
         return {"completions": generate_strings(loaded, prompts, max_new_tokens, temperature, top_k, top_p,
@@ -138,19 +158,22 @@ def signature_functions(loaded, stride):
     return {"serving_default": serving_default, "score": score, "generate": generate}
 
 
-def text_checks(texts, name):
-    """Assertions that the 1-D string tensor `texts` is within MAX_BATCH_SIZE and MAX_TEXT_CHARS."""
+def text_checks(texts, name, limits):
+    """Assertions that the 1-D string tensor `texts` is within `limits` and valid UTF-8."""
+    characters = tf.reduce_sum(tf.cast(tf.strings.length(texts, unit="UTF8_CHAR"), tf.int64))
     return [
-        tf.debugging.assert_less_equal(tf.size(texts), MAX_BATCH_SIZE,
-                                       message=f"at most {MAX_BATCH_SIZE} {name} per request"),
-        tf.debugging.assert_less_equal(tf.strings.length(texts, unit="UTF8_CHAR"), MAX_TEXT_CHARS,
-                                       message=f"{name} may have at most {MAX_TEXT_CHARS} characters each"),
+        tf.debugging.assert_less_equal(tf.size(texts), limits.max_batch_size,
+                                       message=f"at most {limits.max_batch_size} {name} per request"),
+        tf.debugging.assert_less_equal(characters, tf.constant(limits.max_request_chars, tf.int64),
+                                       message=f"at most {limits.max_request_chars} characters of {name} per request"),
+        # As tflm's command line and Python API refuse it, rather than decode it with replacement.
+        tf.debugging.assert_equal(tf.reduce_all(is_utf8(texts)), True, message=f"{name} must be valid UTF-8"),
     ]
 
 
-def is_utf8(text):
-    """Whether the scalar string `text` is valid UTF-8 (decoding it replaces nothing)."""
-    return tf.strings.reduce_join(tf.strings.unicode_split(text, "UTF-8", errors="replace")) == text
+def is_utf8(texts):
+    """Whether each string of `texts` is valid UTF-8 (transcoding it replaces nothing)."""
+    return tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace") == texts
 
 
 def checked(value, checks):
@@ -159,19 +182,20 @@ def checked(value, checks):
         return tf.identity(value)
 
 
-def write_saved_model(loaded, path, stride):
-    """The SavedModel with its three signatures, through keras.export.ExportArchive."""
+def write_saved_model(loaded, path, stride, limits=Limits()):
+    """The SavedModel with its signatures, through keras.export.ExportArchive (which also sets
+    each as a tf.function attribute of the exported object, defaults included)."""
     archive = keras.export.ExportArchive()
     archive.track(loaded.model)
     for trackable in loaded.tokenizer.trackables:  # lookup tables, a SentencePiece model
         archive.track(trackable)
     inputs = signature_inputs(loaded.is_classifier)
-    for name, function in signature_functions(loaded, stride).items():
+    for name, function in signature_functions(loaded, stride, limits).items():
         archive.add_endpoint(name, tf.function(function), input_signature=inputs[name])
     archive.write_out(path, verbose=False)
 
 
-def describe(loaded, stride, ops):
+def describe(loaded, stride, ops, limits=Limits()):
     """The contents of assets.extra/tflm_export.json."""
     def spec(dtype, shape):
         return {"dtype": dtype, "shape": shape}
@@ -194,7 +218,7 @@ def describe(loaded, stride, ops):
         "score": {"stride": stride},
         "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "greedy_when_temperature": 0,
                      "request": GENERATE_REQUEST},
-        "limits": limits(loaded.tokenizer.vocabulary_size),
+        "limits": described_limits(loaded.tokenizer.vocabulary_size, limits),
         "ops": ops,
         "non_core_ops": non_core_ops(ops),
         "allowed_non_core_ops": list(loaded.tokenizer.non_core_ops),
@@ -205,7 +229,8 @@ def describe(loaded, stride, ops):
             del described[key]
         described["classify"] = {"labels": list(loaded.labels), "max_tokens": loaded.context,
                                  "pooling": loaded.config.task.pooling}
-        described["limits"] = {name: {"max_texts": MAX_BATCH_SIZE, "max_chars_per_text": MAX_TEXT_CHARS}
+        described["limits"] = {name: {"max_texts": limits.max_batch_size,
+                                      "max_chars_per_request": limits.max_request_chars}
                                for name in CLASSIFIER_OUTPUTS}
     return described
 
@@ -223,16 +248,17 @@ def describe_tokenizer(tokenizer):
     return described
 
 
-def limits(vocabulary_size):
+def described_limits(vocabulary_size, limits):
     """What one request to each signature may hold (larger ones fail with INVALID_ARGUMENT)."""
     return {
-        "serving_default": {"max_rows": MAX_BATCH_SIZE, "max_columns": MAX_TEXT_CHARS,
+        "serving_default": {"max_rows": limits.max_batch_size, "max_token_ids_per_request": limits.max_request_chars,
                             "token_ids": [0, vocabulary_size - 1]},
-        "score": {"max_texts": MAX_BATCH_SIZE, "max_chars_per_text": MAX_TEXT_CHARS},
-        "generate": {"max_prompts": MAX_BATCH_SIZE, "max_chars_per_prompt": MAX_TEXT_CHARS,
-                     "max_new_tokens": [1, MAX_NEW_TOKENS], "temperature": ">= 0, finite", "top_k": ">= 0",
-                     "top_p": "> 0, <= 1", "seed": [0, MAX_SEED],
-                     "stop": f"valid UTF-8, at most {MAX_TEXT_CHARS} characters"},
+        "score": {"max_texts": limits.max_batch_size, "max_chars_per_request": limits.max_request_chars,
+                  "texts": "valid UTF-8"},
+        "generate": {"max_prompts": limits.max_batch_size, "max_chars_per_request": limits.max_request_chars,
+                     "prompts": "valid UTF-8", "max_new_tokens": [1, MAX_NEW_TOKENS], "temperature": ">= 0, finite",
+                     "top_k": ">= 0", "top_p": "> 0, <= 1", "seed": [0, MAX_SEED],
+                     "stop": f"valid UTF-8, at most {limits.max_request_chars} characters"},
     }
 
 
@@ -259,8 +285,9 @@ def check_name(name):
 
 
 def versions(model_dir):
-    """The integer version directories in `model_dir`, as ints."""
-    return sorted(int(d) for d in atomic.listdir(model_dir) if d.isdigit())
+    """The version numbers in `model_dir`: its entries named by ASCII digits, as TF Serving reads
+    them (other entries, such as a file named "²", which str.isdigit accepts, are not versions)."""
+    return sorted(int(d) for d in atomic.listdir(model_dir) if re.fullmatch(r"[0-9]+", d))
 
 
 def next_version(model_dir):
@@ -298,21 +325,24 @@ def publish_remote(staging, model_dir):
     return target
 
 
-def write_export(loaded, path, model_name):
+def write_export(loaded, path, model_name, limits=Limits()):
     """The SavedModel, its tflm_export.json and its warmup requests, in the local directory `path`."""
     stride = default_stride(loaded.context)
-    write_saved_model(loaded, path, stride)
+    write_saved_model(loaded, path, stride, limits)
     ops = graph_ops(path)
     check_core_ops(ops, loaded.tokenizer.non_core_ops)
     extra = os.path.join(path, "assets.extra")
     os.makedirs(extra)
-    write_json(os.path.join(extra, "tflm_export.json"), describe(loaded, stride, ops))
+    write_json(os.path.join(extra, "tflm_export.json"), describe(loaded, stride, ops, limits))
     write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name,
-                          warmup_inputs(loaded.tokenizer, loaded.is_classifier))
+                          warmup_inputs(loaded.tokenizer, loaded.is_classifier, limits.max_request_chars))
 
 
-def export_run(run_dir, base="saved_models", name=None):
-    """Export the run's latest checkpoint to base/NAME/VERSION; returns that directory."""
+def export_run(run_dir, base="saved_models", name=None, max_batch_size=MAX_BATCH_SIZE,
+               max_request_chars=MAX_REQUEST_CHARS):
+    """Export the run's latest checkpoint to base/NAME/VERSION, its signatures taking requests of
+    at most `max_batch_size` texts and `max_request_chars` characters; returns that directory."""
+    limits = Limits(max_batch_size, max_request_chars)
     name = check_name(name or default_name(run_dir))
     model_dir = f"{base.rstrip('/')}/{name}" if not atomic.is_local(base) else os.path.join(base, name)
     loaded = load_run(run_dir)
@@ -320,7 +350,7 @@ def export_run(run_dir, base="saved_models", name=None):
     staging = (staging_dir(model_dir, ".tflm-export-", f"write an export under {model_dir}") if local
                else tempfile.mkdtemp(prefix="tflm-export-"))
     try:
-        write_export(loaded, staging, name)
+        write_export(loaded, staging, name, limits)
         if local:
             return publish(staging, model_dir)
         try:
@@ -337,6 +367,11 @@ def parse_args(argv):
     parser.add_argument("--run-dir", required=True, help="a trained run directory")
     parser.add_argument("--base", default="saved_models", help="TF Serving model base (default: saved_models)")
     parser.add_argument("--name", help="model name (default: the run directory's name)")
+    parser.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE,
+                        help=f"texts, prompts or rows a request may hold (default: {MAX_BATCH_SIZE})")
+    parser.add_argument("--max-request-chars", type=int, default=MAX_REQUEST_CHARS,
+                        help=f"characters of all texts or prompts of a request, token ids of all its rows "
+                             f"(default: {MAX_REQUEST_CHARS}; the cost of a request grows with them)")
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
 
@@ -345,7 +380,8 @@ def parse_args(argv):
 def main(argv=None):
     """Entry point of `python -m tflm.export`: prints the new version directory."""
     args = parse_args(argv)
-    print(export_run(args.run_dir, args.base, args.name), flush=True)
+    check_persistent(args.base, "--base")
+    print(export_run(args.run_dir, args.base, args.name, args.max_batch_size, args.max_request_chars), flush=True)
     return 0
 
 

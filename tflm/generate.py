@@ -32,13 +32,14 @@ variable. The loop below uses core TF ops only.
 """
 
 import argparse
+import json
 import math
 import numbers
 import random
 import sys
 
 from tflm.errors import TflmError, exit_on_user_error
-from tflm.inference import check_strings, load_run
+from tflm.inference import check_language_model, check_strings, load_run
 from tflm.lazy import LazyModule, tf
 from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.tokenizer import PAD_ID
@@ -309,6 +310,7 @@ def generate_ids(loaded, prompts, max_new_tokens=100, temperature=1.0, top_k=0, 
     benchmark's baseline); XLA (`jit_compile`, default: when cached) needs the cached loop's
     fixed shapes.
     """
+    check_language_model(loaded)
     prompts = check_strings(prompts, "prompts")
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     check_strings([stop], "stop")
@@ -344,8 +346,22 @@ def parse_args(argv):
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = all)")
     parser.add_argument("--seed", type=int, help=f"0 to {MAX_SEED}, for reproducible samples (default: random)")
     parser.add_argument("--stop", default="", help="end each completion before this text (default: none)")
+    parser.add_argument("--json", action="store_true",
+                        help='print one JSON object per prompt: {"prompt": ..., "completion": ...}')
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser.parse_args(argv)
+
+
+def print_completions(prompts, completions, as_json):
+    """Print each prompt + completion: one JSON object per line with `as_json`; otherwise the
+    text itself, under a "--- prompt N of M" line when there are several (texts may hold blank lines)."""
+    for number, (prompt, completion) in enumerate(zip(prompts, completions), start=1):
+        if as_json:
+            print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False), flush=True)
+            continue
+        if len(prompts) > 1:
+            print(f"--- prompt {number} of {len(prompts)}", flush=True)
+        print(prompt + completion, flush=True)
 
 
 @exit_on_user_error
@@ -355,8 +371,7 @@ def main(argv=None):
     prompts = args.prompt or [""]
     outputs = generate(load_run(args.run_dir), prompts, args.max_new_tokens, args.temperature,
                        args.top_k, args.top_p, args.seed, args.stop)
-    for prompt, completion in zip(prompts, outputs):
-        print(prompt + completion, flush=True)
+    print_completions(prompts, outputs, args.json)
     return 0
 
 

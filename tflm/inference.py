@@ -8,23 +8,29 @@ is the code traced into the exported SavedModel.
 from __future__ import annotations  # LoadedRun's `keras.Model` annotation is not evaluated (tflm.lazy)
 
 import dataclasses
+import json
 import os
 import sys
 
 import numpy as np
 
+from tflm import atomic
 from tflm import run_dir as runs
 from tflm.checkpoint import checkpoint_dir, list_checkpoints
 from tflm.errors import TflmError
+from tflm.init_from import RECORD_FILE
 from tflm.labelled import load_labels
 from tflm.lazy import keras, tf
+from tflm.store import INDEX_FILE
 from tflm.tokenizer import PAD_ID, CharTokenizer
 
 CHUNK_TOKENS = 8192  # tokens per model call when scoring or reading long rows: bounds memory
-# Limits of one request to an exported signature (listed in assets.extra/tflm_export.json); the
-# Python API has none, and score_texts sends MAX_BATCH_SIZE texts at a time.
+# Default limits of one request to an exported signature (`tflm.export --max-batch-size` and
+# `--max-request-chars` change them; listed in assets.extra/tflm_export.json); the Python API has
+# none, and score_texts sends MAX_BATCH_SIZE texts at a time. A request costs time and memory in
+# proportion to its characters, so they are bounded per request: a full one takes seconds.
 MAX_BATCH_SIZE = 64  # texts per `score` request, prompts per `generate`, rows per `serving_default`
-MAX_TEXT_CHARS = 100_000  # characters per text or prompt, token ids per `serving_default` row
+MAX_REQUEST_CHARS = 65_536  # characters of all texts or prompts of a request, token ids of all its rows
 
 
 @dataclasses.dataclass
@@ -66,6 +72,8 @@ class LoadedRun:
 
 def load_run(run_dir):
     """Load a run directory: its config, tokenizer, and model restored from the latest checkpoint."""
+    if not atomic.exists(run_dir):
+        raise TflmError(f"{run_dir}: no such run directory")
     if not runs.is_run_dir(run_dir):
         raise TflmError(f"{run_dir} is not a tflm run directory (no config.yaml and vocab.json)")
     checkpoints = list_checkpoints(checkpoint_dir(run_dir))
@@ -73,6 +81,7 @@ def load_run(run_dir):
         raise TflmError(f"{run_dir} has no checkpoint yet; train it first (python -m tflm.train --run-dir {run_dir})")
     config = runs.read_config(run_dir)
     tokenizer = runs.load_tokenizer(run_dir)
+    check_recorded_tokenizer(run_dir, config, tokenizer)
     labels = load_labels(run_dir) if config.task.type == "classify" else ()
     # Inference runs in float32 whatever the run trained with: the variables are float32 either
     # way, and exact float32 logits make scores reproducible across Python and TF Serving.
@@ -85,6 +94,42 @@ def load_run(run_dir):
     checkpoint = restore_newest_readable(model, checkpoints)
     check_finite(model, checkpoint)
     return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint, labels)
+
+
+def check_recorded_tokenizer(run_dir, config, tokenizer):
+    """Raise a TflmError unless the run's tokenizer has the fingerprint its records hold: the
+    token store's index.json (a language model's) and init_from.json (a fine-tuned run's). A run
+    without either (tflm 0.1's, a classifier trained from scratch) records none: nothing to compare."""
+    store = config.data.store or os.path.join(run_dir, "store")
+    records = {os.path.join(store, INDEX_FILE): ("tokenizer", "fingerprint"),
+               os.path.join(run_dir, RECORD_FILE): ("tokenizer_fingerprint",)}
+    actual = tokenizer.fingerprint()
+    for record, keys in records.items():
+        fingerprint = recorded_fingerprint(record, keys)
+        if fingerprint is not None and fingerprint != actual:
+            files = " and ".join(os.path.join(run_dir, name) for name in tokenizer.file_names())
+            raise TflmError(f"{files} (tokenizer fingerprint {actual[:12]}) is not the tokenizer the run was "
+                            f"trained with: {record} records {fingerprint[:12]}; restore the run's own "
+                            "tokenizer files")
+
+
+def recorded_fingerprint(path, keys):
+    """The fingerprint at `keys` in the JSON file `path`; None if there is no such file or key
+    (a damaged record is reported by the code that owns it, not here)."""
+    try:
+        value = json.loads(atomic.read_bytes(path))
+        for key in keys:
+            value = value[key]
+    except Exception:  # missing (OSError, tf.errors.NotFoundError), not JSON, another layout
+        return None
+    return value if isinstance(value, str) else None
+
+
+def check_language_model(loaded):
+    """Raise a TflmError if `loaded` is a classifier: scoring and generating need a language model."""
+    if loaded.is_classifier:
+        raise TflmError(f"{loaded.run_dir} is a text classifier (task.type: classify), not a language model; "
+                        "use tflm.classify")
 
 
 def build_inference_model(config, vocabulary_size, labels):

@@ -15,7 +15,9 @@ import csv
 import dataclasses
 import io
 import json
+import math
 
+from tflm.config import shown
 from tflm.errors import TflmError
 from tflm.sources import expand_paths, holdout_period, is_url
 from tflm.lazy import tf
@@ -121,8 +123,8 @@ def json_rows(path, text):
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TflmError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        except ValueError as error:  # JSONDecodeError, or an integer of more than 4300 digits
+            raise TflmError(f"{path}:{number}: not valid JSON ({getattr(error, 'msg', error)})") from None
         if not isinstance(row, dict):
             raise TflmError(f"{path}:{number}: expected a JSON object, found {type(row).__name__}")
         rows.append((number, row))
@@ -138,13 +140,23 @@ def example(path, line, row, task_config):
             raise TflmError(f"{where}: no {role} column {field!r} (task.{role}_field; it has: {known})")
     text, label = row[task_config.text_field], row[task_config.label_field]
     if not isinstance(text, str):
-        raise TflmError(f"{where}: the text {task_config.text_field!r} must be a string, got {text!r}")
+        raise TflmError(f"{where}: the text {task_config.text_field!r} must be a string, got {shown(text)}")
     if not text.strip():
         raise TflmError(f"{where}: empty text")
-    if isinstance(label, (dict, list)) or (isinstance(label, str) and not label.strip()):
-        raise TflmError(f"{where}: the label {task_config.label_field!r} must be a non-empty string or number, "
-                        f"got {label!r}")
-    return Example(text, str(label).strip(), where)
+    return Example(text, label_name(label, where, task_config.label_field), where)
+
+
+def label_name(label, where, field):
+    """A label as its class name: a non-empty string, or an integer (a float only if it is one:
+    1.0 and 1 are the same class); a TflmError for anything else (true, NaN, 1e400, 0.5, lists)."""
+    if isinstance(label, float) and math.isfinite(label) and label.is_integer():
+        label = int(label)
+    if isinstance(label, str) and label.strip():
+        return label.strip()
+    if isinstance(label, int) and not isinstance(label, bool):
+        return str(label)
+    raise TflmError(f"{where}: the label {field!r} must be a non-empty string or an integer, got "
+                    f"{json.dumps(label)[:100] if isinstance(label, (bool, float)) else shown(label)}")
 
 
 def read_tfds(data_config, task_config):

@@ -6,7 +6,9 @@
 
 Each run gets one colour; its training curve is dashed and its validation curve solid. The
 training value at an evaluation is the mean over the steps since the previous one, so it lags
-the validation value by half an interval. Several `--metric`s are drawn side by side.
+the validation value by half an interval. Several `--metric`s are drawn side by side. A NaN or
+infinite value (a run that diverged) is a gap in its curve, and a warning line on stderr names
+the run, the history key and the steps.
 
 The functions work without pyplot (they build a `matplotlib.figure.Figure`), so notebooks import
 them and scripts never open a window: `plot_runs(...)` returns the figure, `save_figure` writes it.
@@ -17,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 
 from matplotlib.figure import Figure
@@ -42,9 +45,10 @@ class Metric:
     percent: bool = False
 
     def values(self, records, part):
-        """The train or validation values of `records`, converted."""
+        """The train or validation values of `records`, converted; NaN (a gap) where one is not finite."""
         key = self.train_key if part == "train" else self.val_key
-        return [self.convert(r[key]) if self.convert else r[key] for r in records]
+        convert = self.convert or (lambda value: value)
+        return [convert(r[key]) if math.isfinite(r[key]) else math.nan for r in records]
 
 
 def nats_to_bits(nats):
@@ -167,11 +171,52 @@ def check_metrics(metrics):
     return metrics
 
 
+class TickFormatter(EngFormatter):
+    """Engineering notation with the decimals each tick needs: 800k, 1M, 1.2M, 1.25M (EngFormatter
+    with a fixed number of places labels 1.0M, 1.2M and 1.4M all "1M", or 800k as "800.0k")."""
+
+    def __init__(self, places=3):
+        super().__init__(places=places, sep="")
+
+    def __call__(self, x, pos=None):
+        """EngFormatter's label without trailing zeros after the decimal point."""
+        label = super().__call__(x, pos)
+        match = re.fullmatch(r"(.*\.\d*?)0*(\D*)", label)
+        return match.group(1).rstrip(".") + match.group(2) if match else label
+
+    def format_ticks(self, values):
+        """The tick labels, with more places if ticks so close that 3 decimals cannot tell them apart."""
+        labels = super().format_ticks(values)
+        while len(set(labels)) < len(labels) and self.places < 9:
+            self.places += 1
+            labels = super().format_ticks(values)
+        return labels
+
+
+MAX_LISTED_STEPS = 5  # steps named in a warning about non-finite values
+
+
+def non_finite_warnings(run, spec):
+    """One line per history key of `spec` that holds NaN or infinite values in `run`, naming the steps."""
+    lines = []
+    for key in (spec.train_key, spec.val_key):
+        bad = [r.get("step", "?") for r in run.records if not math.isfinite(r[key])]
+        if bad:
+            listed = ", ".join(str(step) for step in bad[:MAX_LISTED_STEPS])
+            listed += ", ..." if len(bad) > MAX_LISTED_STEPS else ""
+            lines.append(f"{run.path}: {key} is NaN or infinite at {len(bad)} of {len(run.records)} evaluations "
+                         f"(step {listed}); drawn as gaps in the curve")
+    return lines
+
+
 def draw_metric(ax, runs, metric, x="step"):
-    """Draw `metric` of every run on `ax`: colour C0, C1, ... per run; train dashed, validation solid."""
+    """Draw `metric` of every run on `ax`: colour C0, C1, ... per run; train dashed, validation solid.
+    A NaN or infinite value is a gap in its curve; returns a warning line per history key that has one."""
     spec, (x_key, x_label) = METRICS[metric], X_AXES[x]
+    warnings = []
     for i, run in enumerate(runs):
         xs = [r[x_key] for r in run.records]
+        warnings += non_finite_warnings(run, spec)
         for part, style in (("train", "--"), ("validation", "-")):
             ax.plot(xs, spec.values(run.records, part), linestyle=style, color=f"C{i}", marker="o",
                     markersize=3, linewidth=1.6 if part == "validation" else 1.2,
@@ -186,10 +231,11 @@ def draw_metric(ax, runs, metric, x="step"):
         ax.grid(True, which="minor", alpha=0.12)
     if spec.percent:
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-    if x == "tokens":
-        ax.xaxis.set_major_formatter(EngFormatter(places=0, sep=""))
+    if x in ("tokens", "examples"):
+        ax.xaxis.set_major_formatter(TickFormatter())
     ax.grid(True, which="major", alpha=0.3)
     ax.margins(x=0.02)
+    return warnings
 
 
 def legend_handles(runs):
@@ -199,18 +245,28 @@ def legend_handles(runs):
                       Line2D([], [], color="0.35", linestyle="-", label="validation")]
 
 
-def plot_runs(runs, metrics=("accuracy",), x="step", names=None, title=None):
+def print_warning(line):
+    """The default `warn` of plot_runs: the line on stderr."""
+    print(f"tflm.plot: warning: {line}", file=sys.stderr, flush=True)
+
+
+def plot_runs(runs, metrics=("accuracy",), x="step", names=None, title=None, warn=print_warning):
     """A Figure with one panel per metric (side by side) comparing `runs` (run directories).
 
     Each panel has 2 lines per run, labelled "<name> train" and "<name> validation"; the figure
-    legend names each run once. Raises TflmError for a missing or malformed history.
+    legend names each run once. Raises TflmError for a missing or malformed history. NaN or
+    infinite values (a diverged run) are gaps in their curves, each history key that has them
+    reported once through `warn` (a line naming the run, the key and the steps).
     """
     metrics = check_metrics(metrics)
     loaded = load_runs(runs, metrics, x, names)
     figure = Figure(figsize=(5.2 * len(metrics) + (1.6 if len(metrics) == 1 else 0), 4.2), layout="constrained")
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    warnings = []
     for ax, metric in zip(axes, metrics):
-        draw_metric(ax, loaded, metric, x)
+        warnings += [line for line in draw_metric(ax, loaded, metric, x) if line not in warnings]
+    for line in warnings:
+        warn(line)
     handles = legend_handles(loaded)
     if len(metrics) == 1:  # beside the panel: below it there is no room for a row of entries
         figure.legend(handles=handles, loc="outside right upper", frameon=False)

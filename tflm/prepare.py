@@ -13,10 +13,13 @@ so a store is only ever opened whole.
 """
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import os
 import secrets
 import shutil
+import socket
 import sys
 import time
 
@@ -27,7 +30,8 @@ from tflm.errors import TflmError, exit_on_user_error
 from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.sources import make_source
 from tflm.atomic import is_local, parent_of
-from tflm.store import FORMAT, SPLITS, ShardWriter, TokenStore, id_dtype, write_index
+from tflm.lazy import tf
+from tflm.store import FORMAT, SPLITS, ShardWriter, StoreWriteError, TokenStore, id_dtype, write_index, writing
 from tflm.tokenizer import text_batches
 
 TEXT_BATCH_CHARS = 1 << 20  # texts are tokenized in batches of about this many characters
@@ -68,12 +72,30 @@ def tokenize_split(source, split, tokenizer, writer, log):
             log(f"tflm.prepare: {split}: {name}: {megabytes:.0f} MB in {time.perf_counter() - started:.0f}s")
 
 
-def prepare_store(data_config, path, tokenizer=None, log=print):
+class StoreExists(TflmError):
+    """The store a process was about to prepare exists (another process prepared it meanwhile)."""
+
+
+def prepare_store(data_config, path, tokenizer=None, log=print, wait=False):
     """Tokenize the configured text into a new token store at `path`; returns it opened.
 
     `tokenizer` (a run's, when it resumes) is used as it is; otherwise one is learned from the
-    training split.
+    training split. One process at a time prepares a local store: with `wait` this one waits for
+    another that is preparing `path` (then raises StoreExists if it succeeded), otherwise that
+    is a TflmError naming it. A store that cannot be written whole (a full disk) is removed.
     """
+    with preparing_alone(path, wait, log):
+        if TokenStore.exists(path):
+            raise StoreExists(f"{path} already exists; a store is never overwritten: remove it or choose another path")
+        try:
+            return write_store(data_config, path, tokenizer, log)
+        except StoreWriteError as error:
+            raise TflmError(f"cannot write the token store {path}: {error.reason} (writing {error.name}); "
+                            "the partial store was removed") from None
+
+
+def write_store(data_config, path, tokenizer, log):
+    """prepare_store's work, in a staging directory renamed into place when local."""
     from tflm.tokenizer import learn_tokenizer
 
     source = make_source(data_config)
@@ -83,7 +105,8 @@ def prepare_store(data_config, path, tokenizer=None, log=print):
         tokenizer = learn_tokenizer(data_config.tokenizer, training_texts(source), data_config.vocab_size, **options)
     target = staging_path(path) if is_local(path) else path
     try:
-        tokenizer.save(os.path.join(target, "tokenizer"))
+        with writing(target, "tokenizer"):
+            tokenizer.save(os.path.join(target, "tokenizer"))
         dtype = id_dtype(tokenizer.vocabulary_size)
         splits = {}
         for split in SPLITS:
@@ -100,22 +123,91 @@ def prepare_store(data_config, path, tokenizer=None, log=print):
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         })
         if target != path:
-            os.rename(target, path)
+            move_into_place(target, path)
     except BaseException:
-        if target != path:
-            shutil.rmtree(target, ignore_errors=True)
+        remove_partial(target)
         raise
     return TokenStore.open(path)
 
 
-def staging_path(path):
-    """A new hidden directory beside `path`, to fill and rename into place."""
+def move_into_place(staged, path):
+    """Rename a staged store to `path`; StoreExists if another process put one there first."""
+    try:
+        os.rename(staged, path)
+    except OSError as error:
+        if os.path.exists(path):
+            raise StoreExists(f"{path} was prepared by another process meanwhile") from None
+        raise TflmError(f"cannot move the token store into {path}: {error.strerror}") from None
+
+
+def remove_partial(target):
+    """Delete what a failed prepare wrote (a staging directory, or a remote store written in place)."""
+    if is_local(target):
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    try:
+        if tf.io.gfile.exists(target):
+            tf.io.gfile.rmtree(target)
+    except tf.errors.OpError:
+        pass  # the prepare's own error is the one to report
+
+
+@contextlib.contextmanager
+def preparing_alone(path, wait, log):
+    """Hold an exclusive lock (flock on PARENT/.NAME.preparing, released by the kernel if the
+    process dies) while preparing the local store at `path`. Object stores have no such lock:
+    two prepares into one gs:// path are not detected."""
+    if not is_local(path):
+        yield
+        return
+    lock_path = os.path.join(parent_of(path), f".{os.path.basename(os.path.abspath(path))}.preparing")
+    make_parent(path)
+    lock = locked_file(lock_path, path, wait, log)
+    try:
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        lock.flush()
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # while still held: a process that waited then sees the store (or none)
+        lock.close()
+
+
+def locked_file(lock_path, path, wait, log):
+    """`lock_path` opened and flock()ed, retried if the holder unlinked it meanwhile."""
+    while True:
+        lock = open(lock_path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            if not wait:
+                lock.close()
+                raise TflmError(f"{path} is being prepared by {holder} ({lock_path}); "
+                                "wait for it to finish, or prepare another path") from None
+            log(f"tflm.prepare: waiting for {holder}, which is preparing {path}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(lock.fileno()).st_ino == os.stat(lock_path).st_ino:
+                return lock
+        lock.close()
+
+
+def make_parent(path):
+    """Create the directory that will hold `path`; a TflmError if it cannot be."""
     parent = parent_of(path)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as error:
         raise TflmError(f"cannot write a token store in {parent}: {error.strerror}") from None
-    return os.path.join(parent, f".tflm-store-{secrets.token_hex(4)}")
+    return parent
+
+
+def staging_path(path):
+    """A new hidden directory beside `path`, to fill and rename into place."""
+    return os.path.join(make_parent(path), f".tflm-store-{secrets.token_hex(4)}")
 
 
 def training_texts(source):

@@ -12,7 +12,8 @@ So each command-line entry point (`tflm ...`, `python -m tflm.<command>`, and so
 (`is_noise`) and copies every other line unchanged. Python's `sys.stderr` keeps writing to the
 real stderr directly, so tflm's own messages are never held up, even when the process ends with
 `os._exit`. The filter is a separate process that ends when the last writer of the pipe is gone,
-so a fatal `F` line, or a crash report written as the process dies, still gets through.
+so a fatal `F` line, or a crash report written as the process dies, still gets through. A few
+of TensorFlow's Python-logged warnings that say nothing to a user (PYTHON_NOISE) are left out too.
 
 `--verbose` on a command, or TFLM_VERBOSE=1, shows everything (and is passed on to the processes
 a command starts). Importing tflm as a library changes nothing: notebooks and user code keep
@@ -20,6 +21,7 @@ their stderr as it is.
 """
 
 import atexit
+import logging
 import os
 import re
 import select
@@ -42,6 +44,16 @@ NOISE = re.compile("|".join([
     r".*\] computation placer already registered",
     r".*\] could not open file to read NUMA node: ",
     r".*\] Delay kernel timed out: measured time has sub-optimal accuracy",
+    # sentencepiece's own INFO and WARNING lines ("normalizer.cc(51) LOG(INFO) ..."), e.g. from the
+    # copy inside tensorflow-text, whose log level Python cannot set:
+    r"\S+\.cc\(\d+\) LOG\((INFO|WARNING)\) ",
+]))
+# A line naming one task alone: how a multi-line INFO line ("Example stragglers:") goes on.
+TASK_LINE = re.compile(r"/job:\w+/replica:\d+/task:\d+$")
+# TensorFlow's Python-logged warnings of no use to a user of the commands:
+PYTHON_NOISE = re.compile("|".join([
+    r"not packing values due to the unknown or inconsistent shape",  # one all-reduce on its own: harmless
+    r"From .*: PreemptionCheckpointHandler\.total_run_calls .* is deprecated",  # TensorFlow's own use of it
 ]))
 FLUSH_REQUEST = b"\0tflm: flush native logs\0"  # see `flush_native_logs`
 FLUSH_TIMEOUT_S = 1.0
@@ -74,6 +86,7 @@ def run_command(main, argv=None):
         os.environ[VERBOSE_ENV] = "1"  # for the processes this one starts, e.g. tflm.launch's workers
     else:
         hide_native_noise()
+        logging.getLogger("tensorflow").addFilter(lambda record: not PYTHON_NOISE.match(record.getMessage()))
     return main(argv)
 
 
@@ -120,7 +133,7 @@ def filter_lines(source, target, ack=None):
     """Copy the lines read from descriptor `source` to `target` until end of file, leaving out
     noise; answer each FLUSH_REQUEST line with a byte on `ack`. Reads on if `target` fails, so
     writers never block."""
-    pending = b""
+    pending, dropping = b"", False
     while True:
         try:
             chunk = os.read(source, 1 << 16)
@@ -134,7 +147,10 @@ def filter_lines(source, target, ack=None):
             if line.endswith(FLUSH_REQUEST):
                 target = write_all(target, line[:-len(FLUSH_REQUEST)])
                 ack = write_all(ack, b".")
-            elif not is_noise(line.decode("utf-8", "replace")):
+                continue
+            text = line.decode("utf-8", "replace")
+            dropping = is_noise(text) or (dropping and TASK_LINE.match(text) is not None)
+            if not dropping:
                 target = write_all(target, line + b"\n")
     write_all(target, pending)
 

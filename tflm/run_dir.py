@@ -10,8 +10,12 @@
     RUN_DIR/tensorboard/     event files
     RUN_DIR/lock             held by the trainer writing here (pid, host, start time)
 
-A new run directory appears whole or not at all: it is assembled under a temporary name, lock
-included, and renamed into place. Only the chief writes here, and only while it holds the lock.
+A new run directory appears whole or not at all: it is reserved before anything is prepared for
+it (PARENT/.tflm-new-NAME, made exclusively, this process's lock inside: a second trainer stops
+there), assembled there, store included, and renamed into place, lock and all; a reservation
+whose trainer is gone is swept by the next start. Only the chief writes here, and only while it
+holds the lock: it checks the lock before every history record and checkpoint, and if someone
+deleted it, takes it again, or stops (exit 2) if another trainer has taken it meanwhile.
 An existing directory is resumed, never restarted: its damaged parts are reported or repaired
 (tflm.checkpoint for checkpoints, `repair_history` here), and starting over takes `--restart`,
 which moves the old directory aside rather than deleting it.
@@ -19,17 +23,19 @@ which moves the old directory aside rather than deleting it.
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import threading
 import time
 
 from tflm import atomic
-from tflm.atomic import staging_dir, write_text
+from tflm.atomic import write_text
 from tflm.config import Config, dump, read_yaml
 from tflm.errors import TflmError
 
@@ -40,6 +46,7 @@ CLASSIFY_HISTORY_KEYS = ("step", "examples_seen", "elapsed_s", "loss", "accuracy
 LOCK_FILE = "lock"
 LOCK_REFRESH_S = 10  # a trainer touches its lock this often
 LOCK_LEASE_S = 60  # a lock from another host untouched this long belongs to a trainer that is gone
+RESERVATION_PREFIX = ".tflm-new-"
 
 
 def utc_stamp():
@@ -78,9 +85,11 @@ def is_run_dir(run_dir):
 
 
 def check_usable(run_dir):
-    """Raise unless `run_dir` is absent, empty, or a tflm run directory."""
+    """Raise unless `run_dir` is absent, empty, a tflm run directory, or one being created on a
+    filesystem without atomic rename (its lock says by whom)."""
     if atomic.exists(run_dir) and not is_run_dir(run_dir):
-        if not atomic.isdir(run_dir) or atomic.listdir(run_dir):
+        being_created = not atomic.is_local(run_dir) and LOCK_FILE in atomic.listdir(run_dir)
+        if not atomic.isdir(run_dir) or (atomic.listdir(run_dir) and not being_created):
             raise TflmError(f"{run_dir} exists and is not a tflm run directory")
 
 
@@ -90,42 +99,165 @@ def read_config(run_dir):
     return Config.from_dict(read_yaml(path), origin=path, saved=True)
 
 
-def create(run_dir, config, tokenizer, store_dir=None, extra_files=None):
-    """Create `run_dir` with its config, tokenizer, this process's lock, `extra_files` ({name:
-    text}, e.g. labels.json) and, if given, the token store prepared for it (moved in as
-    RUN_DIR/store): atomically on a local filesystem; on others in place, lock first and
-    config.yaml (which makes it a run directory) last."""
-    extra_files = extra_files or {}
+def reservation_path(run_dir):
+    """Where a new local run directory is assembled before it is renamed into place:
+    PARENT/.tflm-new-NAME, one name per run directory, so that two trainers starting the same new
+    run directory meet there."""
+    name = os.path.basename(os.path.abspath(run_dir))
+    if len(RESERVATION_PREFIX + name) > 255:  # the longest file name most filesystems take
+        name = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
+    return os.path.join(atomic.parent_of(run_dir), RESERVATION_PREFIX + name)
+
+
+def reserve(run_dir):
+    """Claim a new run directory for this process before anything is prepared for it; returns
+    False if it became a run directory meanwhile (lock it as an existing one then).
+
+    Locally the claim is its reservation directory (`reservation_path`), made exclusively and
+    holding this process's lock: a second trainer stops there naming the holder, and the
+    reservation of a start that was killed is swept. On other filesystems (no atomic rename) the
+    run directory itself is made and locked first. Until `create` renames it into place, SIGTERM
+    removes the reservation before ending the process, as an exception or Ctrl-C does (through
+    `release_lock`)."""
     if not atomic.is_local(run_dir):
         atomic.makedirs(run_dir)
         acquire_lock(run_dir)
-        tokenizer.save(run_dir)
-        for name, text in extra_files.items():
-            write_text(os.path.join(run_dir, name), text)
-        if store_dir:
-            atomic.rename(store_dir, os.path.join(run_dir, "store"))
-        write_text(config_path(run_dir), dump(config))
+        _reserved[run_dir] = run_dir
+    else:
+        _make_reservation(run_dir)
+    if is_run_dir(run_dir):  # created by a trainer that has finished meanwhile
+        release_lock(run_dir)
+        return False
+    _remove_on_sigterm(run_dir)
+    return True
+
+
+def _make_reservation(run_dir):
+    """Make `reservation_path(run_dir)` and take the lock in it; one that a start which was
+    stopped left behind is taken over (its lock is stale) and emptied."""
+    staging = reservation_path(run_dir)
+    sweep_stale_reservations(os.path.dirname(staging))
+    for _ in range(10):
+        try:
+            os.makedirs(staging, exist_ok=True)
+        except OSError as error:
+            raise TflmError(f"cannot create run directory {run_dir}: {error.strerror}") from None
+        try:
+            acquire_lock(run_dir, lock_dir=staging)
+            break
+        except TflmError:
+            if os.path.isdir(staging):
+                raise
+            # renamed into place by the trainer that held it, just now: it is a run directory
+    else:
+        raise TflmError(f"cannot reserve {run_dir}: other processes keep creating {staging}")
+    _reserved[run_dir] = staging
+    leftovers = [name for name in os.listdir(staging) if name != LOCK_FILE]
+    if leftovers:
+        print(f"tflm: warning: removing what a start that was stopped left in {staging}", file=sys.stderr)
+    for name in leftovers:
+        path = os.path.join(staging, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def sweep_stale_reservations(parent):
+    """Remove the reservations in `parent` whose trainer on this host is gone: what starts that
+    were killed left (a start that fails or is stopped removes its own), whatever run directory
+    they were for. Each is locked first, so that no other start is taking it over meanwhile."""
+    for name in atomic.listdir(parent):
+        staging = os.path.join(parent, name)
+        holder = read_lock(lock_path(staging)) if name.startswith(RESERVATION_PREFIX) else None
+        if not holder or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            continue  # not a reservation, or one this host cannot tell is stale at once
+        if _process_alive(holder["pid"], holder.get("process_start")):
+            continue
+        _remove(lock_path(staging))
+        if not _create_exclusively(lock_path(staging)):
+            continue  # taken over by another start just now
+        print(f"tflm: warning: removing what a start that was stopped left: {staging}", file=sys.stderr)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_on_sigterm(run_dir):
+    """Until the reservation ends, SIGTERM removes it, then ends the process as before."""
+    if threading.current_thread() is not threading.main_thread():
         return
-    staging = staging_dir(atomic.parent_of(run_dir), ".tflm-new-", f"create run directory {run_dir}")
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        _end_reservation(run_dir, remove=True)
+        signal.raise_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    _sigterm_restore[run_dir] = previous
+
+
+def _end_reservation(run_dir, remove):
+    """Stop treating `run_dir` as being created by this process; `remove`: delete what it assembled."""
+    staging = _reserved.pop(run_dir, None)
+    previous = _sigterm_restore.pop(run_dir, None)
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
+    if not remove or staging is None:
+        return
+    if staging != run_dir:
+        with _guard:
+            _held_locks.discard(lock_path(staging))
+        shutil.rmtree(staging, ignore_errors=True)
+    elif (read_lock(lock_path(run_dir)) or {}).get("owner") == OWNER:  # another filesystem: made in place
+        with _guard:
+            _held_locks.discard(lock_path(run_dir))
+        _remove(lock_path(run_dir))
+        with contextlib.suppress(Exception):
+            if not atomic.listdir(run_dir):
+                atomic.gfile().rmtree(run_dir)
+
+
+def create(run_dir, config, tokenizer, store_dir=None, extra_files=None):
+    """Create `run_dir` with its config, tokenizer, this process's lock, `extra_files` ({name:
+    text}, e.g. labels.json) and, if given, the token store prepared for it (moved in as
+    RUN_DIR/store unless it was prepared there): atomically on a local filesystem, assembled in
+    its reservation (`reserve`, taken here unless it was); on others in place, lock first and
+    config.yaml (which makes it a run directory) last."""
+    extra_files = extra_files or {}
+    if run_dir not in _reserved and not reserve(run_dir):
+        raise TflmError(f"{run_dir} was created by another process meanwhile; use another --run-dir")
+    staging = _reserved[run_dir]
     try:
+        if staging == run_dir:  # another filesystem: written in place
+            tokenizer.save(run_dir)
+            for name, text in extra_files.items():
+                write_text(os.path.join(run_dir, name), text)
+            if store_dir and store_dir != os.path.join(run_dir, "store"):
+                atomic.rename(store_dir, os.path.join(run_dir, "store"))
+            write_text(config_path(run_dir), dump(config))
+            _end_reservation(run_dir, remove=False)
+            return
         write_text(config_path(staging), dump(config))
         tokenizer.save(staging)
         for name, text in extra_files.items():
             write_text(os.path.join(staging, name), text)
-        write_text(lock_path(staging), json.dumps(lock_record()))
-        if store_dir:
+        if store_dir and store_dir != os.path.join(staging, "store"):
             os.rename(store_dir, os.path.join(staging, "store"))
         if os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)  # an empty directory the user made for the run
-        try:
-            os.rename(staging, run_dir)
-        except OSError:
-            raise TflmError(f"{run_dir} was created by another process meanwhile; use another --run-dir") from None
-        _refresh_while_held(lock_path(run_dir))
+        with _guard:  # the lock moves with the directory: refresh it at its new path from now on
+            try:
+                os.rename(staging, run_dir)
+            except OSError:
+                raise TflmError(f"{run_dir} was created by another process meanwhile; use another --run-dir") from None
+            _held_locks.discard(lock_path(staging))
+            _held_locks.add(lock_path(run_dir))
+        _end_reservation(run_dir, remove=False)
     except BaseException:
-        if store_dir and os.path.isdir(os.path.join(staging, "store")):
-            os.rename(os.path.join(staging, "store"), store_dir)  # the prepared store outlives a failed creation
-        shutil.rmtree(staging, ignore_errors=True)
+        moved_in = staging != run_dir and os.path.isdir(os.path.join(staging, "store"))
+        if moved_in and store_dir and not store_dir.startswith(staging + os.sep):
+            os.rename(os.path.join(staging, "store"), store_dir)  # a store prepared elsewhere outlives a failure
+        _end_reservation(run_dir, remove=True)
         raise
 
 
@@ -140,9 +272,14 @@ def replace_config(run_dir, config, tokenizer=None, extra_files=None):
 
 
 def move_aside(run_dir):
-    """`--restart`: rename an existing run directory to RUN_DIR.replaced-<time>; returns the new name."""
+    """`--restart`: rename an existing run directory to RUN_DIR.replaced-<time> (without this
+    process's lock); returns the new name."""
     target = f"{run_dir.rstrip('/')}.replaced-{utc_stamp()}"
-    atomic.rename(run_dir, target)
+    with _guard:
+        atomic.rename(run_dir, target)
+        _held_locks.discard(lock_path(run_dir))
+    if (read_lock(lock_path(target)) or {}).get("owner") == OWNER:
+        _remove(lock_path(target))
     return target
 
 
@@ -205,9 +342,15 @@ def repair_history(run_dir, last_step):
 
 
 def append_history(run_dir, record):
-    """Append one evaluation record, flushed to disk."""
+    """Append one evaluation record, flushed to disk; a TflmError if this process lost its lock
+    or the disk is full."""
+    check_still_locked(run_dir)
     keys = CLASSIFY_HISTORY_KEYS if "examples_seen" in record else HISTORY_KEYS
-    atomic.append_line(history_path(run_dir), json.dumps({k: record[k] for k in keys}))
+    try:
+        atomic.append_line(history_path(run_dir), json.dumps({k: record[k] for k in keys}))
+    except OSError as error:  # a full disk; a partial line is repaired on resume
+        raise TflmError(f"cannot write {history_path(run_dir)}: {error.strerror}; the checkpoints are kept: "
+                        "free some space and resume") from None
 
 
 # --- the lock --------------------------------------------------------------------------------
@@ -269,10 +412,11 @@ def _process_alive(pid, started):
     return fields[0] not in ("Z", "X") and (started is None or int(fields[19]) == started)
 
 
-def acquire_lock(run_dir):
-    """Take the run directory's lock for this process, clearing a stale one; a TflmError naming
-    the holder if another live trainer has it. The lock is refreshed while held."""
-    path = lock_path(run_dir)
+def acquire_lock(run_dir, lock_dir=None):
+    """Take the run directory's lock (in `lock_dir`: its reservation, see `reserve`) for this
+    process, clearing a stale one; a TflmError naming the holder if another live trainer has it.
+    The lock is refreshed while held."""
+    path = lock_path(lock_dir or run_dir)
     for _ in range(40):
         if _create_exclusively(path):
             _refresh_while_held(path)
@@ -285,12 +429,17 @@ def acquire_lock(run_dir):
             if read_lock(path) is not None:
                 continue
         elif not holder_is_gone(holder, path):
-            raise TflmError(
-                f"{run_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} since "
-                f"{holder.get('since')}; wait for it to finish, or delete {path} if that process is gone")
+            raise TflmError(in_use_message(run_dir, holder))
         print(f"tflm: warning: removing the stale lock of a trainer that is gone: {path}", file=sys.stderr)
         _remove(path)
     raise TflmError(f"cannot lock {run_dir}: another process keeps taking {path}")
+
+
+def in_use_message(run_dir, holder):
+    """The error when another live trainer holds (or is creating) `run_dir`."""
+    return (f"{run_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}; "
+            "wait for it to finish, or stop that process: a lock whose trainer is gone is taken over at the next "
+            f"start (at once on the same host, after {LOCK_LEASE_S}s without a refresh from another host)")
 
 
 def _create_exclusively(path):
@@ -313,23 +462,101 @@ def _create_exclusively(path):
     return True
 
 
-_held_locks = set()
+_held_locks = set()  # the lock files this process holds, refreshed by one thread
+_guard = threading.RLock()  # over _held_locks and the renames that move a held lock
+_reserved = {}  # {run directory: where this process is assembling it (see `reserve`)}
+_sigterm_restore = {}  # {run directory: the SIGTERM handler to restore when its reservation ends}
+_refresher = None
 
 
 def _refresh_while_held(path):
     """Rewrite `path` every LOCK_REFRESH_S until it is released, so other hosts see it is alive."""
-    _held_locks.add(path)
-    if len(_held_locks) == 1:
-        threading.Thread(target=_refresh_locks, name="tflm-lock-refresh", daemon=True).start()
+    global _refresher
+    with _guard:
+        _held_locks.add(path)
+        if _refresher is None or not _refresher.is_alive():
+            _refresher = threading.Thread(target=_refresh_locks, name="tflm-lock-refresh", daemon=True)
+            _refresher.start()
 
 
 def _refresh_locks():
-    while _held_locks:
+    """Refresh every held lock each LOCK_REFRESH_S, until none is held."""
+    while True:
         time.sleep(LOCK_REFRESH_S)
+        if not _refresh_held_locks():
+            return
+
+
+def _refresh_held_locks():
+    """Rewrite each held lock; whether any is held (if not, the refresh thread ends). A lock
+    another trainer took (after someone deleted it) ends this process at once, with one line and
+    exit code 2: two trainers never write one run directory."""
+    global _refresher
+    with _guard:
+        if not _held_locks:
+            _refresher = None
+            return False
         for path in list(_held_locks):
-            if (read_lock(path) or {}).get("owner") == OWNER:
-                with contextlib.suppress(Exception):
-                    atomic.write_text(path, json.dumps(lock_record()))
+            try:
+                check_held(path)
+            except TflmError as error:
+                _exit_lost(error)
+                continue
+            with contextlib.suppress(Exception):
+                atomic.write_text(path, json.dumps(lock_record()))
+        return True
+
+
+def check_held(path):
+    """Make sure this process still holds the lock at `path`: take it again if it was deleted
+    (with a warning); a TflmError if another trainer holds it now, or its directory is gone."""
+    holder = read_lock(path)
+    if holder is None:  # being written by another process right now
+        time.sleep(0.25)
+        holder = read_lock(path)
+    if holder and holder.get("owner") == OWNER:
+        return
+    run_dir = os.path.dirname(path)
+    if not atomic.isdir(run_dir):
+        raise TflmError(f"{run_dir} was moved or deleted while this trainer wrote it; stopped")
+    if holder == {} and _create_exclusively(path):
+        print(f"tflm: warning: {path} was deleted while this trainer held it; took it again", file=sys.stderr,
+              flush=True)
+        return
+    holder = read_lock(path) or {}
+    raise TflmError(f"{run_dir}: its lock was deleted while this trainer held it, and pid {holder.get('pid')} on "
+                    f"{holder.get('host')} took it; stopped so that two trainers never write one run directory")
+
+
+_write_checks = {}  # run_dir -> checks that must pass before the next history record or checkpoint
+
+
+def check_before_writing(run_dir, check):
+    """Make the next `check_still_locked(run_dir)` call `check()` first (e.g. the token store's
+    checksums, verified while training resumes): it raises if nothing more may be written."""
+    _write_checks.setdefault(run_dir, []).append(check)
+
+
+def check_still_locked(run_dir):
+    """`check_held` for the lock of `run_dir` if this process holds it (the chief, before it
+    appends history or saves a checkpoint), after the checks `check_before_writing` added."""
+    checks = _write_checks.get(run_dir, [])
+    while checks:
+        checks[0]()
+        checks.pop(0)
+    path = lock_path(run_dir)
+    with _guard:
+        if path in _held_locks:
+            check_held(path)
+
+
+def _exit_lost(error):
+    """End the process at once, from the refresh thread: the main thread may be in a long step."""
+    from tflm.quiet import flush_native_logs
+
+    flush_native_logs()
+    print(f"tflm: error: {error}", file=sys.stderr, flush=True)
+    os._exit(TflmError.exit_code)
 
 
 def read_lock(path):
@@ -355,8 +582,11 @@ def _remove(path):
 
 
 def release_lock(run_dir):
-    """Remove the lock if this process holds it."""
+    """Remove the lock if this process holds it, and what this process assembled of `run_dir`
+    if it was still creating it (see `reserve`)."""
+    _end_reservation(run_dir, remove=True)
     path = lock_path(run_dir)
-    _held_locks.discard(path)
+    with _guard:
+        _held_locks.discard(path)
     if (read_lock(path) or {}).get("owner") == OWNER:
         _remove(path)

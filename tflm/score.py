@@ -23,8 +23,8 @@ import math
 import sys
 
 from tflm.errors import TflmError, exit_on_user_error
-from tflm.inference import (CHUNK_TOKENS, MAX_BATCH_SIZE, check_strings, load_run, longest, read_texts,
-                            tokens_at)
+from tflm.inference import (CHUNK_TOKENS, MAX_BATCH_SIZE, check_language_model, check_strings, load_run, longest,
+                            read_texts, tokens_at)
 from tflm.lazy import tf
 from tflm.quiet import VERBOSE_HELP, run_command
 
@@ -163,6 +163,7 @@ def score_function(loaded, stride):
 def score_texts(loaded, texts, stride=None):
     """Score any number of texts, MAX_BATCH_SIZE at a time: [{text, log_prob, mean_nll, perplexity,
     num_tokens}], in order."""
+    check_language_model(loaded)
     texts = check_strings(texts, "texts")
     scorer = score_function(loaded, check_stride(stride, loaded.context))
     results = []

@@ -12,14 +12,15 @@ from tflm.lazy import tf
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
-def warmup_inputs(tokenizer, classifier=False):
+def warmup_inputs(tokenizer, classifier=False, max_chars=8):
     """{signature: {input name: numpy array}}: one small, valid request per signature (a
-    classifier's signatures, or a language model's)."""
-    sample = tokenizer.detokenize(list(range(2, 10))).numpy().decode("utf-8")  # ids 0 and 1: pad, OOV
+    classifier's signatures, or a language model's) of at most `max_chars` characters or token ids
+    (TF Serving does not load a version whose warmup request fails)."""
+    sample = tokenizer.detokenize(list(range(2, 10))).numpy().decode("utf-8")[:max_chars]  # 0, 1: pad, OOV
     if classifier:
         texts = {"texts": np.array([sample.encode("utf-8")], object)}
         return {"classify": texts, "serving_default": texts}
-    ids = tokenizer.tokenize(sample).numpy()
+    ids = tokenizer.tokenize(sample).numpy()[:max_chars]
     return {
         "serving_default": {"token_ids": np.array([ids], np.int32)},
         "score": {"texts": np.array([sample.encode("utf-8")], object)},

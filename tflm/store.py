@@ -17,6 +17,8 @@ batches in flight, and the page cache, not this process, holds what was read.
 """
 
 import collections
+import concurrent.futures
+import contextlib
 import json
 import os
 import threading
@@ -33,11 +35,39 @@ INDEX_FILE = "index.json"
 SPLITS = ("train", "validation")
 SHARD_TOKENS = 1 << 26  # 64 Mi tokens: 128 MiB of uint16
 OPEN_FILES = 256  # shards kept open by a reader (far below a process's file limit)
+VERIFY_THREADS = 4  # shards checksummed at once (zlib.crc32 and file reads release the GIL)
+# What index.json must hold, as {key: type or nested schema}; [schema] is a list of such items.
+INDEX_SCHEMA = {
+    "format": str, "dtype": str, "tokenizer": {"fingerprint": str}, "data": dict,
+    "splits": {split: {"shards": [{"file": str, "tokens": int, "crc32": int}], "tokens": int, "text_bytes": int}
+               for split in SPLITS},
+}
+DTYPES = ("<u2", "<u4")
 
 
 def id_dtype(vocabulary_size):
     """uint16 when every id fits, else uint32."""
     return np.dtype("<u2") if vocabulary_size <= 1 << 16 else np.dtype("<u4")
+
+
+class StoreWriteError(TflmError):
+    """A store's file could not be written (disk full, no permission): the store is incomplete."""
+
+    def __init__(self, directory, name, reason):
+        super().__init__(f"cannot write {os.path.join(directory, name)}: {reason}")
+        self.name, self.reason = name, reason
+
+
+@contextlib.contextmanager
+def writing(directory, name):
+    """Turn an OSError or TensorFlow file error while writing `name` in a store's `directory` into
+    a StoreWriteError naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise StoreWriteError(directory, name, error.strerror or str(error)) from None
+    except tf.errors.OpError as error:
+        raise StoreWriteError(directory, name, error.message) from None
 
 
 class ShardWriter:
@@ -48,7 +78,8 @@ class ShardWriter:
         self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
         self.shards, self.text_bytes = [], 0
         self._file = None
-        tf.io.gfile.makedirs(os.path.join(directory, split))
+        with writing(directory, split):
+            tf.io.gfile.makedirs(os.path.join(directory, split))
 
     def add(self, ids, text_bytes):
         """Append `ids` (the tokens of `text_bytes` bytes of text)."""
@@ -60,7 +91,8 @@ class ShardWriter:
             room = self.shard_tokens - self._current["tokens"]
             chunk, ids = ids[:room], ids[room:]
             data = chunk.tobytes()
-            self._file.write(data)
+            with writing(self.directory, self._current["file"]):
+                self._file.write(data)
             self._current["tokens"] += len(chunk)
             self._current["crc32"] = zlib.crc32(data, self._current["crc32"])
             if self._current["tokens"] == self.shard_tokens:
@@ -69,14 +101,16 @@ class ShardWriter:
     def end_file(self):
         """The tokens of a source file (or a full shard) end here: the next ones start a shard."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with writing(self.directory, self._current["file"]):
+                file.close()
 
     def _open(self):
         name = f"{self.split}/{len(self.shards):05d}.bin"
         self._current = {"file": name, "tokens": 0, "crc32": 0}
         self.shards.append(self._current)
-        self._file = tf.io.gfile.GFile(os.path.join(self.directory, name), "wb")
+        with writing(self.directory, name):
+            self._file = tf.io.gfile.GFile(os.path.join(self.directory, name), "wb")
 
     def close(self):
         """Finish; the split's index entry."""
@@ -86,7 +120,7 @@ class ShardWriter:
 
 def write_index(directory, index):
     """Write index.json last: a store without one is incomplete."""
-    with tf.io.gfile.GFile(os.path.join(directory, INDEX_FILE), "w") as f:
+    with writing(directory, INDEX_FILE), tf.io.gfile.GFile(os.path.join(directory, INDEX_FILE), "w") as f:
         f.write(json.dumps(index, indent=1, ensure_ascii=False))
 
 
@@ -108,9 +142,8 @@ class TokenStore:
         try:
             with tf.io.gfile.GFile(index_path, "r") as f:
                 index = json.loads(f.read())
-            if index.get("format") != FORMAT or set(index["splits"]) != set(SPLITS):
-                raise ValueError(f"format {index.get('format')!r}")
-        except (ValueError, KeyError, TypeError, tf.errors.OpError) as error:
+            check_index(index)
+        except (ValueError, tf.errors.OpError) as error:
             raise TflmError(f"{index_path} is damaged ({error}); prepare the store again") from None
         return cls(path, index)
 
@@ -132,19 +165,67 @@ class TokenStore:
         """Ids per shard of a split, in shard order."""
         return [s["tokens"] for s in self.index["splits"][split]["shards"]]
 
-    def verify(self, splits=SPLITS):
-        """Raise a TflmError naming the first shard whose size or CRC-32 differs from the index."""
-        for split in splits:
-            for shard in self.index["splits"][split]["shards"]:
-                path = os.path.join(self.path, shard["file"])
-                try:
-                    size = tf.io.gfile.stat(path).length
-                    crc = file_crc32(path) if size == shard["tokens"] * self.dtype.itemsize else None
-                except tf.errors.NotFoundError:
-                    raise TflmError(f"token store {self.path} is missing {shard['file']}; prepare it again") from None
-                if crc != shard["crc32"]:
-                    raise TflmError(f"token store {self.path}: {shard['file']} does not match its checksum in "
-                                    f"{INDEX_FILE} (damaged or changed); prepare the store again")
+    def verify(self, splits=SPLITS, checksums=True):
+        """Raise a TflmError naming the first shard (in index order) whose size or CRC-32 differs
+        from the index (without `checksums`, only sizes: a stat per shard); shards are
+        checksummed VERIFY_THREADS at a time."""
+        shards = [shard for split in splits for shard in self.index["splits"][split]["shards"]]
+        check = self._shard_problem if checksums else self._size_problem
+        pool = concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS)
+        try:
+            for problem in pool.map(check, shards):
+                if problem:
+                    raise TflmError(f"token store {self.path}: {problem}; prepare the store again")
+        finally:
+            pool.shutdown(cancel_futures=True)  # a damaged shard is reported without reading the rest
+
+    def verify_in_background(self, splits=SPLITS):
+        """Start `verify(splits)` in a thread; returns a function that waits for it to finish and
+        raises the TflmError it found, if any."""
+        found = []
+
+        def run():
+            try:
+                self.verify(splits)
+            except TflmError as error:
+                found.append(error)
+
+        thread = threading.Thread(target=run, name="tflm-store-verify", daemon=True)
+        thread.start()
+
+        def wait():
+            thread.join()
+            if found:
+                raise found[0]
+
+        return wait
+
+    def _size_problem(self, shard):
+        """What is wrong with a shard file's size (missing, truncated, grown), or None."""
+        path, expected = os.path.join(self.path, shard["file"]), shard["tokens"] * self.dtype.itemsize
+        try:
+            size = tf.io.gfile.stat(path).length
+        except tf.errors.NotFoundError:
+            return f"{shard['file']} is missing"
+        except tf.errors.OpError as error:
+            return f"cannot read {shard['file']}: {error.message}"
+        if size != expected:
+            return f"{shard['file']} is {size} bytes, {INDEX_FILE} says {expected} (truncated or changed)"
+        return None
+
+    def _shard_problem(self, shard):
+        """What is wrong with a shard file (missing, wrong size, wrong checksum), or None."""
+        problem = self._size_problem(shard)
+        if problem:
+            return problem
+        try:
+            if file_crc32(os.path.join(self.path, shard["file"])) != shard["crc32"]:
+                return f"{shard['file']} does not match its checksum in {INDEX_FILE} (damaged or changed)"
+        except OSError as error:
+            return f"cannot read {shard['file']}: {error.strerror}"
+        except tf.errors.OpError as error:
+            return f"cannot read {shard['file']}: {error.message}"
+        return None
 
     def read(self, split, shards, positions, length):
         """int32 [n, length]: the ids of split `split` at `positions` of `shards` (numpy arrays)."""
@@ -152,10 +233,46 @@ class TokenStore:
         return self._reader.read(files, positions, length)
 
 
+def check_index(index):
+    """Raise a ValueError naming what a store's index lacks: a key, a type, the format, a shard's name."""
+    check_schema(index, INDEX_SCHEMA, "")
+    if index["format"] != FORMAT:
+        raise ValueError(f"format {index['format']!r}, not {FORMAT!r}")
+    if index["dtype"] not in DTYPES:
+        raise ValueError(f"'dtype' is {index['dtype']!r}, not one of {', '.join(DTYPES)}")
+    for split in SPLITS:
+        for number, shard in enumerate(index["splits"][split]["shards"]):
+            if shard["file"] != f"{split}/{number:05d}.bin" or shard["tokens"] < 0:
+                raise ValueError(f"'splits.{split}.shards[{number}]' is {shard!r:.80}, not shard {number} of {split}")
+
+
+TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object"}
+
+
+def check_schema(value, schema, where):
+    """Raise a ValueError naming the first key (as 'splits.train.shards[0].crc32') that `value`
+    lacks, or whose value is not of the type `schema` gives."""
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where!r} must be an object, not {value!r:.40}" if where else "not a JSON object")
+        for key, part in schema.items():
+            inner = f"{where}.{key}" if where else key
+            if key not in value:
+                raise ValueError(f"no key {inner!r}")
+            check_schema(value[key], part, inner)
+    elif isinstance(schema, list):
+        if not isinstance(value, list):
+            raise ValueError(f"{where!r} must be a list, not {value!r:.40}")
+        for number, item in enumerate(value):
+            check_schema(item, schema[0], f"{where}[{number}]")
+    elif not isinstance(value, schema) or isinstance(value, bool):
+        raise ValueError(f"{where!r} must be {TYPE_NAMES[schema]}, not {value!r:.40}")
+
+
 def file_crc32(path, block=1 << 22):
-    """CRC-32 of a file's bytes, streamed."""
+    """CRC-32 of a file's bytes, streamed (local files with open(): 15x faster than tf.io.gfile's reads)."""
     crc = 0
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with (open(path, "rb") if is_local(path) else tf.io.gfile.GFile(path, "rb")) as f:
         while True:
             data = f.read(block)
             if not data:

@@ -7,14 +7,18 @@ strategy. `runtime.logical_cpus` splits the CPU so MirroredStrategy runs on a la
 
 import contextlib
 import dataclasses
+import errno
+import functools
 import json
 import os
 import re
+import selectors
 import socket
 import subprocess
 import sys
 import threading
 import time
+import traceback
 
 from tflm.errors import ClusterError, TflmError
 from tflm.lazy import tf
@@ -59,16 +63,38 @@ def parse_tf_config(text):
     for kind, addresses in cluster.items():
         if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
             raise TflmError(f'TF_CONFIG cluster["{kind}"] must be a list of "host:port" strings')
+        for address in addresses:
+            check_address(kind, address)
     kind, index = task["type"], task["index"]
     if kind not in cluster:
         raise TflmError(f"TF_CONFIG task type {kind!r} is not in the cluster ({', '.join(cluster)})")
-    if not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TflmError(f"TF_CONFIG task index must be a whole number, got {json.dumps(index)}")
+    if not 0 <= index < len(cluster[kind]):
         raise TflmError(f"TF_CONFIG task index {index!r} is outside cluster[{kind!r}] "
                         f"(0..{len(cluster[kind]) - 1})")
     num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
     addresses = tuple((Task(k, i).name, a) for k in ("chief", "worker") for i, a in enumerate(cluster.get(k, [])))
     check_distinct_addresses(addresses)
     return Task(kind, index, num_workers, "chief" in cluster, addresses)
+
+
+def check_address(kind, address):
+    """Raise unless `address` is "host:port" or "[IPv6 address]:port" with a port TCP can use."""
+    host, _, port = address.rpartition(":")
+    where = f'TF_CONFIG cluster["{kind}"] has {address!r}'
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise TflmError(f"{where}: the port must be a number from 1 to 65535")
+    if not host.strip("[]"):
+        raise TflmError(f"{where}: the host is missing")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise TflmError(f"{where}: write an IPv6 address in brackets, as [::1]:{port}")
+
+
+def split_address(address):
+    """(host, port) of a checked "host:port" or "[IPv6 address]:port"."""
+    host, _, port = address.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def check_distinct_addresses(addresses):
@@ -130,6 +156,10 @@ def configure_threads(runtime):
         raise TflmError("runtime.*_op_threads must be set before TensorFlow starts in this process") from None
 
 
+_cluster_started = False  # whether this process joined a multi-worker cluster (see leave_cluster_at_once)
+_leave_at_once = False  # whether a command asked to end as soon as its work in a cluster is done
+
+
 def make_strategy(runtime):
     """Build the strategy named by runtime.strategy (call once, early, after current_task()
     has validated TF_CONFIG)."""
@@ -139,10 +169,17 @@ def make_strategy(runtime):
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG", "").strip():
             raise TflmError("runtime.strategy=multi_worker needs TF_CONFIG (or use tflm.launch)")
+        global _cluster_started
+        _cluster_started = True
         return tf.distribute.MultiWorkerMirroredStrategy(
             communication_options=tf.distribute.experimental.CommunicationOptions(
                 implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
-                timeout_seconds=runtime.cluster_timeout_s,
+                # No timeout: TensorFlow keeps a thread sleeping out the timeout of every collective,
+                # so fast steps piled up thousands of threads until a worker aborted. A lost peer
+                # still fails the step: a dead process resets its connections at once, and one
+                # that hangs or whose host vanishes stops the coordination service's heartbeats
+                # (TensorFlow's default: 10 s), which aborts the collectives of every worker.
+                timeout_seconds=None,
                 # One all-reduce for all gradients instead of one per variable: on localhost
                 # gRPC each collective costs round trips (measured: 2-worker scaling 1.27x per
                 # variable, 1.40x packed). 25 MB, as PyTorch DDP's default bucket.
@@ -158,14 +195,10 @@ def make_strategy(runtime):
     return tf.distribute.get_strategy()
 
 
-def port_is_open(address, timeout_s=1.0):
-    """Whether something accepts TCP connections at "host:port"."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+RETRY_S = 0.2  # between two tries to reach a peer that refused
+TRY_S = 1.0  # how long one try may wait for a peer that does not answer (a dropped SYN)
+MAX_TRIES_AT_ONCE = 256  # connections open at once while waiting, well below the usual 1024 files
+MISSING_NAMED = 10  # peers named in the error line; the rest are counted
 
 
 def wait_for_peers(task, timeout_s):
@@ -174,30 +207,121 @@ def wait_for_peers(task, timeout_s):
     missing after `timeout_s`; a TflmError says if this task's own port is taken.
 
     TensorFlow itself waits for missing peers without a deadline while holding the GIL (no
-    Python thread, not even a SIGTERM handler, runs), so the waiting has to happen here.
+    Python thread, not even a SIGTERM handler, runs), so the waiting has to happen here. The
+    peers are tried all at once, each try cut at TRY_S and at the deadline, so that the deadline
+    holds however many peers there are and however they fail to answer.
     """
     own = dict(task.addresses)[task.name]
-    port = own.rpartition(":")[2]
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener = listen_on(own, task.name)
     try:
-        listener.bind(("", int(port)))  # every interface: the task's own name may not resolve to it yet
-    except OSError:
-        listener.close()
-        raise TflmError(f"{task.name}'s address {own} is already in use") from None
-    listener.listen(64)
-    try:
-        pending = {name: address for name, address in task.addresses if name != task.name}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            pending = {name: address for name, address in pending.items() if not port_is_open(address, 0.5)}
-            if pending and time.monotonic() > deadline:
-                missing = ", ".join(f"{name} ({address})" for name, address in pending.items())
-                raise ClusterError(f"runtime.cluster_timeout_s={timeout_s}s passed waiting for the cluster; "
-                                   f"not reachable: {missing}")
-            time.sleep(0.2)
+        missing = reach({name: address for name, address in task.addresses if name != task.name},
+                        time.monotonic() + timeout_s, listener)
     finally:
         listener.close()
+    if missing:
+        named = ", ".join(f"{name} ({address})" for name, address in list(missing.items())[:MISSING_NAMED])
+        more = f" and {len(missing) - MISSING_NAMED} more" if len(missing) > MISSING_NAMED else ""
+        raise ClusterError(f"runtime.cluster_timeout_s={timeout_s}s passed waiting for the cluster; "
+                           f"not reachable: {named}{more}")
+
+
+def listen_on(own, name):
+    """A socket holding the port of this task's address `own` on every interface, IPv6 and IPv4
+    (the task's own name may not resolve to it yet); IPv4 only where the host has no IPv6."""
+    port = split_address(own)[1]
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
+        try:
+            listener = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            listener.bind((host, port))
+        except OSError as error:
+            listener.close()
+            if error.errno == errno.EADDRINUSE:
+                raise TflmError(f"{name}'s address {own} is already in use") from None
+            continue
+        listener.listen(64)
+        listener.setblocking(False)
+        return listener
+    raise TflmError(f"{name} cannot listen on port {port} of this host")
+
+
+def reach(peers, deadline, listener):
+    """Try every peer {name: address} until each has accepted a TCP connection or `deadline`
+    (time.monotonic) passes; returns the {name: address} never reached. Meanwhile accepts (and
+    closes) the connections peers make to `listener`, so that its backlog never fills up."""
+    pending, tries_made = dict(peers), dict.fromkeys(peers, 0)
+    next_try = dict.fromkeys(peers, 0.0)
+    tries = {}  # socket -> (peer name, when this try is given up)
+    with selectors.DefaultSelector() as selector:
+        selector.register(listener, selectors.EVENT_READ)
+        try:
+            while pending and time.monotonic() < deadline:
+                now = time.monotonic()
+                trying = {name for name, _ in tries.values()}
+                for name in [n for n in pending if n not in trying and next_try[n] <= now]:
+                    if len(tries) >= MAX_TRIES_AT_ONCE:
+                        break
+                    sock = start_connect(pending[name], tries_made[name])
+                    tries_made[name] += 1
+                    next_try[name] = now + RETRY_S
+                    if sock is not None:
+                        tries[sock] = (name, min(now + TRY_S, deadline))
+                        selector.register(sock, selectors.EVENT_WRITE)
+                wake = min([deadline, now + RETRY_S, *(give_up for _, give_up in tries.values())])
+                for key, _ in selector.select(max(0.0, wake - time.monotonic())):
+                    if key.fileobj is listener:
+                        accept_and_close(listener)
+                        continue
+                    name, _ = tries.pop(key.fileobj)
+                    selector.unregister(key.fileobj)
+                    if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                        del pending[name]
+                    key.fileobj.close()
+                now = time.monotonic()
+                for sock in [sock for sock, (_, give_up) in tries.items() if give_up <= now]:
+                    del tries[sock]
+                    selector.unregister(sock)
+                    sock.close()
+        finally:
+            for sock in tries:
+                sock.close()
+    return pending
+
+
+def start_connect(address, attempt):
+    """A non-blocking socket connecting to "host:port" (the attempt-th of the host's addresses,
+    in turn), or None if the host does not resolve (yet) or refused at once."""
+    host, port = split_address(address)
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    family, kind, proto, _, target = found[attempt % len(found)]
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    try:
+        sock.connect(target)
+    except (BlockingIOError, InterruptedError):
+        pass  # under way: the selector reports how it ended
+    except OSError:  # refused at once
+        sock.close()
+        return None
+    return sock
+
+
+def accept_and_close(listener):
+    """Accept the connections waiting on `listener` and close them: a peer only checks it is up."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return
+        connection.close()
 
 
 WATCHDOG = """
@@ -231,17 +355,13 @@ def startup_watchdog(task, timeout_s, prefix):
         watchdog.wait()
 
 
-DATA_BARRIER_TIMEOUT_S = 7 * 86400
-
-
 def wait_for_every_worker(strategy):
-    """A barrier with no practical deadline (a week): after each worker has read its data, which
-    can take long and unevenly, before the first collective with runtime.cluster_timeout_s. A
-    peer that dies meanwhile still fails it at once (its connection resets)."""
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=DATA_BARRIER_TIMEOUT_S)
+    """A barrier with no deadline: after each worker has read its data, which can take long and
+    unevenly. A peer that dies meanwhile still fails it (its connections reset, or its
+    heartbeats stop)."""
 
     def arrive():
-        return tf.distribute.get_replica_context().all_reduce("SUM", tf.constant(1.0), options=options)
+        return tf.distribute.get_replica_context().all_reduce("SUM", tf.constant(1.0))
 
     tf.function(lambda: strategy.run(arrive))()
 
@@ -292,9 +412,63 @@ def lost_peer_error(error, task, step):
         peer = "a peer"
     reason = re.search(r"connection reset by peer|connection refused|socket closed|heartbeat|deadline exceeded",
                        text, re.IGNORECASE)
+    reason = reason.group(0) if reason else type(error).__name__
+    if peer == "a peer" and "CoordinationService/Heartbeat" in text:
+        # This task's heartbeats to the coordination service went unanswered: it runs on the
+        # first task, the chief (or worker 0).
+        peer, reason = task.addresses[0][0], "no answer to heartbeats"
     when = "during start-up" if step is None else f"at step {step}"
-    return ClusterError(f"lost {peer} {when} ({reason.group(0) if reason else type(error).__name__}); "
+    return ClusterError(f"lost {peer} {when} ({reason}); "
                         f"relaunch the same command to resume from the last checkpoint")
+
+
+def leave_cluster_at_once(main):
+    """Wrap a command's `main` so that, once it is done in a multi-worker run (finished, stopped
+    or failed), the process ends at once. TensorFlow's teardown there takes up to a minute: it
+    waits for the other workers, and a worker still in it when the chief has gone logs that the
+    coordination service is unreachable."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        global _leave_at_once
+        _leave_at_once = True
+        # The process ends inside the `except` blocks: leaving one frees the exception, and with
+        # its traceback the run's TensorFlow objects, which starts that teardown.
+        try:
+            code = main(*args, **kwargs)
+        except SystemExit as stop:
+            if not _cluster_started:
+                raise
+            end_process(stop.code)
+        except BaseException:
+            if not _cluster_started:
+                raise
+            traceback.print_exc()
+            end_process(1)
+        if _cluster_started:
+            end_process(code)
+        return code
+
+    return wrapper
+
+
+def end_process(code):
+    """Flush the output and end this process with `code` (as sys.exit takes it), skipping teardown."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    flush_native_logs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
+def leave_when_done(strategy):
+    """In a command's multi-worker run (see leave_cluster_at_once), meet the other workers and end
+    the command with exit code 0, so that all leave together; call it while the run's TensorFlow
+    objects are still referenced: freeing them waits on the other workers for seconds."""
+    if _leave_at_once and _cluster_started:
+        wait_for_every_worker(strategy)
+        raise SystemExit(0)
 
 
 def exit_now(message, code):

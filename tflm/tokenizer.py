@@ -153,6 +153,10 @@ class Tokenizer:
         """Hex SHA-256 of everything that defines the ids (equal tokenizers, equal fingerprints)."""
         return hashlib.sha256(_canonical_json(self._definition()).encode("utf-8")).hexdigest()
 
+    def file_names(self):
+        """The files `save` writes: vocab.json, then any model file it names."""
+        return [VOCAB_FILE, *self._files()]
+
     def save(self, directory):
         """Write vocab.json (and any model file) into `directory`, each file atomically."""
         try:

@@ -6,7 +6,8 @@ directory is never restarted, truncated or overwritten unless `--restart` says s
 old one is moved aside, not deleted).
 
 Start-up order, so that bad input fails before anything is written: check the config and the
-cluster description; check the run directory (and lock it if it exists); load TensorFlow (seconds,
+cluster description; check the run directory and lock it (a new one: reserve it, see
+tflm.run_dir.reserve, so that its store is prepared in the reservation); load TensorFlow (seconds,
 more on a busy host: before any deadline); meet the other workers (deadline:
 runtime.cluster_timeout_s); start TensorFlow's cluster (same deadline, enforced by a watchdog);
 read the data (no deadline: it can take long on a large corpus); build the model; restore; only
@@ -19,25 +20,28 @@ tflm.classifier) through the same loop.
 
 import argparse
 import os
+import shlex
 import sys
 
 from tflm import run_dir as runs
-from tflm.atomic import is_local
+from tflm.atomic import check_persistent, is_local
 from tflm.cluster import use_cluster
 from tflm.checkpoint import Checkpointer, list_checkpoints, checkpoint_dir
 from tflm.config import check_resume_compatible, dump, load_config
 from tflm.controller import Controller
 from tflm.data import check_fits, eval_batches_per_pass, eval_dataset_fn, train_dataset_fn
 from tflm.errors import TflmError, exit_on_user_error
-from tflm.init_from import RECORD_FILE, check_not_itself, check_source, restore_source
+from tflm.inference import check_recorded_tokenizer
+from tflm.init_from import RECORD_FILE, check_not_itself, check_source, restore_source, with_source_settings
 from tflm.labelled import LABELS_FILE, load_labels, read_labelled, save_labels
 from tflm.lazy import keras, tf
-from tflm.prepare import check_store_matches, prepare_store, staging_path
+from tflm.prepare import StoreExists, check_store_matches, prepare_store
 from tflm.progress import Progress
 from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.store import TokenStore
-from tflm.strategy import (current_task, exit_if_a_peer_is_lost, make_strategy, resolve_strategy_name,
-                           startup_watchdog, wait_for_every_worker, wait_for_peers)
+from tflm.strategy import (current_task, exit_if_a_peer_is_lost, leave_cluster_at_once, leave_when_done,
+                           make_strategy, resolve_strategy_name, startup_watchdog, wait_for_every_worker,
+                           wait_for_peers)
 from tflm.tokenizer import load_tokenizer
 
 
@@ -60,6 +64,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@leave_cluster_at_once
 @exit_on_user_error
 def main(argv=None):
     """Entry point of `python -m tflm.train` and `tflm train`."""
@@ -70,7 +75,11 @@ def main(argv=None):
     if args.print_config:
         print(dump(config), end="")
         return 0
-    train(config, args.run_dir, restart=args.restart)
+    for option, path in (("--run-dir", args.run_dir), ("data.store", config.data.store)):
+        if path:
+            check_persistent(path, option)
+    command = ["python", "-m", "tflm.train", *(sys.argv[1:] if argv is None else argv)]
+    train(config, args.run_dir, restart=args.restart, command=command)
     return 0
 
 
@@ -81,19 +90,23 @@ def is_own_config(config_path, run_dir):
     return os.path.normpath(config_path) == os.path.normpath(os.path.join(run_dir, "config.yaml"))
 
 
-def train(config, run_dir=None, restart=False):
-    """Train (or resume) the run in `run_dir` as configured; returns the run directory."""
+def train(config, run_dir=None, restart=False, command=None):
+    """Train (or resume) the run in `run_dir` as configured; returns the run directory.
+    `command`: the command line (a list) that called this, to say how to resume if it stops early."""
     use_cluster(config.runtime)
     task = current_task()
     check_strategy_matches_cluster(config.runtime, task)
     if task.num_workers > 1 and not run_dir:
         raise TflmError("multi-worker training needs --run-dir, the same shared path on every worker")
+    chosen = not run_dir
     run_dir = run_dir or runs.default_run_dir(config)
+    resume = resume_command(command, run_dir, chosen, restart)
     prefix = f"[{task.name}] " if task.num_workers > 1 else ""
     check_not_itself(config.train.init_from, run_dir)
-    locked = False
+    if config.train.init_from:  # before the run directory's config is compared with it
+        config = with_source_settings(config, run_dir, resuming=not restart and has_progress(run_dir))
     try:
-        resuming, locked = open_run_dir(run_dir, config, task, restart)
+        resuming = open_run_dir(run_dir, config, task, restart)
         source = check_source(config, run_dir, resuming)
         tf.import_now()  # not under the deadlines below: it takes longer on a busy host
         if task.num_workers > 1:
@@ -101,10 +114,19 @@ def train(config, run_dir=None, restart=False):
         with startup_watchdog(task, config.runtime.cluster_timeout_s, prefix):
             strategy = make_strategy(config.runtime)
         with exit_if_a_peer_is_lost(task, prefix, lambda: None):
-            return train_in(config, run_dir, task, strategy, resuming, prefix, source)
+            return train_in(config, run_dir, task, strategy, resuming, prefix, source, resume)
     finally:
-        if locked or (task.is_chief and runs.is_run_dir(run_dir)):
-            runs.release_lock(run_dir)
+        runs.release_lock(run_dir)  # if this process holds it; and what it assembled of a new run_dir
+
+
+def resume_command(command, run_dir, chosen, restart):
+    """What resumes this run if it stops early, when running `command` again would not (it
+    chose its run directory, or moves the run aside with --restart); None when it would."""
+    if not chosen and not restart:
+        return None
+    if command is None:  # called from Python
+        return f"train(config, run_dir={run_dir!r})"
+    return shlex.join([arg for arg in command if arg != "--restart"] + (["--run-dir", run_dir] if chosen else []))
 
 
 def check_strategy_matches_cluster(runtime, task):
@@ -116,27 +138,29 @@ def check_strategy_matches_cluster(runtime, task):
 
 
 def open_run_dir(run_dir, config, task, restart):
-    """Check `run_dir` before anything else is done; returns (resuming, locked).
+    """Check `run_dir` before anything else is done; returns whether training resumes.
 
-    The chief locks an existing run directory at once, so a second trainer stops here. `restart`
-    moves an existing directory aside. A directory that holds no checkpoint and no history (a
-    run that failed before its first checkpoint) starts again with the new config.
+    The chief locks an existing run directory, or reserves a new one (tflm.run_dir.reserve), at
+    once, so a second trainer stops here, before it prepares anything. `restart` moves an
+    existing directory aside. A directory that holds no checkpoint and no history (a run that
+    failed before its first checkpoint) starts again with the new config.
     """
     runs.check_usable(run_dir)
-    if not runs.is_run_dir(run_dir):
-        return False, False
     if not task.is_chief:
-        return has_progress(run_dir) and not restart, False
+        return runs.is_run_dir(run_dir) and has_progress(run_dir) and not restart
+    if not runs.is_run_dir(run_dir) and runs.reserve(run_dir):
+        return False
     runs.acquire_lock(run_dir)
     if restart:
         moved = runs.move_aside(run_dir)
-        os.remove(os.path.join(moved, runs.LOCK_FILE))
         print(f"tflm: --restart: moved the previous run to {moved}", flush=True)
-        return False, False
+        if not runs.reserve(run_dir):
+            raise TflmError(f"{run_dir} was created by another process meanwhile; use another --run-dir")
+        return False
     if has_progress(run_dir):
         check_resume_compatible(runs.read_config(run_dir), config)
-        return True, True
-    return False, True
+        return True
+    return False
 
 
 def has_progress(run_dir):
@@ -144,7 +168,7 @@ def has_progress(run_dir):
     return bool(list_checkpoints(checkpoint_dir(run_dir))) or bool(runs.read_history(run_dir))
 
 
-def train_in(config, run_dir, task, strategy, resuming, prefix, source=None):
+def train_in(config, run_dir, task, strategy, resuming, prefix, source=None, resume_command=None):
     """Data, model, restore, then the loop (strategy started)."""
     from tflm.trainer import make_optimizer  # defines Keras classes, so it loads Keras
 
@@ -173,12 +197,13 @@ def train_in(config, run_dir, task, strategy, resuming, prefix, source=None):
                                 "restore the checkpoint files, or start over with --restart")
             if task.is_chief and resuming:
                 runs.replace_config(run_dir, config)
-            print(f"{prefix}tflm: run directory {run_dir} ({type(strategy).__name__}, {replicas} replica(s))",
+            print(f"{prefix}tflm: run directory {run_dir} ({strategy_name(strategy)}, {replicas} replica(s))",
                   flush=True)
             step = trainer.step
             progress = Progress(config.train.steps, data.units_per_step, prefix, unit=data.unit)
             if step >= config.train.steps:
                 progress.log(f"run already finished: step {step} of train.steps={config.train.steps}; nothing to do")
+                leave_when_done(strategy)
                 return run_dir
             if restored:
                 progress.log(f"resuming from {restored} at step {step}")
@@ -186,13 +211,22 @@ def train_in(config, run_dir, task, strategy, resuming, prefix, source=None):
             train_fn, eval_fn, eval_batches = data.datasets(step)
             train_iterator = iter(strategy.distribute_datasets_from_function(train_fn))
             eval_iterator = iter(strategy.distribute_datasets_from_function(eval_fn))
-            controller = Controller(trainer, checkpointer, config.train, data.units_per_step, run_dir, task, progress)
+            controller = Controller(trainer, checkpointer, config.train, data.units_per_step, run_dir, task, progress,
+                                    resume_command)
             controller.run(train_iterator, eval_iterator, eval_batches,
                            strategy.cluster_resolver if task.num_workers > 1 else None,
                            history[-1]["elapsed_s"] if history else 0.0)
+            leave_when_done(strategy)
     finally:
         checkpointer.close()
     return run_dir
+
+
+def strategy_name(strategy):
+    """The start line's name of a strategy: its class, or "default strategy, one device" for
+    TensorFlow's default (a private class, _DefaultDistributionStrategy)."""
+    name = type(strategy).__name__
+    return "default strategy, one device" if name.startswith("_Default") else name
 
 
 class TaskParts:
@@ -297,18 +331,31 @@ def open_data(config, run_dir, task, strategy, resuming, source=None):
 def chief_store(config, run_dir, path, resuming, source=None):
     """The store at `path`, checked against the config (and the run's tokenizer when resuming, or
     the source run's when starting from one), or a new one: prepared in place, or, for a new
-    run's own store, beside the run directory."""
+    run's own store, in the run directory's reservation (tflm.run_dir.reserve)."""
     run_tokenizer = runs.load_tokenizer(run_dir) if resuming else source.tokenizer() if source else None
-    if TokenStore.exists(path):
-        store = TokenStore.open(path)
-        check_store_matches(store, config.data, run_tokenizer)
-        if not resuming:
-            store.verify()  # once, when a run starts using a store
-        return store
-    # A new local run's own store is prepared beside it and moved in when the run directory is
-    # created, so the directory appears whole; elsewhere (no atomic rename) it is written in place.
-    beside = path == os.path.join(run_dir, "store") and not runs.is_run_dir(run_dir) and is_local(run_dir)
-    return prepare_store(config.data, staging_path(run_dir) if beside else path, run_tokenizer)
+    if resuming:
+        check_recorded_tokenizer(run_dir, config, run_tokenizer)  # names the swapped files, unlike the store's check
+    if not TokenStore.exists(path):
+        # A new local run's own store is prepared in its reservation, which becomes the run directory
+        # when it is created, so the directory appears whole; elsewhere (no atomic rename) in place.
+        beside = path == os.path.join(run_dir, "store") and not runs.is_run_dir(run_dir) and is_local(run_dir)
+        try:
+            return prepare_store(config.data, os.path.join(runs.reservation_path(run_dir), "store") if beside
+                                 else path, run_tokenizer, wait=True)
+        except StoreExists:
+            pass  # another process prepared this shared store while this one waited: check it as any other
+    store = TokenStore.open(path)
+    check_store_matches(store, config.data, run_tokenizer)
+    if resuming:
+        # Resuming stays O(1) in the store's size: every shard's size and the validation split's
+        # checksums now, the training shards' checksums while training resumes, before the first
+        # history record or checkpoint is written (a damaged shard stops the run there, exit 2).
+        store.verify(checksums=False)
+        store.verify(("validation",))
+        runs.check_before_writing(run_dir, store.verify_in_background(("train",)))
+    else:
+        store.verify()  # once, before a run starts on a store
+    return store
 
 
 def create_run_dir(config, run_dir, store, path, extra_files=None):
