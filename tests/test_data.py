@@ -212,3 +212,11 @@ def test_a_second_prepare_of_one_store_is_refused_or_waits_for_the_first(tmp_pat
     assert waiting.is_set() and len(outcome) == 1  # it waited, then found the store the first one prepared
     assert TokenStore.open(path).tokens("train") > 0
     assert sorted(os.listdir(tmp_path)) == ["part0.txt", "store"]  # no lock file, no staging left
+
+
+def test_a_store_where_nothing_can_be_written_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        prepare.main(["--store", "/proc/tflm-store"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tflm: error: cannot prepare a token store at /proc/tflm-store: /proc: ") and err.count("\n") == 1

@@ -69,3 +69,33 @@ def test_the_error_line_is_the_last_line_after_a_failed_restore(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith(f"tflm: error: no checkpoint in {run_dir}/checkpoints can be restored"), lines[-5:]
     assert not [line for line in lines if "WARNING" in line], lines
+
+
+CALLER = """
+import sys
+from tflm.config import load_config
+from tflm.train import train
+overrides = [o for o in sys.argv[2:] if o != "--set"]
+try:
+    train(load_config(None, overrides), sys.argv[1])
+except KeyboardInterrupt:
+    print("the caller caught KeyboardInterrupt", flush=True)
+"""
+
+
+def test_a_second_ctrl_c_under_a_python_caller_raises_keyboard_interrupt_and_keeps_the_process(tmp_path):
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-c", CALLER, run_dir, *LONG_CALLS], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        wait_for_first_evaluation(run_dir, proc)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)  # raised once the main thread is back in Python
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "the caller caught KeyboardInterrupt" in out  # a notebook's kernel would live on

@@ -273,6 +273,12 @@ def test_the_lock_refresh_takes_a_deleted_lock_again_and_stops_on_a_lock_another
         assert "was deleted while this trainer held it; took it again" in capsys.readouterr().err
         runs.check_still_locked(run_dir)  # held: nothing to say
 
+        with monkeypatch.context() as patched:  # a read that fails (NFS, an object store): not a lost lock
+            patched.setattr(runs, "read_lock", lambda path: None)
+            assert runs._refresh_held_locks()
+            runs.check_still_locked(run_dir)
+        assert stops == []
+
         os.remove(path)
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"owner": "other", "pid": 1, "host": "h"}, f)

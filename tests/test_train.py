@@ -177,6 +177,10 @@ def test_the_resume_hint_names_the_run_dir_the_command_chose():
     assert resume_command([*command, "--restart", "--run-dir", "r"], "r", chosen=False, restart=True) == (
         "python -m tflm.train --set train.steps=9 --set 'data.paths=['\"'\"'a b.txt'\"'\"']' --run-dir r")
     assert resume_command(None, "runs/x-2", chosen=True, restart=False) == "train(config, run_dir='runs/x-2')"
+    assert resume_command([*command, "--rest", "--run-dir", "r"], "r", chosen=False, restart=True) == (
+        "python -m tflm.train --set train.steps=9 --set 'data.paths=['\"'\"'a b.txt'\"'\"']' --run-dir r")  # argparse's prefix
+    assert resume_command([*command, "--restart", "--run-dir", "r"], "r", chosen=False, restart=True, workers=2) == (
+        "the same command on every worker, without --restart")  # a worker's own command lacks its TF_CONFIG
 
 
 @pytest.mark.slow
@@ -216,6 +220,7 @@ def run_dirs(parent):
     ("train", ["--run-dir", "ram://runs/x"], "--run-dir ram://runs/x: ram:// is in this process's memory"),
     ("train", ["--set", "data.store=ram://stores/x", "--run-dir", "RUN"], "data.store ram://stores/x: ram://"),
     ("export", ["--run-dir", "RUN", "--base", "ram://models"], "--base ram://models: ram:// is in this process's"),
+    ("prepare", ["--store", "ram://stores/x"], "--store ram://stores/x: ram:// is in this process's memory"),
 ])
 def test_the_command_line_refuses_in_memory_paths(tmp_path, capsys, command, args, message):
     import importlib

@@ -93,13 +93,13 @@ def write_failure(error):
     """What stopped a checkpoint from being written (the line naming it), if `error` is a
     filesystem's (a full disk, no permission: OSError, or TensorFlow's ResourceExhaustedError
     and the like); None for anything else, such as a lost peer, which is reported elsewhere."""
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = first_line(error)
     if isinstance(error, OSError):
         return error.strerror or text
     found = WRITE_FAILURES.search(text)
     if isinstance(error, (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)) or (
             isinstance(error, tf.errors.OpError) and found):
-        return found.group(0) if found else text[:300]
+        return found.group(0) if found else text
     return None
 
 

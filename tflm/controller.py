@@ -7,6 +7,7 @@ same step, exit 42), Ctrl-C (single process: save, exit 130), and divergence (a 
 beyond train.max_nonfinite_steps: stop without saving, exit 4).
 """
 
+import _thread
 import contextlib
 import os
 import signal
@@ -14,7 +15,7 @@ import threading
 import time
 
 from tflm import run_dir as runs
-from tflm.errors import EXIT_INTERRUPTED, Diverged, Interrupted, Preempted
+from tflm.errors import EXIT_INTERRUPTED, Diverged, Interrupted, Preempted, in_command
 from tflm.lazy import tf
 from tflm.strategy import exit_now
 
@@ -33,6 +34,7 @@ class Controller:
         self.writer = (tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if task.is_chief
                        else tf.summary.create_noop_writer())
         self._sigint = False
+        self._interrupt = False  # a second Ctrl-C under a Python caller: raise KeyboardInterrupt
         self._saved_step = None
         self._nonfinite_seen = int(trainer.nonfinite_steps.numpy())
 
@@ -130,7 +132,7 @@ class Controller:
             return
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)  # as set_wakeup_fd requires
-        previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: None)  # the thread acts
+        previous_handler = signal.signal(signal.SIGINT, self._on_sigint)  # the thread acts
         previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         watcher = threading.Thread(target=self._watch_ctrl_c, args=(read_fd, previous_fd), name="tflm-ctrl-c",
                                    daemon=True)
@@ -173,8 +175,20 @@ class Controller:
             self._sigint = True
             self.progress.log("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
 
+    def _on_sigint(self, signum, frame):
+        """The main thread's SIGINT handler: the watcher thread acts on Ctrl-C, except for raising
+        KeyboardInterrupt in a caller's Python (see _stop_at_once)."""
+        if self._interrupt:
+            raise KeyboardInterrupt
+
     def _stop_at_once(self):
-        """End the process now (a second Ctrl-C), whatever the main thread is doing: one line, exit 130."""
+        """End the process now (a second Ctrl-C), whatever the main thread is doing: one line, exit
+        130. Called from Python (a notebook), KeyboardInterrupt in the main thread instead, as
+        Python's own Ctrl-C does: ending the process would lose the caller's state."""
+        if not in_command():
+            self._interrupt = True
+            _thread.interrupt_main()  # runs _on_sigint in the main thread once it is back in Python
+            return
         latest = None
         try:
             latest = self.checkpointer.latest()

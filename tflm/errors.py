@@ -53,6 +53,8 @@ def exit_on_user_error(main):
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        global _in_command
+        _in_command = True
         try:
             return main(*args, **kwargs)
         except TflmError as error:
@@ -66,6 +68,15 @@ def exit_on_user_error(main):
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
+
+
+_in_command = False  # whether this process runs a command (exit_on_user_error) rather than user code
+
+
+def in_command():
+    """Whether a command's `main` runs in this process: it may end the process itself (os._exit);
+    called from Python (a notebook, user code), tflm raises instead."""
+    return _in_command
 
 
 def quiet_python_warnings():

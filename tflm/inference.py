@@ -108,9 +108,11 @@ def check_recorded_tokenizer(run_dir, config, tokenizer):
         fingerprint = recorded_fingerprint(record, keys)
         if fingerprint is not None and fingerprint != actual:
             files = " and ".join(os.path.join(run_dir, name) for name in tokenizer.file_names())
+            fix = ("restore the run's own tokenizer files, or, if that shared store was prepared again with another "
+                   "tokenizer, point data.store at the store the run was trained on") if config.data.store else \
+                "restore the run's own tokenizer files"
             raise TflmError(f"{files} (tokenizer fingerprint {actual[:12]}) is not the tokenizer the run was "
-                            f"trained with: {record} records {fingerprint[:12]}; restore the run's own "
-                            "tokenizer files")
+                            f"trained with: {record} records {fingerprint[:12]}; {fix}")
 
 
 def recorded_fingerprint(path, keys):

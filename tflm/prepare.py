@@ -29,7 +29,7 @@ from tflm.config import load_config
 from tflm.errors import TflmError, exit_on_user_error
 from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.sources import make_source
-from tflm.atomic import is_local, parent_of
+from tflm.atomic import check_persistent, is_local, parent_of
 from tflm.lazy import tf
 from tflm.store import FORMAT, SPLITS, ShardWriter, StoreWriteError, TokenStore, id_dtype, write_index, writing
 from tflm.tokenizer import text_batches
@@ -177,7 +177,11 @@ def preparing_alone(path, wait, log):
 def locked_file(lock_path, path, wait, log):
     """`lock_path` opened and flock()ed, retried if the holder unlinked it meanwhile."""
     while True:
-        lock = open(lock_path, "a+", encoding="utf-8")
+        try:
+            lock = open(lock_path, "a+", encoding="utf-8")
+        except OSError as error:
+            raise TflmError(f"cannot prepare a token store at {path}: {os.path.dirname(lock_path)}: "
+                            f"{error.strerror}") from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -241,6 +245,7 @@ def main(argv=None):
     path = args.store or config.data.store
     if not path:
         raise TflmError("give --store PATH (or data.store)")
+    check_persistent(path, "--store")
     if TokenStore.exists(path):
         raise TflmError(f"{path} already exists; a store is never overwritten: remove it or choose another path")
     started = time.perf_counter()

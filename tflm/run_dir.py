@@ -23,6 +23,7 @@ which moves the old directory aside rather than deleting it.
 
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -136,21 +137,22 @@ def _make_reservation(run_dir):
     """Make `reservation_path(run_dir)` and take the lock in it; one that a start which was
     stopped left behind is taken over (its lock is stale) and emptied."""
     staging = reservation_path(run_dir)
-    sweep_stale_reservations(os.path.dirname(staging))
-    for _ in range(10):
-        try:
-            os.makedirs(staging, exist_ok=True)
-        except OSError as error:
-            raise TflmError(f"cannot create run directory {run_dir}: {error.strerror}") from None
-        try:
-            acquire_lock(run_dir, lock_dir=staging)
-            break
-        except TflmError:
-            if os.path.isdir(staging):
-                raise
-            # renamed into place by the trainer that held it, just now: it is a run directory
-    else:
-        raise TflmError(f"cannot reserve {run_dir}: other processes keep creating {staging}")
+    with _reservations_locked(os.path.dirname(staging), run_dir):
+        sweep_stale_reservations(os.path.dirname(staging))
+        for _ in range(10):
+            try:
+                os.makedirs(staging, exist_ok=True)
+            except OSError as error:
+                raise TflmError(f"cannot create run directory {run_dir}: {error.strerror}") from None
+            try:
+                acquire_lock(run_dir, lock_dir=staging)
+                break
+            except TflmError:
+                if os.path.isdir(staging):
+                    raise
+                # renamed into place by the trainer that held it, just now: it is a run directory
+        else:
+            raise TflmError(f"cannot reserve {run_dir}: other processes keep creating {staging}")
     _reserved[run_dir] = staging
     leftovers = [name for name in os.listdir(staging) if name != LOCK_FILE]
     if leftovers:
@@ -163,10 +165,27 @@ def _make_reservation(run_dir):
             os.remove(path)
 
 
+@contextlib.contextmanager
+def _reservations_locked(parent, run_dir):
+    """Hold an exclusive flock on the directory `parent` while a start sweeps or takes over the
+    reservations in it: between reading a stale lock and replacing it, no other start may take the
+    same reservation over (it would lose what it prepares there)."""
+    try:
+        os.makedirs(parent, exist_ok=True)
+        fd = os.open(parent, os.O_RDONLY)
+    except OSError as error:
+        raise TflmError(f"cannot create run directory {run_dir}: {parent}: {error.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def sweep_stale_reservations(parent):
     """Remove the reservations in `parent` whose trainer on this host is gone: what starts that
     were killed left (a start that fails or is stopped removes its own), whatever run directory
-    they were for. Each is locked first, so that no other start is taking it over meanwhile."""
+    they were for. Call it under `_reservations_locked(parent)`."""
     for name in atomic.listdir(parent):
         staging = os.path.join(parent, name)
         holder = read_lock(lock_path(staging)) if name.startswith(RESERVATION_PREFIX) else None
@@ -183,9 +202,9 @@ def sweep_stale_reservations(parent):
 
 def _remove_on_sigterm(run_dir):
     """Until the reservation ends, SIGTERM removes it, then ends the process as before."""
-    if threading.current_thread() is not threading.main_thread():
-        return
     previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is not signal.SIG_DFL:
+        return  # a handler of the caller's own may not end the process: it and release_lock clean up
 
     def on_sigterm(signum, frame):
         signal.signal(signal.SIGTERM, previous)
@@ -213,7 +232,7 @@ def _end_reservation(run_dir, remove):
             _held_locks.discard(lock_path(run_dir))
         _remove(lock_path(run_dir))
         with contextlib.suppress(Exception):
-            if not atomic.listdir(run_dir):
+            if not is_run_dir(run_dir):  # what this start made (a store prepared in place): the next begins afresh
                 atomic.gfile().rmtree(run_dir)
 
 
@@ -502,6 +521,8 @@ def _refresh_held_locks():
             except TflmError as error:
                 _exit_lost(error)
                 continue
+            except Exception:  # a passing error of a remote filesystem: checked again at the next refresh
+                continue
             with contextlib.suppress(Exception):
                 atomic.write_text(path, json.dumps(lock_record()))
         return True
@@ -511,11 +532,11 @@ def check_held(path):
     """Make sure this process still holds the lock at `path`: take it again if it was deleted
     (with a warning); a TflmError if another trainer holds it now, or its directory is gone."""
     holder = read_lock(path)
-    if holder is None:  # being written by another process right now
+    if holder is None:  # being written by another process right now, or a read that failed
         time.sleep(0.25)
         holder = read_lock(path)
-    if holder and holder.get("owner") == OWNER:
-        return
+    if holder is None or holder.get("owner") == OWNER:
+        return  # still unreadable (a passing filesystem error): checked again at the next refresh
     run_dir = os.path.dirname(path)
     if not atomic.isdir(run_dir):
         raise TflmError(f"{run_dir} was moved or deleted while this trainer wrote it; stopped")

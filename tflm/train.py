@@ -100,7 +100,7 @@ def train(config, run_dir=None, restart=False, command=None):
         raise TflmError("multi-worker training needs --run-dir, the same shared path on every worker")
     chosen = not run_dir
     run_dir = run_dir or runs.default_run_dir(config)
-    resume = resume_command(command, run_dir, chosen, restart)
+    resume = resume_command(command, run_dir, chosen, restart, task.num_workers)
     prefix = f"[{task.name}] " if task.num_workers > 1 else ""
     check_not_itself(config.train.init_from, run_dir)
     if config.train.init_from:  # before the run directory's config is compared with it
@@ -119,14 +119,17 @@ def train(config, run_dir=None, restart=False, command=None):
         runs.release_lock(run_dir)  # if this process holds it; and what it assembled of a new run_dir
 
 
-def resume_command(command, run_dir, chosen, restart):
+def resume_command(command, run_dir, chosen, restart, workers=1):
     """What resumes this run if it stops early, when running `command` again would not (it
     chose its run directory, or moves the run aside with --restart); None when it would."""
     if not chosen and not restart:
         return None
     if command is None:  # called from Python
         return f"train(config, run_dir={run_dir!r})"
-    return shlex.join([arg for arg in command if arg != "--restart"] + (["--run-dir", run_dir] if chosen else []))
+    if workers > 1:  # each worker's own command line lacks its TF_CONFIG and the launcher around it
+        return "the same command on every worker, without --restart"
+    restarts = [arg for arg in command if len(arg) > 4 and "--restart".startswith(arg)]  # argparse takes --rest
+    return shlex.join([arg for arg in command if arg not in restarts] + (["--run-dir", run_dir] if chosen else []))
 
 
 def check_strategy_matches_cluster(runtime, task):
