@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO, run_tflm, small_config, write_config
 from tflm import run_dir as runs
+from tflm import run_lock
 
 STEPS = 20
 
@@ -262,20 +263,20 @@ def wait_until(condition, proc, timeout_s=120):
 
 def test_the_lock_refresh_takes_a_deleted_lock_again_and_stops_on_a_lock_another_took(tmp_path, monkeypatch, capsys):
     stops = []
-    monkeypatch.setattr(runs, "_exit_lost", stops.append)
+    monkeypatch.setattr(run_lock, "_exit_lost", stops.append)
     run_dir = str(tmp_path)
     path = runs.lock_path(run_dir)
     runs.acquire_lock(run_dir)
     try:
         os.remove(path)
-        assert runs._refresh_held_locks()  # what the refresh thread does every LOCK_REFRESH_S
+        assert run_lock._refresh_held_locks()  # what the refresh thread does every LOCK_REFRESH_S
         assert runs.read_lock(path)["owner"] == runs.OWNER
         assert "was deleted while this trainer held it; took it again" in capsys.readouterr().err
         runs.check_still_locked(run_dir)  # held: nothing to say
 
         with monkeypatch.context() as patched:  # a read that fails (NFS, an object store): not a lost lock
-            patched.setattr(runs, "read_lock", lambda path: None)
-            assert runs._refresh_held_locks()
+            patched.setattr(run_lock, "read_lock", lambda path: None)
+            assert run_lock._refresh_held_locks()
             runs.check_still_locked(run_dir)
         assert stops == []
 
@@ -284,7 +285,7 @@ def test_the_lock_refresh_takes_a_deleted_lock_again_and_stops_on_a_lock_another
             json.dump({"owner": "other", "pid": 1, "host": "h"}, f)
         with pytest.raises(runs.TflmError, match="its lock was deleted while this trainer held it, and pid 1 on h"):
             runs.check_still_locked(run_dir)
-        runs._refresh_held_locks()
+        run_lock._refresh_held_locks()
         assert len(stops) == 1 and "pid 1 on h took it; stopped" in str(stops[0])
         assert runs.read_lock(path)["owner"] == "other"  # never written over
     finally:

@@ -8,7 +8,7 @@
     RUN_DIR/labels.json      a classifier's label names, in id order (tflm.labelled)
     RUN_DIR/init_from.json   the run it started from, if any (tflm.init_from)
     RUN_DIR/tensorboard/     event files
-    RUN_DIR/lock             held by the trainer writing here (pid, host, start time)
+    RUN_DIR/lock             held by the trainer writing here (tflm.run_lock)
 
 A new run directory appears whole or not at all: it is reserved before anything is prepared for
 it (PARENT/.tflm-new-NAME, made exclusively, this process's lock inside: a second trainer stops
@@ -33,20 +33,18 @@ import signal
 import socket
 import sys
 import threading
-import time
 
 from tflm import atomic
 from tflm.atomic import write_text
 from tflm.config import Config, dump, read_yaml
 from tflm.errors import TflmError
+from tflm.run_lock import (LOCK_FILE, OWNER, acquire_lock, check_if_held, create_exclusively, forget, lock_path,
+                           moving, process_alive, read_lock, release, remove_lock)
 
 HISTORY_KEYS = ("step", "tokens_seen", "elapsed_s", "loss", "accuracy", "val_loss", "val_accuracy",
                 "val_perplexity", "bits_per_byte", "val_bits_per_byte", "tokens_per_sec")
 CLASSIFY_HISTORY_KEYS = ("step", "examples_seen", "elapsed_s", "loss", "accuracy", "macro_f1", "val_loss",
                          "val_accuracy", "val_macro_f1", "val_confusion", "examples_per_sec")
-LOCK_FILE = "lock"
-LOCK_REFRESH_S = 10  # a trainer touches its lock this often
-LOCK_LEASE_S = 60  # a lock from another host untouched this long belongs to a trainer that is gone
 RESERVATION_PREFIX = ".tflm-new-"
 
 
@@ -73,11 +71,6 @@ def vocab_path(run_dir):
 def history_path(run_dir):
     """The evaluation history of a run."""
     return os.path.join(run_dir, "history.jsonl")
-
-
-def lock_path(run_dir):
-    """The lock file of a run."""
-    return os.path.join(run_dir, LOCK_FILE)
 
 
 def is_run_dir(run_dir):
@@ -191,10 +184,10 @@ def sweep_stale_reservations(parent):
         holder = read_lock(lock_path(staging)) if name.startswith(RESERVATION_PREFIX) else None
         if not holder or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
             continue  # not a reservation, or one this host cannot tell is stale at once
-        if _process_alive(holder["pid"], holder.get("process_start")):
+        if process_alive(holder["pid"], holder.get("process_start")):
             continue
-        _remove(lock_path(staging))
-        if not _create_exclusively(lock_path(staging)):
+        remove_lock(lock_path(staging))
+        if not create_exclusively(lock_path(staging)):
             continue  # taken over by another start just now
         print(f"tflm: warning: removing what a start that was stopped left: {staging}", file=sys.stderr)
         shutil.rmtree(staging, ignore_errors=True)
@@ -224,13 +217,10 @@ def _end_reservation(run_dir, remove):
     if not remove or staging is None:
         return
     if staging != run_dir:
-        with _guard:
-            _held_locks.discard(lock_path(staging))
+        forget(lock_path(staging))
         shutil.rmtree(staging, ignore_errors=True)
     elif (read_lock(lock_path(run_dir)) or {}).get("owner") == OWNER:  # another filesystem: made in place
-        with _guard:
-            _held_locks.discard(lock_path(run_dir))
-        _remove(lock_path(run_dir))
+        release(lock_path(run_dir))
         with contextlib.suppress(Exception):
             if not is_run_dir(run_dir):  # what this start made (a store prepared in place): the next begins afresh
                 atomic.gfile().rmtree(run_dir)
@@ -264,13 +254,11 @@ def create(run_dir, config, tokenizer, store_dir=None, extra_files=None):
             os.rename(store_dir, os.path.join(staging, "store"))
         if os.path.isdir(run_dir) and not os.listdir(run_dir):
             os.rmdir(run_dir)  # an empty directory the user made for the run
-        with _guard:  # the lock moves with the directory: refresh it at its new path from now on
+        with moving(staging, run_dir):  # the lock moves with the directory: refreshed at its new path
             try:
                 os.rename(staging, run_dir)
             except OSError:
                 raise TflmError(f"{run_dir} was created by another process meanwhile; use another --run-dir") from None
-            _held_locks.discard(lock_path(staging))
-            _held_locks.add(lock_path(run_dir))
         _end_reservation(run_dir, remove=False)
     except BaseException:
         moved_in = staging != run_dir and os.path.isdir(os.path.join(staging, "store"))
@@ -294,11 +282,9 @@ def move_aside(run_dir):
     """`--restart`: rename an existing run directory to RUN_DIR.replaced-<time> (without this
     process's lock); returns the new name."""
     target = f"{run_dir.rstrip('/')}.replaced-{utc_stamp()}"
-    with _guard:
+    with moving(run_dir):
         atomic.rename(run_dir, target)
-        _held_locks.discard(lock_path(run_dir))
-    if (read_lock(lock_path(target)) or {}).get("owner") == OWNER:
-        _remove(lock_path(target))
+    release(lock_path(target))
     return target
 
 
@@ -372,183 +358,10 @@ def append_history(run_dir, record):
                         "free some space and resume") from None
 
 
-# --- the lock --------------------------------------------------------------------------------
+# --- writing while locked -------------------------------------------------------------------
 
-OWNER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # this process, as a lock names it
-
-
-def lock_record():
-    """Who holds a lock: this process, and when it last said it was alive."""
-    return {"owner": OWNER, "pid": os.getpid(), "host": socket.gethostname(),
-            "process_start": process_start(os.getpid()),
-            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "refreshed": time.time(), "command": " ".join(sys.argv)}
-
-
-def process_start(pid):
-    """A process's start time in clock ticks since boot (Linux), to tell a reused pid apart; None
-    where /proc is not there."""
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def _proc_stat(pid):
-    """The fields of /proc/PID/stat after the command name, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        int(fields[19])
-        return fields
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def holder_is_gone(holder, path):
-    """Whether the trainer in a lock record has stopped: on this host, its process is gone; on
-    another, it stopped refreshing the lock (it does every LOCK_REFRESH_S): this waits up to
-    LOCK_LEASE_S to see a refresh."""
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-        return not _process_alive(holder["pid"], holder.get("process_start"))
-    deadline = time.monotonic() + LOCK_LEASE_S
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-        now = read_lock(path)
-        if not now or now.get("refreshed") != holder.get("refreshed"):
-            return not now  # released (gone), or refreshed (alive)
-    return True
-
-
-def _process_alive(pid, started):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    fields = _proc_stat(pid)
-    if fields is None:
-        return True  # no /proc: the pid exists, assume it is the holder
-    return fields[0] not in ("Z", "X") and (started is None or int(fields[19]) == started)
-
-
-def acquire_lock(run_dir, lock_dir=None):
-    """Take the run directory's lock (in `lock_dir`: its reservation, see `reserve`) for this
-    process, clearing a stale one; a TflmError naming the holder if another live trainer has it.
-    The lock is refreshed while held."""
-    path = lock_path(lock_dir or run_dir)
-    for _ in range(40):
-        if _create_exclusively(path):
-            _refresh_while_held(path)
-            return
-        holder = read_lock(path)
-        if holder == {}:
-            continue  # released meanwhile
-        if holder is None:
-            time.sleep(0.25)  # being written right now, or a crash while writing it
-            if read_lock(path) is not None:
-                continue
-        elif not holder_is_gone(holder, path):
-            raise TflmError(in_use_message(run_dir, holder))
-        print(f"tflm: warning: removing the stale lock of a trainer that is gone: {path}", file=sys.stderr)
-        _remove(path)
-    raise TflmError(f"cannot lock {run_dir}: another process keeps taking {path}")
-
-
-def in_use_message(run_dir, holder):
-    """The error when another live trainer holds (or is creating) `run_dir`."""
-    return (f"{run_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}; "
-            "wait for it to finish, or stop that process: a lock whose trainer is gone is taken over at the next "
-            f"start (at once on the same host, after {LOCK_LEASE_S}s without a refresh from another host)")
-
-
-def _create_exclusively(path):
-    """Write this process's lock at `path` unless one is there; whether it did. Locally O_EXCL
-    makes that atomic; elsewhere the write is read back, and the last writer wins."""
-    if not atomic.is_local(path):
-        if atomic.exists(path):
-            return False
-        atomic.write_text(path, json.dumps(lock_record()))
-        time.sleep(0.5)
-        return (read_lock(path) or {}).get("owner") == OWNER
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    except OSError as error:
-        raise TflmError(f"cannot lock {os.path.dirname(path)}: {error.strerror}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(lock_record(), f)
-    return True
-
-
-_held_locks = set()  # the lock files this process holds, refreshed by one thread
-_guard = threading.RLock()  # over _held_locks and the renames that move a held lock
 _reserved = {}  # {run directory: where this process is assembling it (see `reserve`)}
 _sigterm_restore = {}  # {run directory: the SIGTERM handler to restore when its reservation ends}
-_refresher = None
-
-
-def _refresh_while_held(path):
-    """Rewrite `path` every LOCK_REFRESH_S until it is released, so other hosts see it is alive."""
-    global _refresher
-    with _guard:
-        _held_locks.add(path)
-        if _refresher is None or not _refresher.is_alive():
-            _refresher = threading.Thread(target=_refresh_locks, name="tflm-lock-refresh", daemon=True)
-            _refresher.start()
-
-
-def _refresh_locks():
-    """Refresh every held lock each LOCK_REFRESH_S, until none is held."""
-    while True:
-        time.sleep(LOCK_REFRESH_S)
-        if not _refresh_held_locks():
-            return
-
-
-def _refresh_held_locks():
-    """Rewrite each held lock; whether any is held (if not, the refresh thread ends). A lock
-    another trainer took (after someone deleted it) ends this process at once, with one line and
-    exit code 2: two trainers never write one run directory."""
-    global _refresher
-    with _guard:
-        if not _held_locks:
-            _refresher = None
-            return False
-        for path in list(_held_locks):
-            try:
-                check_held(path)
-            except TflmError as error:
-                _exit_lost(error)
-                continue
-            except Exception:  # a passing error of a remote filesystem: checked again at the next refresh
-                continue
-            with contextlib.suppress(Exception):
-                atomic.write_text(path, json.dumps(lock_record()))
-        return True
-
-
-def check_held(path):
-    """Make sure this process still holds the lock at `path`: take it again if it was deleted
-    (with a warning); a TflmError if another trainer holds it now, or its directory is gone."""
-    holder = read_lock(path)
-    if holder is None:  # being written by another process right now, or a read that failed
-        time.sleep(0.25)
-        holder = read_lock(path)
-    if holder is None or holder.get("owner") == OWNER:
-        return  # still unreadable (a passing filesystem error): checked again at the next refresh
-    run_dir = os.path.dirname(path)
-    if not atomic.isdir(run_dir):
-        raise TflmError(f"{run_dir} was moved or deleted while this trainer wrote it; stopped")
-    if holder == {} and _create_exclusively(path):
-        print(f"tflm: warning: {path} was deleted while this trainer held it; took it again", file=sys.stderr,
-              flush=True)
-        return
-    holder = read_lock(path) or {}
-    raise TflmError(f"{run_dir}: its lock was deleted while this trainer held it, and pid {holder.get('pid')} on "
-                    f"{holder.get('host')} took it; stopped so that two trainers never write one run directory")
-
-
 _write_checks = {}  # run_dir -> checks that must pass before the next history record or checkpoint
 
 
@@ -565,49 +378,11 @@ def check_still_locked(run_dir):
     while checks:
         checks[0]()
         checks.pop(0)
-    path = lock_path(run_dir)
-    with _guard:
-        if path in _held_locks:
-            check_held(path)
-
-
-def _exit_lost(error):
-    """End the process at once, from the refresh thread: the main thread may be in a long step."""
-    from tflm.quiet import flush_native_logs
-
-    flush_native_logs()
-    print(f"tflm: error: {error}", file=sys.stderr, flush=True)
-    os._exit(TflmError.exit_code)
-
-
-def read_lock(path):
-    """The record in a lock file; {} if there is none, None if it is empty or unreadable (a
-    crash while writing it)."""
-    try:
-        holder = json.loads(atomic.read_bytes(path))
-        return holder if isinstance(holder, dict) else None
-    except FileNotFoundError:
-        return {}
-    except ValueError:
-        return None
-    except Exception as error:  # tf.errors from a remote filesystem
-        return {} if type(error).__name__ == "NotFoundError" else None
-
-
-def _remove(path):
-    if atomic.is_local(path):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-    elif atomic.exists(path):
-        atomic.gfile().remove(path)
+    check_if_held(lock_path(run_dir))
 
 
 def release_lock(run_dir):
     """Remove the lock if this process holds it, and what this process assembled of `run_dir`
     if it was still creating it (see `reserve`)."""
     _end_reservation(run_dir, remove=True)
-    path = lock_path(run_dir)
-    with _guard:
-        _held_locks.discard(path)
-    if (read_lock(path) or {}).get("owner") == OWNER:
-        _remove(path)
+    release(lock_path(run_dir))
