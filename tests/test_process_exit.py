@@ -25,12 +25,13 @@ LONG_CALLS = ["--set", "model.embed_dim=32", "--set", "model.num_layers=1", "--s
 
 
 def wait_for_first_evaluation(run_dir, proc, timeout_s=300):
-    """Block until the run's first evaluation is in history.jsonl: the loop is traced and compiled,
-    and the second host call has begun."""
+    """Block until the run's first evaluation and checkpoint are written: the loop is traced and
+    compiled, and the second host call begins."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        if os.path.exists(runs.history_path(run_dir)) and runs.read_history(run_dir):
+        # The checkpoint after the evaluation: then the loop goes straight into its second host call.
+        if os.path.exists(os.path.join(run_dir, "checkpoints", f"ckpt-{LONG_CALL_STEPS}.index")):
             return
         time.sleep(0.1)
     raise AssertionError(f"no evaluation in {timeout_s}s")
