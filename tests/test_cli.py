@@ -66,8 +66,8 @@ PUBLIC_API = textwrap.dedent("""
     print("after import, config and plot:", heavy())
 
     from tflm import export_run, load_run, score_texts  # noqa: F401
-    from tflm.generate import generate  # noqa: F401
-    from tflm.train import train  # noqa: F401
+    from tflm.serving.decoding import generate  # noqa: F401
+    from tflm.training.train import train  # noqa: F401
     assert [getattr(tflm, name).__module__ for name in tflm.__all__] == [tflm.API[name] for name in tflm.__all__]
     print("after importing every function:", heavy())
 """)

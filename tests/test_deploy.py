@@ -13,10 +13,10 @@ import time
 import pytest
 import yaml
 
-from tflm.cluster import SLURM_PORT_BASE, slurm_tf_config, use_cluster
+from tflm.training.cluster import SLURM_PORT_BASE, slurm_tf_config, use_cluster
 from tflm.config import RuntimeConfig, load_config
 from tflm.errors import TflmError
-from tflm.strategy import parse_tf_config
+from tflm.training.strategy import parse_tf_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "deploy")

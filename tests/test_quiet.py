@@ -106,7 +106,7 @@ COMMAND = textwrap.dedent("""
     import os, signal, subprocess, sys
     from tflm.errors import TflmError, exit_on_user_error
     from tflm.quiet import run_command
-    from tflm.strategy import exit_now
+    from tflm.training.strategy import exit_now
 
     NOISE, KEPT = {noise!r}, {kept!r}
 

@@ -4,11 +4,11 @@ What a Python user may import from `tflm` (each name loads its module on first u
 tflm` and plotting never load TensorFlow):
 
     load_config(path, overrides) -> Config          the run configuration (tflm.config)
-    load_run(run_dir) -> LoadedRun                  a trained run, ready for inference (tflm.inference)
-    score_texts(run, texts) -> [dict]               log-probability, NLL and perplexity (tflm.score)
-    classify_texts(run, texts) -> [dict]            a classifier's labels and probabilities (tflm.classify)
-    export_run(run_dir, base, name) -> directory    a SavedModel for TF Serving (tflm.export)
-    plot_runs(run_dirs, metrics, x) -> Figure       training curves (tflm.plot)
+    load_run(run_dir) -> LoadedRun                  a trained run, ready for inference (tflm.serving)
+    score_texts(run, texts) -> [dict]               log-probability, NLL and perplexity (tflm.serving)
+    classify_texts(run, texts) -> [dict]            a classifier's labels and probabilities (tflm.serving)
+    export_run(run_dir, base, name) -> directory    a SavedModel for TF Serving (tflm.serving)
+    plot_runs(run_dirs, metrics, x) -> Figure       training curves (tflm.runs)
     TflmError                                       what every mistake a user can fix raises (tflm.errors)
 
 Training and sampling are named after their commands' modules, so they are imported from there:
@@ -21,11 +21,11 @@ __version__ = "0.1.0"
 
 API = {
     "load_config": "tflm.config",
-    "load_run": "tflm.inference",
-    "score_texts": "tflm.score",
-    "classify_texts": "tflm.classify",
-    "export_run": "tflm.export",
-    "plot_runs": "tflm.plot",
+    "load_run": "tflm.serving.loading",
+    "score_texts": "tflm.serving.scoring",
+    "classify_texts": "tflm.serving.classifying",
+    "export_run": "tflm.serving.export",
+    "plot_runs": "tflm.runs.plot",
     "TflmError": "tflm.errors",
 }
 __all__ = sorted(API)

@@ -1,0 +1,66 @@
+"""Text classification on a language model's backbone: model, metrics, trainer and input pipelines.
+
+    Classifier: token ids [batch, seq_len] -> backbone features [batch, seq_len, width]
+                -> pooling (the last real token's, or the mean over real tokens; padding masked)
+                -> Dense -> logits [batch, classes] (float32)
+
+The backbone is the LstmLM or TransformerLM of tflm.models, whole (its next-token head too, not
+trained here, so a checkpoint of the language model restores into it unchanged). Texts are cut
+to data.seq_len tokens (the first ones) and padded with PAD_ID.
+
+Training example n of the stream is example permuted(n mod N) of epoch n div N (the index shuffle
+of tflm.data), and replica r reads its slice of every global batch as tflm.data's do, so one
+device, N replicas and N workers train on exactly the same batches and a resume is O(1).
+Validation is every validation example once per evaluation, the last global batch padded with
+examples labelled -1, which count for nothing.
+"""
+
+
+import keras
+import tensorflow as tf
+
+from tflm.models.build import build_model
+from tflm.data.tokenizers import PAD_ID
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class Classifier(keras.Model):
+    """A language model's features, pooled over the real tokens, then a dense head over the classes.
+
+    Args:
+        backbone: an LstmLM or TransformerLM (anything with `features(token_ids, training, example_ids)`).
+        num_classes: the number of labels.
+        pooling: "last" (the last real token's features) or "mean" (their mean over real tokens).
+    """
+
+    def __init__(self, backbone, num_classes, pooling="last", **kwargs):
+        super().__init__(**kwargs)
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"`pooling` must be 'last' or 'mean', received {pooling!r}")
+        self.backbone, self.num_classes, self.pooling = backbone, num_classes, pooling
+        backbone.head.trainable = False  # the next-token head: kept for checkpoints, never trained here
+        self.classifier_head = keras.layers.Dense(num_classes, dtype="float32", name="classifier_head")
+
+    def call(self, token_ids, training=False, example_ids=None):
+        """Logits [batch, num_classes] of padded token ids [batch, time]."""
+        features = self.backbone.features(token_ids, training, example_ids)
+        return self.classifier_head(pool(features, token_ids != PAD_ID, self.pooling))
+
+
+def pool(features, real, pooling):
+    """[batch, width] from features [batch, time, width] over the positions `real` marks."""
+    if pooling == "last":
+        last = tf.maximum(tf.reduce_sum(tf.cast(real, tf.int32), axis=1) - 1, 0)
+        return tf.gather(features, last, batch_dims=1)
+    weights = tf.cast(real, features.dtype)[:, :, None]
+    return tf.reduce_sum(features * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1)
+
+
+def build_classifier(config, vocabulary_size, num_classes):
+    """The configured backbone with a head for `num_classes` labels, built on a dummy batch."""
+    backbone = build_model(config.model, vocabulary_size, config.data.seq_len, config.train.seed)
+    model = Classifier(backbone, num_classes, config.task.pooling)
+    model(keras.ops.zeros((1, config.data.seq_len), dtype="int32"))
+    return model
+
+

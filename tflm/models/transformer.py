@@ -1,0 +1,269 @@
+"""The language models: a stacked LSTM and a pre-layer-norm Transformer decoder.
+
+Both map int token ids [batch, time] to next-token logits [batch, time, vocabulary_size], in
+float32 even under mixed precision so the loss and sampling stay exact, and both offer the same
+decoding interface (as keras-hub's causal LMs do), so a sampler never asks which model it has:
+
+    cache = model.initial_cache(batch_size)
+    logits, cache = model.call_with_cache(token_ids, cache, cache_index, lengths=None)
+    model.context   # how many tokens the model can condition on (None: unbounded, the LSTM)
+
+`token_ids` [batch, time] go at positions cache_index... of each row (`cache_index` a scalar or
+one index per row, so rows of different lengths decode side by side); with `lengths` [batch],
+only the first lengths[b] of row b are real and the rest is padding that leaves no trace in the
+cache. So one call reads a batch of ragged prompts, or restarts some rows' windows while the
+other rows take one token. The cache is the model's business: callers only pass it back.
+
+Dropout is a pure function of (train.seed, the dropout site, the example's global index in the
+training stream, the element), not of a random-number state: `example_ids` name each row of a
+batch, so N replicas or workers that split a global batch draw exactly the masks one device
+would, and two different examples never share a mask. (keras.layers.Dropout draws from one
+SeedGenerator variable, mirrored across replicas, so every replica drew the *same* mask for
+different examples, and N replicas regularised less than one device.)
+
+The Transformer block is written here rather than taken from keras-nlp's TransformerDecoder for
+that reason and one more: keras-nlp's cached attention writes its cache with
+`keras.ops.slice_update`, an XLA-only op that stock TF Serving lacks. The block keeps
+TransformerDecoder's layers, names and variable shapes, so checkpoints of either load into it.
+"""
+
+import keras
+import keras_nlp
+import tensorflow as tf
+
+from tflm.models.randomness import ExampleDropout
+from tflm.models.scatter import scatter_update
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class CausalSelfAttention(keras.layers.Layer):
+    """Multi-head causal self-attention with a key/value cache written with core TF ops.
+
+    Its projections are keras.layers.MultiHeadAttention's (`_query_dense`, `_key_dense`,
+    `_value_dense`, `_output_dense`, EinsumDense with the same shapes), so keras-nlp
+    TransformerDecoder checkpoints restore into it.
+    """
+
+    def __init__(self, num_heads, head_dim, dropout=0.0, seed=0, site=0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.dropout_rate, self.seed, self.site = dropout, seed, site
+
+    def build(self, input_shape):
+        embed_dim = input_shape[-1]
+        for name in ("query", "key", "value"):
+            dense = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, self.num_heads, self.head_dim),
+                                             bias_axes="de", name=name, dtype=self.dtype_policy)
+            dense.build(input_shape)
+            setattr(self, f"_{name}_dense", dense)
+        self._output_dense = keras.layers.EinsumDense("abcd,cde->abe", output_shape=(None, embed_dim),
+                                                      bias_axes="e", name="attention_output",
+                                                      dtype=self.dtype_policy)
+        self._output_dense.build((None, None, self.num_heads, self.head_dim))
+        self.probabilities_dropout = ExampleDropout(self.dropout_rate, self.seed, self.site,
+                                                    name="probabilities_dropout")
+
+    def _qkv(self, x):
+        """Queries, keys and values [batch, time, heads, head_dim] from one fused matmul."""
+        kernel = tf.concat([self._query_dense.kernel, self._key_dense.kernel, self._value_dense.kernel], axis=1)
+        bias = tf.concat([self._query_dense.bias, self._key_dense.bias, self._value_dense.bias], axis=0)
+        qkv = tf.einsum("btc,cnh->btnh", x, tf.cast(kernel, x.dtype)) + tf.cast(bias, x.dtype)
+        return tf.split(qkv, 3, axis=2)
+
+    def _attend(self, query, keys, values, mask, example_ids, training):
+        """Softmax(q k^T / sqrt(d)) v over the keys `mask` allows; [batch, time, embed]."""
+        scores = tf.einsum("bqnh,bknh->bnqk", query, keys) * tf.cast(self.head_dim ** -0.5, query.dtype)
+        scores = tf.where(mask, tf.cast(scores, tf.float32), -1e9)
+        probabilities = tf.cast(tf.nn.softmax(scores, axis=-1), query.dtype)
+        probabilities = self.probabilities_dropout(probabilities, example_ids, training=training)
+        return self._output_dense(tf.einsum("bnqk,bknh->bqnh", probabilities, values))
+
+    def call(self, x, example_ids=None, training=False):
+        """Attention of each position to itself and the positions before it."""
+        query, keys, values = self._qkv(x)
+        length = tf.shape(x)[1]
+        causal = tf.range(length)[:, None] >= tf.range(length)[None, :]
+        return self._attend(query, keys, values, causal[None, None], example_ids, training)
+
+    def call_with_cache(self, x, cache, slots):
+        """Attention for `x` [batch, time, embed] to the cached positions up to each token's own;
+        `cache` is this block's (keys, values), each [batch, heads, capacity + 1, head_dim], and
+        `slots` (CacheSlots) says where these tokens go. Returns the output and the cache with
+        x's keys and values written in. Written for few ops per token: without XLA each op costs
+        executor time, whatever its size."""
+        def project(dense):  # [batch, time, heads, head_dim]
+            return tf.einsum("btc,cnh->btnh", x, tf.cast(dense.kernel, x.dtype)) + tf.cast(dense.bias, x.dtype)
+
+        keys, values = (slots.write(c, project(d)) for c, d in zip(cache, (self._key_dense, self._value_dense)))
+        query = project(self._query_dense) * tf.cast(self.head_dim ** -0.5, x.dtype)
+        scores = tf.cast(tf.einsum("btnh,bnsh->bnts", query, keys), tf.float32)
+        probabilities = tf.nn.softmax(tf.where(slots.visible, scores, -1e9), axis=-1)
+        attended = tf.einsum("bnts,bnsh->btnh", tf.cast(probabilities, x.dtype), values)
+        output = self._output_dense
+        return (tf.einsum("btnh,nhe->bte", attended, tf.cast(output.kernel, x.dtype)) + tf.cast(output.bias, x.dtype),
+                (keys, values))
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "head_dim": self.head_dim,
+                "dropout": self.dropout_rate, "seed": self.seed, "site": self.site}
+
+
+class CacheSlots:
+    """Where the tokens of one `call_with_cache` go in a block's keys or values [batch, heads,
+    capacity + 1, head_dim], and which cached positions each may see (its own and those before
+    it); worked out once per call and shared by every block. A padding token (one past
+    lengths[b]) writes zeros into the spare last slot, which no real token sees."""
+
+    def __init__(self, positions, lengths, heads, capacity):
+        batch, time = tf.shape(positions)[0], tf.shape(positions)[1]
+        self.real = None if lengths is None else tf.range(time)[None, :] < lengths[:, None]
+        slots = positions if lengths is None else tf.where(self.real, positions, capacity)
+        shape = [batch, time, heads]
+        self.indices = tf.stack([tf.broadcast_to(tf.range(batch)[:, None, None], shape),
+                                 tf.broadcast_to(tf.range(heads)[None, None, :], shape),
+                                 tf.broadcast_to(slots[:, :, None], shape)], axis=-1)
+        self.visible = tf.range(capacity + 1)[None, None, None, :] <= positions[:, None, :, None]
+
+    def write(self, cache, updates):
+        """`cache` (a block's keys or values) with `updates` [batch, time, heads, head_dim] written in."""
+        if self.real is not None:
+            updates = tf.where(self.real[:, :, None, None], updates, tf.zeros([], updates.dtype))
+        return scatter_update(cache, self.indices, updates)
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class DecoderBlock(keras.layers.Layer):
+    """x + Dropout(Attention(LN(x))), then x + Dropout(FF(LN(x))): a pre-layer-norm GPT block
+    with keras-nlp TransformerDecoder's sublayer names (`_self_attention_layer`, ...)."""
+
+    def __init__(self, num_heads, ff_dim, dropout=0.0, seed=0, site=0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.ff_dim, self.dropout_rate, self.seed, self.site = num_heads, ff_dim, dropout, seed, site
+
+    def build(self, input_shape):
+        embed_dim = input_shape[-1]
+        policy = self.dtype_policy
+        self._self_attention_layer = CausalSelfAttention(self.num_heads, embed_dim // self.num_heads,
+                                                         self.dropout_rate, self.seed, 3 * self.site,
+                                                         name="self_attention", dtype=policy)
+        self._self_attention_layer.build(input_shape)
+        self._self_attention_layer_norm = keras.layers.LayerNormalization(
+            epsilon=1e-5, name="self_attention_layer_norm", dtype=policy)
+        self._self_attention_layer_norm.build(input_shape)
+        self._self_attention_dropout = ExampleDropout(self.dropout_rate, self.seed, 3 * self.site + 1,
+                                                      name="self_attention_dropout")
+        self._feedforward_intermediate_dense = keras.layers.Dense(
+            self.ff_dim, activation="gelu", name="feedforward_intermediate_dense", dtype=policy)
+        self._feedforward_intermediate_dense.build(input_shape)
+        self._feedforward_output_dense = keras.layers.Dense(embed_dim, name="feedforward_output_dense", dtype=policy)
+        self._feedforward_output_dense.build(tuple(input_shape[:-1]) + (self.ff_dim,))
+        self._feedforward_layer_norm = keras.layers.LayerNormalization(
+            epsilon=1e-5, name="feedforward_layer_norm", dtype=policy)
+        self._feedforward_layer_norm.build(input_shape)
+        self._feedforward_dropout = ExampleDropout(self.dropout_rate, self.seed, 3 * self.site + 2,
+                                                   name="feedforward_dropout")
+
+    def _feedforward(self, x, example_ids, training):
+        y = self._feedforward_output_dense(self._feedforward_intermediate_dense(self._feedforward_layer_norm(x)))
+        return x + self._feedforward_dropout(y, example_ids, training=training)
+
+    def call(self, x, example_ids=None, training=False):
+        """The block over a whole sequence (causal)."""
+        y = self._self_attention_layer(self._self_attention_layer_norm(x), example_ids, training=training)
+        x = x + self._self_attention_dropout(y, example_ids, training=training)
+        return self._feedforward(x, example_ids, training)
+
+    def call_with_cache(self, x, cache, slots):
+        """The block for `x` [batch, time, embed] with its (keys, values) cache (see
+        CausalSelfAttention's); (output, cache). The feed-forward runs on [batch * time, embed], where each Dense is one
+        MatMul (on 3-D input it is a Tensordot: a dozen ops)."""
+        y, cache = self._self_attention_layer.call_with_cache(self._self_attention_layer_norm(x), cache, slots)
+        x = x + y
+        flat = tf.reshape(x, [-1, x.shape[-1]])
+        flat = flat + self._feedforward_output_dense(
+            self._feedforward_intermediate_dense(self._feedforward_layer_norm(flat)))
+        return tf.reshape(flat, tf.shape(x)), cache
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "ff_dim": self.ff_dim,
+                "dropout": self.dropout_rate, "seed": self.seed, "site": self.site}
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class TransformerLM(keras.Model):
+    """TokenAndPositionEmbedding -> N x DecoderBlock (causal, pre-LN) -> LayerNorm -> Dense."""
+
+    def __init__(self, vocabulary_size, seq_len, embed_dim, num_layers, num_heads, ff_dim,
+                 dropout=0.0, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary_size, self.seq_len, self.embed_dim = vocabulary_size, seq_len, embed_dim
+        self.num_layers, self.num_heads, self.ff_dim = num_layers, num_heads, ff_dim
+        self.dropout_rate, self.seed = dropout, seed
+        self.embedding = keras_nlp.layers.TokenAndPositionEmbedding(
+            vocabulary_size, seq_len, embed_dim, name="embedding"
+        )
+        for i in range(num_layers):  # attributes, not a list: see LstmLM
+            setattr(self, f"decoder_{i}", DecoderBlock(num_heads, ff_dim, dropout, seed, site=i, name=f"decoder_{i}"))
+        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
+        self.head = keras.layers.Dense(vocabulary_size, dtype="float32", name="logits")
+
+    @property
+    def context(self):
+        """Positions the model has embeddings for: the most tokens it conditions on."""
+        return self.seq_len
+
+    @property
+    def blocks(self):
+        """The decoder blocks, bottom first."""
+        return [getattr(self, f"decoder_{i}") for i in range(self.num_layers)]
+
+    def call(self, token_ids, training=False, example_ids=None):
+        """Logits for every position of `token_ids` (causal: position t sees tokens <= t)."""
+        return self.head(self.features(token_ids, training, example_ids))
+
+    def features(self, token_ids, training=False, example_ids=None):
+        """The normalised last block's output [batch, time, embed_dim], what the head reads."""
+        x = self.embedding(token_ids)
+        for block in self.blocks:
+            x = block(x, example_ids, training=training)
+        return self.final_norm(x)
+
+    def call_with_cache(self, token_ids, cache, cache_index, lengths=None):
+        """Logits for `token_ids` [batch, time] placed at positions cache_index... of each row
+        (`cache_index` a scalar or [batch]), and the cache with their keys and values.
+
+        The tokens attend to the cached positions up to their own, so a generation step costs one
+        token's work, not a re-run over the prefix. Padding (past `lengths`) is kept out of the
+        cache; cached positions a later token does not reach stay invisible to it, so a row
+        restarts its window just by writing it again from position 0.
+        """
+        batch, time = tf.shape(token_ids)[0], tf.shape(token_ids)[1]
+        positions = tf.broadcast_to(cache_index, [batch])[:, None] + tf.range(time)[None, :]
+        slots = CacheSlots(positions, lengths, self.num_heads, self.seq_len)
+        if lengths is not None:  # padding may run past the last position
+            positions = tf.minimum(positions, self.seq_len - 1)
+        embedding = self.embedding  # its two lookups, without the layer's index checks (a few ops a step)
+        x = (tf.gather(tf.cast(embedding.token_embedding.embeddings, self.compute_dtype), token_ids)
+             + tf.gather(tf.cast(embedding.position_embedding.position_embeddings, self.compute_dtype), positions))
+        new_cache = []
+        for block, block_cache in zip(self.blocks, zip(cache[0::2], cache[1::2])):
+            x, block_cache = block.call_with_cache(x, block_cache, slots)
+            new_cache.extend(block_cache)
+        logits = self.head(self.final_norm(tf.reshape(x, [-1, self.embed_dim])))
+        return tf.reshape(logits, [batch, time, self.vocabulary_size]), tuple(new_cache)
+
+    def initial_cache(self, batch_size):
+        """An empty cache for `call_with_cache`: each block's keys, then values, each [batch,
+        num_heads, seq_len + 1, head_dim] (positions, and a spare last slot for padding). Separate
+        tensors, not slices of one: XLA copies a tensor it reads a slice of before it writes it."""
+        head_dim = self.embed_dim // self.num_heads
+        return tuple(tf.zeros([batch_size, self.num_heads, self.seq_len + 1, head_dim], self.compute_dtype)
+                     for _ in range(2 * self.num_layers))
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
+                "seq_len": self.seq_len, "embed_dim": self.embed_dim,
+                "num_layers": self.num_layers, "num_heads": self.num_heads,
+                "ff_dim": self.ff_dim, "dropout": self.dropout_rate, "seed": self.seed}
+
+

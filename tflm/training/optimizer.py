@@ -1,0 +1,31 @@
+"""TODO docstring."""
+
+import keras
+
+
+class PreReducedAdamW(keras.optimizers.AdamW):
+    """AdamW that takes gradients already summed over replicas.
+
+    Keras clips gradients before it all-reduces them (BaseOptimizer.apply calls _clip_gradients,
+    then _backend_update_step calls _all_reduce_sum_gradients), so under a strategy its
+    `global_clipnorm` clips each replica's partial gradient and replicas disagree with a single
+    device. The training step all-reduces and clips itself, so the optimizer must not sum again.
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+
+def make_optimizer(train_config):
+    """AdamW, linear warmup to the peak learning rate then cosine decay; no decay on norms/biases."""
+    t = train_config
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(1, t.steps - t.warmup_steps),
+        alpha=t.min_learning_rate_ratio,
+        warmup_target=t.learning_rate,
+        warmup_steps=t.warmup_steps,
+    )
+    optimizer = PreReducedAdamW(learning_rate=schedule, weight_decay=t.weight_decay, beta_2=0.99)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
