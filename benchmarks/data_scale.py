@@ -29,9 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 
 from tflm.config import load_config  # noqa: E402
-from tflm.data import train_dataset_fn  # noqa: E402
-from tflm.prepare import prepare_store  # noqa: E402
-from tflm.store import TokenStore  # noqa: E402
+from tflm.data.pipeline import train_dataset_fn  # noqa: E402
+from tflm.data.prepare import prepare_store  # noqa: E402
+from tflm.data.store import TokenStore  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE_BYTES = 64 * 2**20  # corpus files of about 64 MiB
@@ -144,11 +144,12 @@ def resume_seconds(store_path, work, at_step):
 def move_to_step(run_dir, step):
     """Save the run's latest checkpoint again as if it had trained to `step` (the optimizer's
     iteration count is the step a run resumes at)."""
-    from tflm import run_dir as runs
-    from tflm.checkpoint import Checkpointer
-    from tflm.models import build_model
-    from tflm.strategy import Task
-    from tflm.trainer import Trainer, make_optimizer
+    from tflm.runs import run_dir as runs
+    from tflm.runs.checkpoint import Checkpointer
+    from tflm.models.build import build_model
+    from tflm.training.strategy import Task
+    from tflm.training.trainer import Trainer
+    from tflm.training.optimizer import make_optimizer
 
     config, tokenizer = runs.read_config(run_dir), runs.load_tokenizer(run_dir)
     model = build_model(config.model, tokenizer.vocabulary_size, config.data.seq_len, config.train.seed)

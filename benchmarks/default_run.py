@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's tflm
 
-from tflm import run_dir as runs
+from tflm.runs import run_dir as runs
 
 
 def main():

@@ -15,10 +15,10 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tflm import run_dir as runs  # noqa: E402
+from tflm.runs import run_dir as runs  # noqa: E402
 from tflm.config import load_config  # noqa: E402
-from tflm.labelled import write_manual_topics  # noqa: E402
-from tflm.train import train  # noqa: E402
+from tflm.data.labelled import write_manual_topics  # noqa: E402
+from tflm.training.train import train  # noqa: E402
 
 MODEL = ["model.type=lstm", "model.embed_dim=64", "model.num_layers=1", "model.lstm_units=128",
          "runtime.jit_compile=false"]  # XLA runs this LSTM's time loop slower on CPU

@@ -37,12 +37,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 
 from tflm.config import Config, updated  # noqa: E402
-from tflm.export import write_saved_model  # noqa: E402
-from tflm.generate import generate_ids  # noqa: E402
-from tflm.inference import LoadedRun, load_run  # noqa: E402
-from tflm.models import build_model  # noqa: E402
-from tflm.score import default_stride  # noqa: E402
-from tflm.tokenizer import CharTokenizer  # noqa: E402
+from tflm.serving.export import write_saved_model  # noqa: E402
+from tflm.serving.decoding import generate_ids  # noqa: E402
+from tflm.serving.loading import LoadedRun, load_run  # noqa: E402
+from tflm.models.build import build_model  # noqa: E402
+from tflm.serving.scoring import default_stride  # noqa: E402
+from tflm.data.tokenizers import CharTokenizer  # noqa: E402
 
 PROMPT = "def main():"
 

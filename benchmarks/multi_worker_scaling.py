@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-from tflm import run_dir as runs
+from tflm.runs import run_dir as runs
 
 
 def workers_tokens_per_sec(workers, args, tmp):

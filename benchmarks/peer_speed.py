@@ -108,8 +108,8 @@ def measure_tflm(config, warmup, steps, matmul_size):
     """Steady-state seconds of `steps` steps through tflm.train.train, and TF's matmul FLOP/s."""
     import tensorflow as tf
 
-    from tflm.models import build_model
-    from tflm.train import train
+    from tflm.models.build import build_model
+    from tflm.training.train import train
 
     config = updated(config, train={"steps": warmup + steps, "eval_every": warmup, "eval_batches": 1,
                                     "checkpoint_every": warmup + steps})

@@ -72,8 +72,8 @@ def export_random_run(model_type, seq_len, directory):
     sys.path.insert(0, REPO)
     from generate_speed import random_run
 
-    from tflm.export import write_saved_model
-    from tflm.score import default_stride
+    from tflm.serving.export import write_saved_model
+    from tflm.serving.scoring import default_stride
 
     loaded = random_run(model_type, seq_len)
     write_saved_model(loaded, directory, default_stride(loaded.context))

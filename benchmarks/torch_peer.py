@@ -400,12 +400,12 @@ def set_threads(threads):
 def check(config_paths):
     """Compare with tflm itself; print each comparison; return whether all agree."""
     # TensorFlow and tflm's model code: only for the check
-    from tflm.data import Windows
-    from tflm.models import build_model as build_tflm_model
-    from tflm.prepare import prepare_store
-    from tflm.store import TokenStore
-    from tflm.tokenizer import load_tokenizer
-    from tflm.trainer import make_optimizer as make_tflm_optimizer
+    from tflm.data.pipeline import Windows
+    from tflm.models.build import build_model as build_tflm_model
+    from tflm.data.prepare import prepare_store
+    from tflm.data.store import TokenStore
+    from tflm.data.tokenizers import load_tokenizer
+    from tflm.training.optimizer import make_optimizer as make_tflm_optimizer
 
     ok = True
     for path in config_paths:

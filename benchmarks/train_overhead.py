@@ -20,13 +20,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tflm import run_dir as runs  # noqa: E402
+from tflm.runs import run_dir as runs  # noqa: E402
 from tflm.config import load_config, updated  # noqa: E402
-from tflm.data import train_dataset_fn  # noqa: E402
-from tflm.models import build_model  # noqa: E402
-from tflm.prepare import prepare_store  # noqa: E402
-from tflm.train import train  # noqa: E402
-from tflm.trainer import make_optimizer, token_loss_and_accuracy  # noqa: E402
+from tflm.data.pipeline import train_dataset_fn  # noqa: E402
+from tflm.models.build import build_model  # noqa: E402
+from tflm.data.prepare import prepare_store  # noqa: E402
+from tflm.training.train import train  # noqa: E402
+from tflm.training.optimizer import make_optimizer  # noqa: E402
+from tflm.tasks.lm import token_loss_and_accuracy
 
 WARMUP_STEPS = 50
 
