@@ -25,14 +25,14 @@ setup(
         "tensorflow==2.21.*",  # tensorboard, tensorflow-text and tensorflow-serving-api move with it
         "tensorboard==2.21.*",  # tf.summary needs it; TF 2.21 no longer pulls it in
         "tensorflow-text==2.21.*",
-        "tensorflow-serving-api==2.21.*",  # tflm.export writes TF Serving warmup requests with it
-        # tflm overrides keras.optimizers.AdamW._all_reduce_sum_gradients (tflm/trainer.py), a private
+        "tensorflow-serving-api==2.21.*",  # tflm.serving.warmup writes TF Serving warmup requests with it
+        # tflm overrides keras.optimizers.AdamW._all_reduce_sum_gradients (tflm/training/optimizer.py), a private
         # method, and builds on keras-nlp / keras-hub layer internals: the minors it is tested with.
         "keras==3.15.*",
         "keras-nlp==0.32.*",
         "keras-hub==0.32.*",
         "tensorflow-datasets>=4.9.10",
-        "sentencepiece>=0.2",  # trains the sentencepiece tokenizer (tflm.tokenizer)
+        "sentencepiece>=0.2",  # trains the sentencepiece tokenizer (tflm.data.tokenizers)
         "numpy>=1.26",
         "matplotlib>=3.8",
         "pyyaml>=6.0",

@@ -147,7 +147,8 @@ def move_to_step(run_dir, step):
     from tflm.runs import run_dir as runs
     from tflm.runs.checkpoint import Checkpointer
     from tflm.models.build import build_model
-    from tflm.training.strategy import Task
+    from tflm.training.cluster import Worker
+    from tflm.tasks import task_for
     from tflm.training.trainer import Trainer
     from tflm.training.optimizer import make_optimizer
 
@@ -155,8 +156,8 @@ def move_to_step(run_dir, step):
     model = build_model(config.model, tokenizer.vocabulary_size, config.data.seq_len, config.train.seed)
     optimizer = make_optimizer(config.train)
     optimizer.build(model.trainable_variables)
-    trainer = Trainer(tf.distribute.get_strategy(), model, optimizer, config.train, config.data.seq_len, False)
-    checkpointer = Checkpointer(run_dir, Task(), model, optimizer, config.train.keep_checkpoints, trainer.state())
+    trainer = Trainer(tf.distribute.get_strategy(), model, optimizer, task_for(config), config.train, False)
+    checkpointer = Checkpointer(run_dir, Worker(), model, optimizer, config.train.keep_checkpoints, trainer.state())
     checkpointer.restore_latest()
     optimizer.iterations.assign(step)
     checkpointer.save(step)

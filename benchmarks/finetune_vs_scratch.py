@@ -2,7 +2,7 @@
 
 1. Pretrain a character LSTM on the embedded corpus (the Python reference manual in CPython).
 2. Build a labelled set offline: paragraphs of four manual topics, labelled with their topic
-   (tflm.labelled.write_manual_topics; every 5th paragraph of each topic is validation).
+   (tflm.data.labelled.write_manual_topics; every 5th paragraph of each topic is validation).
 3. Train two classifiers with the same config, seed and steps: one `--init-from` the pretrained
    run, one from random weights. Print both validation accuracies at every evaluation.
 

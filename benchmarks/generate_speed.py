@@ -40,6 +40,7 @@ from tflm.config import Config, updated  # noqa: E402
 from tflm.serving.export import write_saved_model  # noqa: E402
 from tflm.serving.decoding import generate_ids  # noqa: E402
 from tflm.serving.loading import LoadedRun, load_run  # noqa: E402
+from tflm.tasks import task_for  # noqa: E402
 from tflm.models.build import build_model  # noqa: E402
 from tflm.serving.scoring import default_stride  # noqa: E402
 from tflm.data.tokenizers import CharTokenizer  # noqa: E402
@@ -52,7 +53,7 @@ def random_run(model_type, seq_len):
     config = updated(Config(), model={"type": model_type}, data={"seq_len": seq_len})
     tokenizer = CharTokenizer(list(string.printable))
     model = build_model(config.model, tokenizer.vocabulary_size, seq_len)
-    return LoadedRun("(random weights)", config, tokenizer, model, "")
+    return LoadedRun("(random weights)", config, tokenizer, model, "", task_for(config))
 
 
 def ways_to_decode(loaded, new_tokens, directory):
@@ -115,7 +116,7 @@ def main():
     for loaded in runs:
         results = benchmark(loaded, args.new_tokens, args.repeats)
         m = loaded.config.model
-        print(f"{loaded.model_type}: {m.num_layers} layers, embed {m.embed_dim}, context {loaded.context}, "
+        print(f"{loaded.config.model.type}: {m.num_layers} layers, embed {m.embed_dim}, context {loaded.context}, "
               f"batch 1, {args.new_tokens} new tokens; median tokens/s [min-max of {args.repeats}]")
         for label, rates in results.items():
             print(f"  {label:20s} {statistics.median(rates):8.1f}  [{min(rates):.0f}-{max(rates):.0f}]")

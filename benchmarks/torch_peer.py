@@ -1,7 +1,7 @@
 """tflm's models, loss, optimizer and training data, written again in plain PyTorch: a peer to time tflm against.
 
 What is the same as tflm (`--check` compares it with tflm itself):
-- Models (tflm/models.py): the pre-LN GPT Transformer (token + learned position embeddings; per
+- Models (tflm/models/): the pre-LN GPT Transformer (token + learned position embeddings; per
   block x + Attention(LN(x)), x + FF(LN(x)) with exact GELU; final LayerNorm, dense head; LayerNorm
   epsilon 1e-5; causal attention through `F.scaled_dot_product_attention`), and the LSTM
   (embedding, then per layer dropout shared over time and one `nn.LSTM` layer, then dropout and a
@@ -13,12 +13,12 @@ What is the same as tflm (`--check` compares it with tflm itself):
 - Optimizer: torch.optim.AdamW, betas (0.9, 0.99), epsilon 1e-7 (Keras's default), weight decay
   on matrices and embeddings only (Keras: not on variables named bias, gamma, beta), gradients
   clipped to global norm train.clip_norm, learning rate from `keras_learning_rate` (Keras's
-  CosineDecay with linear warmup from 0, as tflm.trainer.make_optimizer builds it). One
+  CosineDecay with linear warmup from 0, as tflm.training.optimizer.make_optimizer builds it). One
   difference: Keras adds epsilon to sqrt(v) before the bias correction ("epsilon hat"), PyTorch
   after it, i.e. Keras's epsilon is PyTorch's times sqrt(1 - beta_2^t); it changes no timing.
 - Data: the default corpus (`pydoc_data.topics`, every 10th topic held out), tflm's vocabulary
   (ids 0 padding, 1 out-of-vocabulary, then characters by falling frequency), windows of
-  seq_len + 1 cut from the concatenated training topics, as tflm.data cuts them. Only the order
+  seq_len + 1 cut from the concatenated training topics, as tflm.data.pipeline cuts them. Only the order
   differs: a seeded full permutation per epoch instead of tf.data's 10,000-window shuffle buffer.
 
     python benchmarks/torch_peer.py --check                                  # compare with tflm
@@ -49,18 +49,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from tflm.config import load_config  # noqa: E402  (pure Python: no TensorFlow)
 
-BETAS = (0.9, 0.99)  # tflm.trainer.make_optimizer: Keras's beta_1, and beta_2=0.99
+BETAS = (0.9, 0.99)  # tflm.training.optimizer.make_optimizer: Keras's beta_1, and beta_2=0.99
 EPSILON = 1e-7  # keras.optimizers.AdamW's default epsilon (PyTorch's default is 1e-8)
 LAYER_NORM_EPSILON = 1e-5  # tflm.models
 EMBEDDING_INIT = 0.05  # keras "uniform" initializer: U(-0.05, 0.05)
-PAD_ID, OOV_ID = 0, 1  # tflm.tokenizer
+PAD_ID, OOV_ID = 0, 1  # tflm.data.tokenizers
 
 
 # ----------------------------------------------------------------------------- data
 
 
 def default_corpus(validation_fraction):
-    """{"train": [...], "validation": [...]} topics of the Python manual, split as tflm.sources.DefaultCorpus."""
+    """{"train": [...], "validation": [...]} topics of the Python manual, split as tflm.data.sources.DefaultCorpus."""
     from pydoc_data.topics import topics
 
     period = max(2, round(1 / validation_fraction))
@@ -70,7 +70,7 @@ def default_corpus(validation_fraction):
 
 
 def vocabulary(train_texts, max_vocab_size):
-    """The most frequent characters, ties broken by character, as tflm.tokenizer.CharTokenizer.from_counts."""
+    """The most frequent characters, ties broken by character, as tflm.data.tokenizers.CharTokenizer.from_counts."""
     counts = collections.Counter()
     for text in train_texts:
         counts.update(text)

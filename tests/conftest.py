@@ -67,3 +67,14 @@ def write_config(path, config):
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(config.to_dict(), f)
     return str(path)
+
+
+def checkpointless_run(path, config=None):
+    """A run directory as one that stopped before its first checkpoint leaves it (config.yaml and
+    vocab.json, no checkpoint), made without training; returns its path."""
+    from tflm.data.tokenizers import CharTokenizer
+
+    os.makedirs(path)
+    write_config(os.path.join(path, "config.yaml"), config or small_config())
+    CharTokenizer(list("abcdef")).save(str(path))
+    return str(path)

@@ -1,6 +1,7 @@
 """The command line answers --help and --version at once (no TensorFlow), and `import tflm` names
 the public API without loading TensorFlow until a function that needs it is used."""
 
+import importlib
 import os
 import re
 import subprocess
@@ -33,6 +34,10 @@ def test_help_answers_without_loading_tensorflow(args):
     assert result.stdout.startswith("usage:")
     assert HEAVY.findall(result.stderr) == []
     if args[-2:] != ["tflm", "--help"]:
+        name = args[-2].removeprefix("tflm.")
+        module = importlib.import_module(f"tflm.{name}")
+        assert result.stdout.startswith(f"usage: python -m tflm.{name} ")  # the same, however it is started
+        assert " ".join(module.__doc__.splitlines()[0].split()) in " ".join(result.stdout.split())
         assert "--verbose" in result.stdout
 
 
@@ -41,6 +46,13 @@ def test_the_help_lists_every_command_and_an_unknown_one_is_exit_2():
     assert all(re.search(rf"^  {name} +\S", listed, re.MULTILINE) for name in COMMANDS)
     unknown = python("-m", "tflm", "trian")
     assert unknown.returncode == 2 and unknown.stdout == "" and "usage: tflm COMMAND" in unknown.stderr
+
+
+@pytest.mark.parametrize("args", [["-m", "tflm.launch"], ["-m", "tflm", "launch"]], ids=" ".join)
+def test_a_command_s_mistake_is_one_line_and_exit_2_however_it_is_started(args):
+    result = python(*args, "--workers", "0", "--", "--run-dir", "runs/x")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "tflm: error: --workers must be at least 1, got 0\n"
 
 
 def test_version_is_printed_and_is_the_one_setup_py_installs():

@@ -13,10 +13,9 @@ import time
 import pytest
 import yaml
 
-from tflm.training.cluster import SLURM_PORT_BASE, slurm_tf_config, use_cluster
+from tflm.training.cluster import SLURM_PORT_BASE, parse_tf_config, slurm_tf_config, use_cluster
 from tflm.config import RuntimeConfig, load_config
 from tflm.errors import TflmError
-from tflm.training.strategy import parse_tf_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(REPO, "deploy")

@@ -1,30 +1,31 @@
-"""TODO docstring."""
+"""`python -m tflm.classify`: the labels a trained classifier (task.type: classify) gives texts.
 
-import argparse
+    python -m tflm.classify --run-dir runs/classifier "some text" "another text"
+    python -m tflm.classify --run-dir runs/classifier --file texts.txt --json     (one text per line; '-' = stdin)
+
+Prints, for each text, its label and that label's probability; --json prints one JSON object per
+text with every label's probability. Each text is cut to its first data.seq_len tokens, as in
+training. How: tflm.serving.classifying (`tflm.classify_texts` in Python).
+"""
+
 import json
-import sys
-from tflm.errors import exit_on_user_error
-from tflm.serving.loading import load_run
-from tflm.serving.inputs import read_texts
-from tflm.quiet import VERBOSE_HELP, run_command
+
+from tflm.cli import command
 from tflm.serving.classifying import classify_texts
+from tflm.serving.inputs import read_texts
+from tflm.serving.loading import load_run
 
 
-def parse_args(argv):
+def add_arguments(parser):
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m tflm.classify", description=__doc__.splitlines()[0])
     parser.add_argument("texts", nargs="*", help="texts to classify")
     parser.add_argument("--run-dir", required=True, help="a trained classification run directory")
     parser.add_argument("--file", help="also classify each line of this UTF-8 file ('-' = stdin)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return parser.parse_args(argv)
 
 
-@exit_on_user_error
-def main(argv=None):
-    """Entry point of `python -m tflm.classify`."""
-    args = parse_args(argv)
+def run(args):
+    """Print each text's label."""
     texts = read_texts(args.texts, args.file)
     for result in classify_texts(load_run(args.run_dir), texts):
         if args.json:
@@ -34,5 +35,4 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run_command(main))
+main = command(__name__, add_arguments, run)

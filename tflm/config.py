@@ -7,7 +7,9 @@ next tokens, or labels of texts). The dataclasses below are the one source of tr
 defaults are what `python -m tflm.train` runs with no arguments, the comment beside a field is
 its documentation (`--print-config` and every saved `config.yaml` repeat it), and YAML files,
 `--set section.key=value` overrides and the configs saved in run directories all load through
-the same checks, so an impossible value is a one-line error before anything is written.
+the same checks, so an impossible value is a one-line error before anything is written (the
+checks of a field's type and range: tflm/typed_fields.py; YAML bounded against alias bombs and
+deep nesting: tflm/bounded_yaml.py).
 
     config = load_config("configs/char_lstm.yaml", ["train.steps=500"])
     config.train.steps                       # 500
@@ -18,79 +20,27 @@ import dataclasses
 import difflib
 import functools
 import inspect
-import math
 import re
-import reprlib
-import typing
 from typing import Annotated
 
 import yaml
 
+from tflm.atomic import read_bytes
+from tflm.bounded_yaml import TooLarge, safe_load
 from tflm.errors import TflmError
+from tflm.tasks import task_class
+from tflm.typed_fields import PATHS, OneOf, Range, convert, field_types, shown
 
 INT32_MAX = 2**31 - 1
 MANY = 10**12  # a bound for counts of steps: far beyond any run, well inside int64 and float64
-# What a YAML config or --set value may expand to: a few hundred bytes of nested aliases can
-# otherwise stand for billions of values (a "billion laughs"), and deep nesting exhausts the stack.
-MAX_YAML_DEPTH = 32
-MAX_YAML_VALUES = 100_000
-SHOWN_CHARS = 100  # how much of a value an error message repeats
-
-
-def shown(value):
-    """repr(value) cut to about SHOWN_CHARS characters without expanding the rest of it, so an error
-    message stays one short line however large or deep the value."""
-    text = _SHORT_REPR.repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
-
-
-_SHORT_REPR = reprlib.Repr()
-_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 3, 8, 8
-_SHORT_REPR.maxstring = _SHORT_REPR.maxother = SHOWN_CHARS
-
-
-@dataclasses.dataclass(frozen=True)
-class OneOf:
-    """The value must be one of these."""
-
-    choices: tuple
-
-    def __init__(self, *choices):
-        object.__setattr__(self, "choices", choices)
-
-    def problem(self, value):
-        return None if value in self.choices else f"must be one of {', '.join(self.choices)}, got {shown(value)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """low <= value <= high (or low < value when `open_low`); floats must also be finite."""
-
-    low: float
-    high: float = math.inf
-    open_low: bool = False
-
-    def problem(self, value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"must be a finite number, got {value}"
-        if value < self.low or (self.open_low and value == self.low):
-            if self.low == 0:
-                return f"must be positive, got {value}" if self.open_low else f"must not be negative, got {value}"
-            if self.low == 1 and isinstance(value, int):
-                return f"must be positive, got {value}"
-            return f"must be {'greater than' if self.open_low else 'at least'} {self.low}, got {value}"
-        if value > self.high:
-            return f"must be at most {self.high}, got {value}"
-        return None
-
-
 COUNT = Range(0, INT32_MAX)
 STEPS = Range(1, MANY)
 POSITIVE = Range(0, open_low=True)
 NON_NEGATIVE = Range(0)
-PATHS = tuple[str, ...]
 
 
+# A tokenizer kind is the module tflm/data/tokenizers/<kind>.py: list it in `tokenizer`, and any
+# options of its learning as fields below (its class's `learn_options` reads them).
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """What text the model learns from, and how it is cut into windows."""
@@ -111,6 +61,7 @@ class DataConfig:
     store: str = ""                       # the prepared token store ("" = RUN_DIR/store); a path runs can share
 
     def check(self):
+        """Raise for values that are wrong together (or past bounds a field's Range cannot say)."""
         if self.validation_fraction >= 1:
             raise TflmError(f"data.validation_fraction must be between 0 and 1, got {self.validation_fraction}")
         if self.source == "files" and not self.paths:
@@ -119,6 +70,8 @@ class DataConfig:
             raise TflmError("data.source=tfds needs data.tfds_name")
 
 
+# A model type is the file tflm/models/<type>.py (see tflm/models/build.py): list it in `type`, add
+# the fields it reads below, and their checks to `check`.
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The network: a Transformer decoder or a stacked LSTM."""
@@ -132,6 +85,7 @@ class ModelConfig:
     dropout: Annotated[float, Range(0, 1)] = 0.0  # fraction of activations dropped while training
 
     def check(self):
+        """Raise for values that are wrong together (or past bounds a field's Range cannot say)."""
         if self.dropout >= 1:
             raise TflmError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.type == "transformer" and self.embed_dim % self.num_heads:
@@ -184,12 +138,6 @@ class TaskConfig:
     pooling: Annotated[str, OneOf("last", "mean")] = "last"  # classify: the last real token's features, or their mean
     freeze_backbone_steps: Annotated[int, Range(0, MANY)] = 0  # classify: steps that train only the head at first
     class_weights: Annotated[str, OneOf("none", "balanced")] = "none"  # classify: balanced weighs classes by 1 / frequency
-
-    def check(self):
-        if self.type == "classify" and not (self.text_field and self.label_field):
-            raise TflmError("task.text_field and task.label_field must not be empty")
-        if self.type == "classify" and self.text_field == self.label_field:
-            raise TflmError(f"task.text_field and task.label_field are both {shown(self.text_field)}")
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "runtime": RuntimeConfig,
@@ -292,61 +240,13 @@ def updated(config, origin="--set", **sections):
     return config
 
 
-@functools.cache
-def field_types(cls):
-    """{field name: (base type, constraint or None)} of a section class."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    result = {}
-    for name, hint in hints.items():
-        constraint = None
-        if typing.get_origin(hint) is Annotated:
-            hint, constraint = typing.get_args(hint)[:2]
-        result[name] = (hint, constraint)
-    return result
-
-
-def convert(key, value, kind, constraint):
-    """`value` as type `kind` within `constraint`, or a TflmError naming `key`."""
-    value = _convert_type(key, value, kind)
-    problem = constraint.problem(value) if constraint else None
-    if problem:
-        raise TflmError(f"{key} {problem}")
-    return value
-
-
-def _convert_type(key, value, kind):
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is float and not isinstance(value, bool):
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "3e-3" as a string
-            except ValueError:
-                pass
-    if kind is str and isinstance(value, str):
-        return value
-    if kind == PATHS:
-        if isinstance(value, str):
-            return (value,)
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-    name = "list of strings" if kind == PATHS else kind.__name__
-    raise TflmError(f"{key} must be {name}, got {shown(value)}")
-
-
 def validate(config):
     """Raise a TflmError for the first impossible value (fields are checked as they are set)."""
     for section in SECTIONS:
         check = getattr(getattr(config, section), "check", None)
         if check:
             check()
-    if config.task.type == "classify" and config.data.source == "default":
-        raise TflmError("task.type=classify needs labelled data: data.source=files (CSV, TSV or JSONL "
-                        "data.paths) or data.source=tfds")
+    task_class(config.task.type).check_config(config)
 
 
 def load_config(path=None, overrides=(), saved=False):
@@ -368,8 +268,6 @@ def load_config(path=None, overrides=(), saved=False):
 
 def read_yaml(path):
     """The mapping in a YAML file, or a TflmError saying why there is none."""
-    from tflm.atomic import read_bytes
-
     try:
         raw = read_bytes(path)
     except OSError as error:
@@ -401,59 +299,6 @@ def parse_override(text):
     except (yaml.YAMLError, ValueError):  # not YAML: the text itself (checked as the key's type)
         value = raw
     return key.strip(), value
-
-
-class TooLarge(ValueError):
-    """YAML nested deeper than MAX_YAML_DEPTH, or expanding to more than MAX_YAML_VALUES values."""
-
-
-def safe_load(text):
-    """yaml.safe_load, bounded: a TooLarge error instead of a value too deep or too large."""
-    return _BoundedLoader(text).get_single_data()
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """A SafeLoader that counts nesting while it composes, and the values a document expands to
-    (an alias counts as often as it is used) before it constructs anything."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self.depth = 0
-
-    def compose_node(self, parent, index):
-        self.depth += 1
-        try:
-            if self.depth > MAX_YAML_DEPTH:
-                raise TooLarge(f"the YAML value is nested deeper than {MAX_YAML_DEPTH} levels")
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def construct_document(self, node):
-        expanded_size(node, {}, set())
-        return super().construct_document(node)
-
-
-def expanded_size(node, sizes, open_nodes):
-    """How many values `node` stands for with its aliases expanded ({id: size} memoised, so a
-    shared node is walked once); a TooLarge error past MAX_YAML_VALUES or for a recursive alias."""
-    if id(node) in sizes:
-        return sizes[id(node)]
-    if id(node) in open_nodes:
-        raise TooLarge("the YAML value refers to itself (a recursive alias)")
-    open_nodes.add(id(node))
-    if isinstance(node, yaml.SequenceNode):
-        children = node.value
-    elif isinstance(node, yaml.MappingNode):
-        children = [child for pair in node.value for child in pair]
-    else:
-        children = []
-    size = 1 + sum(expanded_size(child, sizes, open_nodes) for child in children)
-    if size > MAX_YAML_VALUES:
-        raise TooLarge(f"the YAML value expands to more than {MAX_YAML_VALUES:,} values (through aliases)")
-    open_nodes.discard(id(node))
-    sizes[id(node)] = size
-    return size
 
 
 def all_keys():

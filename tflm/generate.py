@@ -1,19 +1,25 @@
-"""TODO docstring."""
+"""`python -m tflm.generate`: sample a continuation of prompts from a trained run.
 
-import argparse
+    python -m tflm.generate --run-dir runs/transformer --prompt "def " --max-new-tokens 100
+    python -m tflm.generate --run-dir runs/transformer --prompt "import " --prompt "class " --seed 7 --json
+    python -m tflm.generate --run-dir runs/transformer --prompt "def " --temperature 0 --stop "):"
+
+Prints each prompt followed by its completion (under a "--- prompt N of M" line when there are
+several), or with --json one {"prompt": ..., "completion": ...} object per line. Temperature 0 is
+greedy; a --seed gives the same text every time, in Python and from an exported SavedModel. How
+sampling works: tflm.serving.decoding, whose `generate` Python code imports from here too:
+`from tflm.generate import generate`.
+"""
+
 import json
-import sys
-from tflm.errors import exit_on_user_error
+
+from tflm.cli import command
+from tflm.serving.decoding import MAX_NEW_TOKENS, MAX_SEED, generate
 from tflm.serving.loading import load_run
-from tflm.quiet import VERBOSE_HELP, run_command
-from tflm.serving.decoding import MAX_NEW_TOKENS
-from tflm.serving.decoding import MAX_SEED
-from tflm.serving.decoding import generate
 
 
-def parse_args(argv):
+def add_arguments(parser):
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m tflm.generate", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, help="a trained run directory")
     parser.add_argument("--prompt", action="append", default=[], help="text to continue (repeatable)")
     parser.add_argument("--max-new-tokens", type=int, default=200, help=f"1 to {MAX_NEW_TOKENS}")
@@ -25,8 +31,6 @@ def parse_args(argv):
     parser.add_argument("--stop", default="", help="end each completion before this text (default: none)")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object per prompt: {"prompt": ..., "completion": ...}')
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return parser.parse_args(argv)
 
 
 def print_completions(prompts, completions, as_json):
@@ -41,10 +45,8 @@ def print_completions(prompts, completions, as_json):
         print(prompt + completion, flush=True)
 
 
-@exit_on_user_error
-def main(argv=None):
-    """Entry point of `python -m tflm.generate`: prints prompt + completion for each prompt."""
-    args = parse_args(argv)
+def run(args):
+    """Print prompt + completion for each prompt."""
     prompts = args.prompt or [""]
     outputs = generate(load_run(args.run_dir), prompts, args.max_new_tokens, args.temperature,
                        args.top_k, args.top_p, args.seed, args.stop)
@@ -52,5 +54,4 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run_command(main))
+main = command(__name__, add_arguments, run)

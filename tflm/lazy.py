@@ -2,8 +2,9 @@
 
 Importing TensorFlow takes seconds. A module that only *calls* TensorFlow inside its functions
 imports `tf` and `keras` from here; the real import happens at the first attribute access
-(`tf.constant`, `keras.Model`, ...). Modules that define Keras subclasses (tflm.models,
-tflm.trainer) need the real thing when they load, so the command modules import them inside the
+(`tf.constant`, `keras.Model`, ...). Modules that define Keras subclasses (tflm.models.*,
+tflm.training.optimizer) or build tf.functions when they load (tflm.training.trainer) need the
+real thing, so the modules above them (the tasks, tflm.training.train) import them inside the
 functions that use them.
 """
 

@@ -1,37 +1,36 @@
-"""TODO docstring."""
+"""`python -m tflm.plot`: training and validation curves of runs, from their history.jsonl.
 
-import argparse
-import sys
-from tflm.errors import exit_on_user_error
-from tflm.quiet import VERBOSE_HELP, run_command
-from tflm.runs.plot import METRICS
-from tflm.runs.plot import X_AXES
-from tflm.runs.plot import plot_runs
-from tflm.runs.plot import save_figure
+    python -m tflm.plot runs/lstm runs/transformer -o curves.png
+    python -m tflm.plot runs/lstm --metric loss --metric perplexity --x tokens -o curves.png
+    python -m tflm.plot runs/classifier --metric accuracy --metric macro_f1 -o classifier.png
+
+--metric is any key of the runs' history (NAME draws NAME and val_NAME), or perplexity or
+bits_per_char (from the loss); several are drawn side by side. Each run gets one colour, its
+training curve dashed and its validation curve solid. Writes the image (format from the
+extension) and prints its path. How: tflm.runs.plot (`tflm.plot_runs` in Python).
+"""
+
+from tflm.cli import command
+from tflm.runs.plot import X_AXES, plot_runs, save_figure
 
 
-def parse_args(argv):
+def add_arguments(parser):
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m tflm.plot", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or history.jsonl files)")
-    parser.add_argument("--metric", action="append", choices=tuple(METRICS),
-                        help="what to plot (repeat for panels side by side; default: accuracy)")
+    parser.add_argument("--metric", action="append",
+                        help="what to plot: a key of the runs' history (NAME draws NAME and val_NAME), perplexity "
+                             "or bits_per_char (repeat for panels side by side; default: accuracy)")
     parser.add_argument("--x", default="step", choices=tuple(X_AXES), help="x axis (default: step)")
     parser.add_argument("--name", action="append", help="legend name of each run, in order (default: directory names)")
     parser.add_argument("--title", help="figure title")
     parser.add_argument("-o", "--output", required=True, metavar="FILE.png", help="image to write")
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return parser.parse_args(argv)
 
 
-@exit_on_user_error
-def main(argv=None):
-    """Entry point of `python -m tflm.plot`: writes the image and prints its path."""
-    args = parse_args(argv)
+def run(args):
+    """Write the image and print its path."""
     figure = plot_runs(args.runs, args.metric or ["accuracy"], args.x, args.name, args.title)
     print(save_figure(figure, args.output), flush=True)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run_command(main))
+main = command(__name__, add_arguments, run)

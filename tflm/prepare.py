@@ -1,32 +1,36 @@
-"""TODO docstring."""
+"""`python -m tflm.prepare`: tokenize a corpus once into a token store, or verify one.
 
-import argparse
-import sys
+    python -m tflm.prepare --config configs/char_transformer.yaml --store stores/manual-char
+    python -m tflm.prepare --set data.tokenizer=sentencepiece --set data.vocab_size=2000 --store stores/sp2k
+    python -m tflm.prepare --verify stores/sp2k
+
+The config's data section says what to read and how to tokenize it; the store is written at
+--store (default: data.store), which must not exist yet: a store is never overwritten. Training
+prepares a run's store itself when it has none, so this command is for a store several runs share
+(data.store). How a store is prepared and read: tflm.data.prepare and tflm.data.store.
+"""
+
 import time
-from tflm.config import load_config
-from tflm.errors import TflmError, exit_on_user_error
-from tflm.quiet import VERBOSE_HELP, run_command
+
 from tflm.atomic import check_persistent
-from tflm.data.store import SPLITS, TokenStore
+from tflm.cli import command
+from tflm.config import load_config
 from tflm.data.prepare import prepare_store
+from tflm.data.store import SPLITS, TokenStore
+from tflm.errors import TflmError
 
 
-def parse_args(argv):
+def add_arguments(parser):
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m tflm.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML config (its data section is used)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable)")
     parser.add_argument("--store", help="where to write the store (default: data.store)")
     parser.add_argument("--verify", metavar="STORE", help="check an existing store's shards against its index")
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return parser.parse_args(argv)
 
 
-@exit_on_user_error
-def main(argv=None):
-    """Entry point of `python -m tflm.prepare`: prepares (or verifies) a store and says what it holds."""
-    args = parse_args(argv)
+def run(args):
+    """Prepare (or verify) a store and say what it holds."""
     if args.verify:
         store = TokenStore.open(args.verify)
         store.verify()
@@ -47,5 +51,4 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run_command(main))
+main = command(__name__, add_arguments, run)

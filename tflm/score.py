@@ -1,31 +1,34 @@
-"""TODO docstring."""
+"""`python -m tflm.score`: the log-probability of texts under a trained run.
 
-import argparse
+    python -m tflm.score --run-dir runs/transformer "def main():" "import os"
+    python -m tflm.score --run-dir runs/transformer --file texts.txt --json    (one text per line; '-' = stdin)
+
+Prints, for each text, its log-probability, mean negative log-likelihood per token, perplexity,
+bits per UTF-8 byte (which compares models with different tokenizers) and the number of tokens
+scored; --json prints one JSON object per text instead. A text longer than the model's context is
+scored in windows that start every --stride tokens. What the figures mean and how they are
+computed: tflm.serving.scoring (`tflm.score_texts` in Python).
+"""
+
 import json
-import sys
-from tflm.errors import exit_on_user_error
-from tflm.serving.loading import load_run
+
+from tflm.cli import command
 from tflm.serving.inputs import read_texts
-from tflm.quiet import VERBOSE_HELP, run_command
+from tflm.serving.loading import load_run
 from tflm.serving.scoring import score_texts
 
 
-def parse_args(argv):
+def add_arguments(parser):
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m tflm.score", description=__doc__.splitlines()[0])
     parser.add_argument("texts", nargs="*", help="texts to score")
     parser.add_argument("--run-dir", required=True, help="a trained run directory")
     parser.add_argument("--file", help="also score each line of this UTF-8 file ('-' = stdin)")
     parser.add_argument("--stride", type=int, help="Transformer window stride (default: seq_len / 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return parser.parse_args(argv)
 
 
-@exit_on_user_error
-def main(argv=None):
-    """Entry point of `python -m tflm.score`."""
-    args = parse_args(argv)
+def run(args):
+    """Print each text's scores."""
     texts = read_texts(args.texts, args.file)
     for result in score_texts(load_run(args.run_dir), texts, args.stride):
         if args.json:
@@ -37,5 +40,4 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(run_command(main))
+main = command(__name__, add_arguments, run)

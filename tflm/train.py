@@ -1,19 +1,28 @@
-"""TODO docstring."""
+"""`python -m tflm.train`: train a language model (or a text classifier) into a run directory.
 
-import argparse
+    python -m tflm.train --config configs/char_lstm.yaml --run-dir runs/lstm
+    python -m tflm.train --config runs/lstm/config.yaml --run-dir runs/lstm    (resumes with its saved config)
+    python -m tflm.train --set model.num_layers=2 --set train.steps=500 --print-config
+    python -m tflm.train --config configs/char_classify.yaml --set data.paths=reviews.csv --init-from runs/lstm
+
+Runs alone, or on every worker of a `TF_CONFIG` cluster (`python -m tflm.launch` starts one on
+localhost). An existing --run-dir is resumed, never restarted, truncated or overwritten unless
+--restart says so (and then the old one is renamed aside, not deleted); a --config that is the
+run's own config.yaml is read as saved. What training does is `tflm.training.train.train`, which
+Python code imports from here too: `from tflm.train import train`.
+"""
+
 import os
-import sys
+
 from tflm.atomic import check_persistent
+from tflm.cli import command
 from tflm.config import dump, load_config
-from tflm.errors import exit_on_user_error
-from tflm.quiet import VERBOSE_HELP, run_command
 from tflm.training.strategy import leave_cluster_at_once
 from tflm.training.train import train
 
 
-def parse_args(argv):
+def add_arguments(parser):
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m tflm.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML config (default: the built-in char_transformer)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable)")
@@ -26,15 +35,10 @@ def parse_args(argv):
                         help="a new run starts from this run's latest weights and tokenizer "
                              "(shorthand for --set train.init_from=RUN_DIR)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return parser.parse_args(argv)
 
 
-@leave_cluster_at_once
-@exit_on_user_error
-def main(argv=None):
-    """Entry point of `python -m tflm.train` and `tflm train`."""
-    args = parse_args(argv)
+def run(args):
+    """Print the resolved config, or train (or resume) the run."""
     overrides = args.set + ([f"runtime.strategy={args.strategy}"] if args.strategy else [])
     overrides += [f"train.init_from={args.init_from}"] if args.init_from else []
     config = load_config(args.config, overrides, saved=is_own_config(args.config, args.run_dir))
@@ -44,8 +48,7 @@ def main(argv=None):
     for option, path in (("--run-dir", args.run_dir), ("data.store", config.data.store)):
         if path:
             check_persistent(path, option)
-    command = ["python", "-m", "tflm.train", *(sys.argv[1:] if argv is None else argv)]
-    train(config, args.run_dir, restart=args.restart, command=command)
+    train(config, args.run_dir, restart=args.restart, command=["python", "-m", "tflm.train", *args.argv])
     return 0
 
 
@@ -56,5 +59,4 @@ def is_own_config(config_path, run_dir):
     return os.path.normpath(config_path) == os.path.normpath(os.path.join(run_dir, "config.yaml"))
 
 
-if __name__ == "__main__":
-    sys.exit(run_command(main))
+main = command(__name__, add_arguments, run, around=leave_cluster_at_once)

@@ -12,7 +12,6 @@ from conftest import run_tflm, small_config, write_config
 from tflm.runs import run_dir as runs
 from tflm.errors import TflmError
 from tflm import prepare as prepare_command
-from tflm.data import prepare
 from tflm.data.prepare import StoreExists, prepare_store, preparing_alone, write_store
 from tflm.data.store import TokenStore
 from tflm.training.train import train

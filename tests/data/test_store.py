@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from tflm import prepare as prepare_command
-from tflm.data import prepare
 from tflm.data.pipeline import Windows, eval_dataset_fn, train_dataset_fn, training_window
 from tflm.errors import TflmError
 from tflm.data.store import FORMAT, ShardWriter, TokenStore, id_dtype, write_index

@@ -1,6 +1,10 @@
 """Tokenizers: char, byte, wordpiece and sentencepiece behind one interface, in Python, tf.data and
-SavedModels; exact byte counts for bits per byte; old vocabularies load; bad inputs are one line."""
+SavedModels; exact byte counts for bits per byte; old vocabularies load; bad inputs are one line.
+The character tokenizer's own rules come first: ids are padding, out-of-vocabulary, then characters
+by frequency; padding disappears and unknown characters come back as U+FFFD.
+(Tokenizers inside runs and exports: tests/data/test_tokenizer_runs.py.)"""
 
+import collections
 import json
 import os
 import subprocess
@@ -16,7 +20,9 @@ from pydoc_data.topics import topics
 from tflm.errors import TflmError
 from tflm.quiet import is_noise
 from tflm.serving.warmup import graph_ops, non_core_ops
-from tflm.data.tokenizers import OOV_CHAR, PAD_ID, VOCAB_FILE, learn_tokenizer, load_tokenizer
+from tflm.config import Config, DataConfig, field_types, updated
+from tflm.data.tokenizers import (OOV_CHAR, OOV_ID, PAD_ID, VOCAB_FILE, CharTokenizer, learn_tokenizer, load_tokenizer,
+                                  tokenizer_class)
 
 from conftest import REPO
 V0_1_RUN = os.path.join(REPO, "tests", "fixtures", "v0_1", "transformer")
@@ -56,6 +62,48 @@ def ids_of(tokenizer, text):
 def text_of(tokenizer, ids):
     """detokenize(ids) as str."""
     return tokenizer.detokenize(tf.constant(ids, tf.int32)).numpy().decode("utf-8")
+
+
+def char_tokenizer_of(text, max_vocab_size=1000):
+    """A character tokenizer counting the characters of `text`."""
+    return CharTokenizer.from_counts(collections.Counter(text), max_vocab_size)
+
+
+def test_char_ids_are_padding_oov_then_characters_from_most_to_least_frequent():
+    tokenizer = char_tokenizer_of("cc aaabb c")  # a and c 3 times (a first: ties go by character), b twice, " " twice
+    assert (PAD_ID, OOV_ID) == (0, 1)
+    assert tokenizer.characters == ["a", "c", " ", "b"]
+    assert tokenizer.tokenize("abc ").numpy().tolist() == [2, 5, 3, 4]  # a Python str is taken as it is
+    assert tokenizer.vocabulary_size == 6
+
+
+def test_char_max_vocab_size_keeps_the_most_frequent_characters_and_the_rest_are_oov():
+    tokenizer = char_tokenizer_of("aaabbc", max_vocab_size=4)  # padding, OOV and two characters
+    assert tokenizer.characters == ["a", "b"]
+    assert ids_of(tokenizer, "abcz") == [2, 3, OOV_ID, OOV_ID]
+
+
+def test_char_text_round_trips_and_unknown_characters_come_back_as_the_replacement_character():
+    text = "def f(x):\n    return x ** 2  # ünïcode ✓ 日本\n"
+    tokenizer = char_tokenizer_of(text)
+    assert text_of(tokenizer, ids_of(tokenizer, text)) == text
+    assert ids_of(tokenizer, "dΩ") == [ids_of(tokenizer, "d")[0], OOV_ID]
+    assert text_of(tokenizer, ids_of(tokenizer, "dΩ")) == "d" + OOV_CHAR == "d\ufffd"
+
+
+def test_char_detokenize_drops_padding_from_a_batch():
+    tokenizer = char_tokenizer_of("def f(x):\n    return x ** 2  # ünïcode ✓ 日本\n")
+    batch = tokenizer.tokenize(tf.constant(["def", "", "日本"]))
+    padded = batch.to_tensor(default_value=PAD_ID)
+    assert padded.shape == (3, 3)
+    for row_ids in (batch, padded):
+        assert [t.decode("utf-8") for t in tokenizer.detokenize(row_ids).numpy()] == ["def", "", "日本"]
+
+
+def test_a_char_vocabulary_must_be_distinct_single_characters():
+    for characters in (["a", "a"], ["ab"], [""]):
+        with pytest.raises(TflmError, match="distinct single characters"):
+            CharTokenizer(characters)
 
 
 @pytest.mark.parametrize("name", LOSSLESS)
@@ -150,6 +198,14 @@ def test_tflm_0_1_vocabulary_loads_with_its_ids():
     assert tokenizer.encode(["the€"])[0].tolist() == ids_of(tokenizer, "the€")
     # Pinned: what defines these ids has not changed, so anything keyed by the fingerprint stays valid.
     assert tokenizer.fingerprint() == "2166317e4886abfa1ee6981ea5991c0365492dd718229b6f33311f05af8cffd9"
+
+
+def test_each_data_tokenizer_choice_is_the_class_of_its_module_and_learns_with_its_config_options():
+    kinds = field_types(DataConfig)["tokenizer"][1].choices
+    classes = [tokenizer_class(kind) for kind in kinds]
+    assert [(cls.__module__, cls.kind) for cls in classes] == [(f"tflm.data.tokenizers.{kind}", kind) for kind in kinds]
+    data = updated(Config(), data={"tokenizer": "sentencepiece", "sentencepiece_model": "bpe"}).data
+    assert [cls.learn_options(data) for cls in classes] == [{}, {}, {}, {"model_type": "bpe"}]
 
 
 @pytest.mark.parametrize("kind, vocab_size, options, message", [
@@ -259,6 +315,7 @@ def saved_models(tokenizers, tmp_path_factory):
     return served
 
 
+@pytest.mark.slow  # five SavedModels written, two processes load them (half a minute)
 @pytest.mark.parametrize("name", ALL)
 def test_tokenizer_works_in_a_saved_model_loaded_by_plain_tensorflow(tokenizers, saved_models, name):
     tokenizer, (path, served) = tokenizers[name], saved_models[name]

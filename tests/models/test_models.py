@@ -1,4 +1,5 @@
-"""The models: dropout masks that belong to examples, and cached decoding equal to a full pass."""
+"""The models: dropout masks that belong to examples, cached decoding equal to a full pass, and the
+interface callers use instead of asking which model they have (built from `model.type`, cache rows)."""
 
 import json
 import os
@@ -11,8 +12,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, small_config
+from tflm.config import ModelConfig, field_types, load_config
+from tflm.errors import TflmError
 from tflm.models.randomness import ExampleDropout, example_uniforms
-from tflm.models.build import build_model
+from tflm.models.build import build_model, model_class, weight_shape_keys
+
+MODEL_TYPES = field_types(ModelConfig)["type"][1].choices  # every model.type the config accepts
 
 
 def mask(ids, rate=0.5, shape=(6, 8), seed=0, site=0, shared_axes=()):
@@ -73,6 +78,56 @@ def test_a_ragged_batch_in_one_call_gives_each_row_what_it_gives_alone(model_typ
         np.testing.assert_allclose(logits[row, :length], alone[0], atol=1e-4)
         alone_after, _ = model.call_with_cache(tokens[row:row + 1, :1], alone_cache, length)
         np.testing.assert_allclose(after[row], alone_after[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_every_model_type_the_config_accepts_is_built_from_its_own_file(model_type):
+    config = small_config(model_type)
+    model = build_model(config.model, 40, config.data.seq_len)
+    assert type(model) is model_class(model_type)
+    assert type(model).__module__ == f"tflm.models.{model_type}"
+    assert model(tf.ones((2, 5), tf.int32)).shape == (2, 5, 40)
+
+
+def test_an_unknown_model_type_is_a_one_line_error_of_the_config():
+    with pytest.raises(TflmError) as error:
+        load_config(None, ["model.type=gru"])
+    assert str(error.value) == f"model.type must be one of {', '.join(MODEL_TYPES)}, got 'gru'"
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_weight_shape_keys_name_what_outside_the_model_section_changes_the_weights(model_type):
+    def shapes(seq_len):
+        return [tuple(w.shape) for w in build_model(small_config(model_type).model, 40, seq_len).weights]
+
+    assert (shapes(16) != shapes(32)) == ("data.seq_len" in weight_shape_keys(model_type))
+
+
+def test_the_transformer_reads_its_seq_len_at_most_and_the_lstm_any_length():
+    transformer, lstm = (build_model(small_config(t).model, 40, 32) for t in ("transformer", "lstm"))
+    assert transformer.context == 32 and weight_shape_keys("transformer") == ("data.seq_len",)
+    assert lstm.context is None and weight_shape_keys("lstm") == ()
+
+
+def assert_caches_equal(actual, expected):
+    for a, e in zip(tf.nest.flatten(actual), tf.nest.flatten(expected), strict=True):
+        np.testing.assert_array_equal(a.numpy(), e.numpy())
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_rows_taken_from_a_cache_go_on_as_in_the_whole_batch_and_write_back_in_place(model_type):
+    config = small_config(model_type)
+    model = build_model(config.model, 40, config.data.seq_len)
+    tokens = tf.random.stateless_uniform((4, 8), seed=(11, 12), minval=1, maxval=40, dtype=tf.int32)
+    _, cache = model.call_with_cache(tokens[:, :6], model.initial_cache(4), 0)
+    whole, _ = model.call_with_cache(tokens[:, 6:], cache, 6)
+    rows, others = tf.constant([3, 1]), tf.constant([0, 2])
+    taken, row_cache = model.call_with_cache(tf.gather(tokens[:, 6:], rows), model.cache_rows(cache, rows), 6)
+    np.testing.assert_allclose(taken, tf.gather(whole, rows), atol=1e-5)
+    assert_caches_equal(model.with_cache_rows(cache, rows, model.cache_rows(cache, rows)), cache)
+    written = model.with_cache_rows(cache, rows, row_cache)
+    assert_caches_equal(model.cache_rows(written, rows), row_cache)
+    assert_caches_equal(model.cache_rows(written, others), model.cache_rows(cache, others))
 
 
 def test_a_window_written_again_from_position_0_leaves_no_trace_of_the_old_one():

@@ -11,16 +11,15 @@ from matplotlib.image import imread
 from conftest import run_tflm
 from tflm.runs import plot
 from tflm.errors import TflmError
-from tflm.runs.run_dir import HISTORY_KEYS
 
 
 def record(step, val_loss):
-    """One history line as tflm.train writes it (every key of tflm.runs.run_dir.HISTORY_KEYS)."""
+    """One history line as a language model's training writes it."""
     values = {"step": step, "tokens_seen": step * 768, "elapsed_s": step * 0.1, "loss": val_loss - 0.05,
               "accuracy": 0.6 - val_loss / 10, "val_loss": val_loss, "val_accuracy": 0.55 - val_loss / 10,
               "val_perplexity": math.exp(val_loss), "tokens_per_sec": 7680.0,
               "bits_per_byte": (val_loss - 0.05) / math.log(2) / 1.5, "val_bits_per_byte": val_loss / math.log(2) / 1.5}
-    return {key: values[key] for key in HISTORY_KEYS}
+    return values
 
 
 def write_run(path, lines):
@@ -157,3 +156,30 @@ def test_a_nan_validation_loss_is_a_gap_in_the_curve_and_a_warning(tmp_path):
     result = run_tflm("plot", run, "--metric", "loss", "-o", str(tmp_path / "curves.png"))
     assert result.returncode == 0 and (tmp_path / "curves.png").exists()
     assert result.stderr.strip() == f"tflm.plot: warning: {warnings[0]}"
+
+
+def test_any_metric_the_history_holds_is_plotted_without_a_table_entry(tmp_path):
+    run = write_run(tmp_path / "run", [{**record(s, 2.0), "grad_norm": s / 10, "val_grad_norm": s / 20}
+                                       for s in (50, 100)])
+    figure = plot.plot_runs([run], metrics=["grad_norm", "tokens_per_sec"])
+    norm, speed = figure.axes
+    lines = {line.get_label(): list(line.get_ydata()) for line in norm.get_lines()}
+    assert lines == {"run train": [5.0, 10.0], "run validation": [2.5, 5.0]}
+    assert norm.get_ylabel() == "grad_norm"
+    assert [line.get_label() for line in speed.get_lines()] == ["run train"]  # no val_tokens_per_sec: no curve
+
+
+def test_an_unknown_metric_is_one_line_naming_what_every_run_holds(tmp_path):
+    lm = write_run(tmp_path / "lm", [record(50, 2.0)])
+    classifier = write_run(tmp_path / "classifier", [{"step": 5, "examples_seen": 80, "elapsed_s": 1.0, "loss": 0.7,
+                                                      "accuracy": 0.5, "macro_f1": 0.4, "val_loss": 0.6,
+                                                      "val_accuracy": 0.6, "val_macro_f1": 0.5}])
+    with pytest.raises(TflmError) as error:
+        plot.plot_runs([lm, classifier], metrics=["macro_f1"])
+    assert str(error.value) == ("metric must be one of accuracy, loss, perplexity, bits_per_char (what the history "
+                                "of every run given holds), got 'macro_f1'")
+    out = tmp_path / "curves.png"
+    result = run_tflm("plot", lm, "--metric", "gradnorm", "-o", str(out))
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr == ("tflm: error: metric must be one of accuracy, loss, perplexity, bits_per_char, "
+                             "bits_per_byte, tokens_per_sec (what the run's history holds), got 'gradnorm'\n")

@@ -3,21 +3,19 @@
 import importlib
 import json
 import math
-import os
-import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_config
+from conftest import checkpointless_run, small_config
 from tflm.serving import scoring as score_module
 from tflm.errors import TflmError
-from tflm.serving.decoding import MAX_NEW_TOKENS, MAX_SEED, generate, generate_ids, sample
+from tflm.serving.decoding import MAX_NEW_TOKENS, MAX_SEED, check_sampling, generate, generate_ids, sample
 from tflm.serving.loading import MAX_BATCH_SIZE, load_run
 from tflm.serving.reading import next_token_logits
-from tflm.serving.inputs import read_texts
-from tflm.serving.scoring import score_ids, score_texts
+from tflm.serving.inputs import check_strings, read_texts
+from tflm.serving.scoring import check_stride, score_ids, score_texts
 from tflm.data.tokenizers import PAD_ID
 from tflm.training.train import train
 
@@ -62,14 +60,10 @@ def test_load_run_restores_every_trained_weight(runs, loaded, model_type):
     assert loaded[model_type].tokenizer.vocabulary_size == loaded[model_type].model.vocabulary_size
 
 
-@pytest.mark.slow
-def test_run_dir_without_checkpoint_is_a_user_error(runs, tmp_path):
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for name in ("config.yaml", "vocab.json"):
-        shutil.copy(os.path.join(runs["lstm"], name), bare / name)
+def test_run_dir_without_checkpoint_is_a_user_error(tmp_path):
+    bare = checkpointless_run(tmp_path / "bare")
     with pytest.raises(TflmError, match="no checkpoint"):
-        load_run(str(bare))
+        load_run(bare)
     with pytest.raises(TflmError, match="missing: no such run directory"):
         load_run(str(tmp_path / "missing"))
     with pytest.raises(TflmError, match="not a tflm run directory"):
@@ -135,12 +129,12 @@ class TokenCounter:
         self.calls.append(int(tf.size(tokens)))
         return self.model(tokens, training=training)
 
-    def call_with_cache(self, tokens, states, index=None):
+    def call_with_cache(self, tokens, cache, cache_index=None):
         self.calls.append(int(tf.size(tokens)))
-        return self.model.call_with_cache(tokens, states)
+        return self.model.call_with_cache(tokens, cache, cache_index)
 
-    def initial_cache(self, batch_size):
-        return self.model.initial_cache(batch_size)
+    def __getattr__(self, name):  # context, initial_cache, cache_rows, ...: the model's
+        return getattr(self.model, name)
 
 
 @pytest.mark.slow
@@ -152,8 +146,7 @@ def test_scoring_runs_the_model_on_the_tokens_sent_in_bounded_chunks(loaded, mod
 
     def tokens_run(texts):
         counter = TokenCounter(run.model)
-        context = CONTEXT if model_type == "transformer" else None
-        log_prob, _ = score_ids(counter, run.tokenizer.tokenize(tf.constant(texts)), context, 16)
+        log_prob, _ = score_ids(counter, run.tokenizer.tokenize(tf.constant(texts)), 16)
         return counter.calls, log_prob.numpy()
 
     alone, alone_log_prob = tokens_run([long_text])
@@ -185,12 +178,15 @@ def test_a_file_holds_one_text_per_newline_and_keeps_other_line_breaks(tmp_path)
     assert read_texts([], str(path)) == ["one", "two"]
 
 
-@pytest.mark.slow
-def test_bad_score_arguments_are_user_errors(loaded):
-    with pytest.raises(TflmError, match="stride"):
-        score_texts(loaded["transformer"], ["abc"], stride=CONTEXT + 1)
-    with pytest.raises(TflmError, match="list of strings"):
-        score_texts(loaded["transformer"], "abc")
+def test_bad_score_arguments_are_user_errors():
+    """score_texts checks its texts and stride with these (through the command line:
+    test_command_line_mistakes_print_one_line_and_exit_2)."""
+    assert check_stride(None, CONTEXT) == CONTEXT // 2 and check_stride(CONTEXT, CONTEXT) == CONTEXT
+    for stride in (0, CONTEXT + 1, 2.0, True):
+        with pytest.raises(TflmError, match=rf"^stride must be an integer from 1 to the context \({CONTEXT}\), got "):
+            check_stride(stride, CONTEXT)
+    with pytest.raises(TflmError, match="^texts must be a list of strings, got str$"):
+        check_strings("abc", "texts")
 
 
 @pytest.mark.slow
@@ -236,7 +232,6 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(loaded):
     assert all(len(text) == 30 for text in first)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_new_tokens": MAX_NEW_TOKENS + 1}, "max_new_tokens"),
@@ -247,9 +242,13 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(loaded):
     ({"top_k": -1}, "top_k"),
     ({"top_p": 0.0}, "top_p"),
 ])
-def test_bad_generation_arguments_are_user_errors(loaded, kwargs, match):
+def test_bad_generation_arguments_are_user_errors(kwargs, match):
+    """generate checks its sampling arguments with check_sampling (through the command line:
+    test_command_line_mistakes_print_one_line_and_exit_2)."""
+    arguments = {"max_new_tokens": 100, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
+    check_sampling(**arguments)
     with pytest.raises(TflmError, match=match):
-        generate(loaded["lstm"], ["abc"], **kwargs)
+        check_sampling(**{**arguments, **kwargs})
 
 
 def test_padding_is_never_drawn_however_high_the_temperature():
@@ -280,22 +279,34 @@ def test_command_lines_score_and_generate(runs, loaded, tmp_path, tflm_cli):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module, trained, args, named", [
-    ("generate", False, ["--max-new-tokens", "5"], "not a tflm run directory"),  # an empty directory
-    ("generate", True, ["--max-new-tokens", "0", "--prompt", "a"], "max_new_tokens"),
-    ("generate", True, ["--seed", "3000000000", "--prompt", "a"], "seed"),
-    ("generate", True, ["--prompt", "ok", "--prompt", "caf\udce9"], "'caf\\udce9' is not"),  # bytes b"caf\xe9"
-    ("score", True, ["--stride", "0", "abc"], "stride"),
-    ("score", True, ["fine", "caf\udce9"], "'caf\\udce9' is not"),  # argv decoded with surrogateescape
+@pytest.mark.parametrize("module, args, named", [
+    ("generate", ["--max-new-tokens", "0", "--prompt", "a"], "max_new_tokens"),
+    ("generate", ["--seed", "3000000000", "--prompt", "a"], "seed"),
+    ("generate", ["--prompt", "ok", "--prompt", "caf\udce9"], "'caf\\udce9' is not"),  # bytes b"caf\xe9"
+    ("score", ["--stride", "0", "abc"], "stride"),
+    ("score", ["fine", "caf\udce9"], "'caf\\udce9' is not"),  # argv decoded with surrogateescape
 ])
-def test_command_line_mistakes_print_one_line_and_exit_2(runs, tmp_path, capsys, module, trained, args, named):
+def test_command_line_mistakes_print_one_line_and_exit_2(runs, capsys, module, args, named):
     main = importlib.import_module(f"tflm.{module}").main
     with pytest.raises(SystemExit) as exit_info:
-        main(["--run-dir", runs["transformer"] if trained else str(tmp_path), *args])
+        main(["--run-dir", runs["transformer"], *args])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("tflm: error:") and error.count("\n") == 1
     assert named in error
+
+
+@pytest.mark.parametrize("module, args", [("generate", ["--max-new-tokens", "5"]), ("score", ["abc"])])
+def test_command_lines_on_a_directory_without_a_trained_run_print_one_line_and_exit_2(tmp_path, capsys, module, args):
+    main = importlib.import_module(f"tflm.{module}").main
+    (tmp_path / "empty").mkdir()
+    for run_dir, named in ((str(tmp_path / "empty"), "is not a tflm run directory"),
+                           (checkpointless_run(tmp_path / "bare"), "has no checkpoint yet")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--run-dir", run_dir, *args])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"tflm: error: {run_dir}") and error.count("\n") == 1 and named in error
 
 
 @pytest.mark.slow

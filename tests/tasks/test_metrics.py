@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import small_config
+from tflm.tasks import lm
 from tflm.training.trainer import Trainer
 from tflm.training.optimizer import make_optimizer
 
@@ -26,9 +27,11 @@ class Uniform(keras.Model):
 
 
 def test_bits_per_byte_is_the_summed_loss_in_bits_over_the_bytes_of_the_targets():
-    config = small_config(train={"global_batch_size": 2})
-    trainer = Trainer(tf.distribute.get_strategy(), Uniform(), make_optimizer(config.train), config.train,
-                      seq_len=4, jit_compile=False, byte_lengths=BYTES)
+    config = small_config(train={"global_batch_size": 2}, data={"seq_len": 4})
+    task = lm.Task(config)
+    task.byte_lengths = BYTES
+    trainer = Trainer(tf.distribute.get_strategy(), Uniform(), make_optimizer(config.train), task, config.train,
+                      jit_compile=False)
     inputs = np.array([[1, 2, 3, 4], [5, 6, 7, 1]], np.int32)
     targets = np.array([[2, 3, 4, 5], [6, 7, 1, 5]], np.int32)
     batches = tf.data.Dataset.from_tensors((inputs, targets)).repeat()

@@ -14,7 +14,8 @@ from tflm.runs.checkpoint import Checkpointer, list_checkpoints
 from tflm.training.controller import Controller
 from tflm.errors import Diverged
 from tflm.training.progress import Progress
-from tflm.training.strategy import Task
+from tflm.training.cluster import Worker
+from tflm.tasks import lm
 from tflm.training.trainer import Trainer
 from tflm.training.optimizer import make_optimizer
 
@@ -57,17 +58,18 @@ class PoisonableLM(keras.Model):
 @pytest.fixture
 def poisonable(tmp_path):
     """(trainer, controller, iterator) over a tiny model, allowing one non-finite step."""
-    config = small_config(train={"steps": 10, "max_nonfinite_steps": 1, "learning_rate": 0.01, "warmup_steps": 0})
+    config = small_config(train={"steps": 10, "max_nonfinite_steps": 1, "learning_rate": 0.01, "warmup_steps": 0,
+                                 "global_batch_size": 8}, data={"seq_len": 4})
     strategy = tf.distribute.get_strategy()
     model = PoisonableLM()
     model(tf.zeros((1, 4), tf.int32))
     optimizer = make_optimizer(config.train)
     optimizer.build(model.trainable_variables)
-    trainer = Trainer(strategy, model, optimizer, config.train, seq_len=4, jit_compile=False)
-    task = Task(type="worker", index=1, num_workers=1)  # not the chief: no history, no TensorBoard
-    checkpointer = Checkpointer(str(tmp_path), task, model, optimizer, 3, trainer.state())
+    trainer = Trainer(strategy, model, optimizer, lm.Task(config), config.train, jit_compile=False)
+    worker = Worker(type="worker", index=1, num_workers=1)  # not the chief: no history, no TensorBoard
+    checkpointer = Checkpointer(str(tmp_path), worker, model, optimizer, 3, trainer.state())
     checkpointer.restore_latest()
-    controller = Controller(trainer, checkpointer, config.train, 4 * 8, str(tmp_path), task,
+    controller = Controller(trainer, checkpointer, config.train, 4 * 8, str(tmp_path), worker,
                             Progress(10, 32, stream=open(os.devnull, "w")))
     windows = tf.random.stateless_uniform((64, 5), seed=(1, 2), maxval=16, dtype=tf.int32)
     batches = tf.data.Dataset.from_tensor_slices(windows).enumerate().batch(8).repeat()

@@ -1,5 +1,5 @@
-"""The rendezvous before TensorFlow starts a cluster (tflm.strategy.wait_for_peers) keeps its
-deadline however many peers fail to answer and however, works over IPv6, and a TF_CONFIG
+"""The rendezvous before TensorFlow starts a cluster (tflm.training.rendezvous.wait_for_peers) keeps
+its deadline however many peers fail to answer and however, works over IPv6, and a TF_CONFIG
 address it could not use is a one-line error. Loopback addresses only."""
 
 import json
@@ -12,12 +12,13 @@ import pytest
 from conftest import run_tflm
 from tflm.errors import ClusterError, TflmError
 from tflm.training.launcher import reserve_ports
-from tflm.training.strategy import Task, parse_tf_config, wait_for_peers
+from tflm.training.cluster import Worker, parse_tf_config
+from tflm.training.rendezvous import wait_for_peers
 
 
 def cluster_task(index, addresses):
-    """Task `index` of a cluster of workers at `addresses`."""
-    return Task("worker", index, len(addresses), False, tuple((f"worker {i}", a) for i, a in enumerate(addresses)))
+    """Worker `index` of a cluster of workers at `addresses`."""
+    return Worker("worker", index, len(addresses), False, tuple((f"worker {i}", a) for i, a in enumerate(addresses)))
 
 
 @pytest.fixture

@@ -1,10 +1,18 @@
-"""TODO docstring."""
+"""Labelled examples as a classifier reads them: each text's first data.seq_len token ids, padded
+with PAD_ID (`padded_ids`), and the tf.distribute input functions over those arrays. Training
+batches are a pure function of (train.seed, global example number), as the language model's
+windows are (tflm.data.pipeline): each epoch is a fresh permutation, every replica reads its own
+share, and a resumed run continues the same order from its step. Validation reads every example
+once per pass, the last batch padded with label -1 (which the metrics leave out).
+"""
 
 import math
+
 import numpy as np
-import tensorflow as tf
+
 from tflm.data.pipeline import LAST_STEP, permuted, replica_examples
 from tflm.data.tokenizers import PAD_ID
+from tflm.lazy import tf
 
 
 def padded_ids(tokenizer, texts, seq_len):

@@ -16,10 +16,14 @@ import dataclasses
 import io
 import json
 import math
+import os
+import re
 
+from tflm import atomic
 from tflm.config import shown
+from tflm.data.sources import TfdsSource, expand_paths, holdout_period, is_url
 from tflm.errors import TflmError
-from tflm.data.sources import expand_paths, holdout_period, is_url
+from tflm.jsonl import BadLine, json_objects
 from tflm.lazy import tf
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -117,18 +121,10 @@ def table_rows(path, text, delimiter):
 
 def json_rows(path, text):
     """(line number, object) of a JSONL file; blank lines skipped."""
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as error:  # JSONDecodeError, or an integer of more than 4300 digits
-            raise TflmError(f"{path}:{number}: not valid JSON ({getattr(error, 'msg', error)})") from None
-        if not isinstance(row, dict):
-            raise TflmError(f"{path}:{number}: expected a JSON object, found {type(row).__name__}")
-        rows.append((number, row))
-    return rows
+    try:
+        return json_objects(text)
+    except BadLine as bad:
+        raise TflmError(f"{path}:{bad.number}: {bad.reason}") from None
 
 
 def example(path, line, row, task_config):
@@ -161,8 +157,6 @@ def label_name(label, where, field):
 
 def read_tfds(data_config, task_config):
     """(train, validation) examples of a TFDS dataset with text and label features."""
-    from tflm.data.sources import TfdsSource
-
     splits = {"train": data_config.tfds_split, "validation": data_config.tfds_validation_split}
     source = TfdsSource(data_config.tfds_name, splits, task_config.text_field, data_config.tfds_data_dir or None)
     features = source._builder.info.features
@@ -194,8 +188,6 @@ def save_labels(labels):
 
 def load_labels(run_dir):
     """The label names a classification run learned, in id order."""
-    from tflm import atomic
-
     try:
         return tuple(json.loads(atomic.read_bytes(f"{run_dir.rstrip('/')}/{LABELS_FILE}"))["labels"])
     except (OSError, ValueError, KeyError) as error:
@@ -213,10 +205,7 @@ def write_manual_topics(directory, topics=MANUAL_TOPICS, validation_every=5):
     """Write train.csv and validation.csv (text, label) of the paragraphs of `topics` in the
     embedded manual, every `validation_every`-th paragraph of each topic to validation; returns
     their paths."""
-    import os
-    import re
-
-    from pydoc_data.topics import topics as manual
+    from pydoc_data.topics import topics as manual  # the whole manual (700 kB): only when asked for
 
     os.makedirs(directory, exist_ok=True)
     rows = {"train": [], "validation": []}

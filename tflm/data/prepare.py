@@ -1,15 +1,14 @@
-"""`python -m tflm.prepare`: tokenize a corpus once into a token store (tflm.store).
+"""Preparing a token store: a corpus tokenized once into shards of token ids (tflm.data.store).
+`python -m tflm.prepare` (tflm/prepare.py) runs it for a store several runs share, and training
+runs it for a run that has no store yet (in RUN_DIR/store, or at data.store).
 
-    python -m tflm.prepare --config configs/char_transformer.yaml --store stores/manual-char
-    python -m tflm.prepare --set data.tokenizer=sentencepiece --set data.vocab_size=2000 --store stores/sp2k
-    python -m tflm.prepare --verify stores/sp2k
-
-`tflm.train` prepares a run's store itself when it has none (in RUN_DIR/store, or at
-`data.store`, a path several runs can share). The tokenizer is learned from the training split
-first (byte needs none), then each split is tokenized file by file. A local store is written
-under a temporary name and renamed into place; on other filesystems (gs://, ...), where a
-directory cannot be renamed atomically, the shards are written in place and index.json last,
-so a store is only ever opened whole.
+The tokenizer is learned from the training split first (byte needs none), unless a resumed run
+brings its own; then each split is tokenized file by file. A local store is written under a
+temporary name and renamed into place; on other filesystems (gs://, ...), where a directory
+cannot be renamed atomically, the shards are written in place and index.json last, so a store is
+only ever opened whole. One process at a time prepares a local store (a lock file beside it); a
+store is never overwritten, and `check_store_matches` tells whether an existing one was prepared
+from a run's data settings.
 """
 
 import contextlib
@@ -23,12 +22,12 @@ import time
 
 import numpy as np
 
-from tflm.errors import TflmError
-from tflm.data.sources import make_source
 from tflm.atomic import is_local, parent_of
-from tflm.lazy import tf
+from tflm.data.sources import make_source
 from tflm.data.store import FORMAT, SPLITS, ShardWriter, StoreWriteError, TokenStore, id_dtype, write_index, writing
-from tflm.data.tokenizers import text_batches
+from tflm.data.tokenizers import learned_tokenizer, text_batches
+from tflm.errors import TflmError
+from tflm.lazy import tf
 
 TEXT_BATCH_CHARS = 1 << 20  # texts are tokenized in batches of about this many characters
 # The data settings that decide what a store holds (seq_len does not: windows are cut on reading).
@@ -92,13 +91,10 @@ def prepare_store(data_config, path, tokenizer=None, log=print, wait=False):
 
 def write_store(data_config, path, tokenizer, log):
     """prepare_store's work, in a staging directory renamed into place when local."""
-    from tflm.data.tokenizers import learn_tokenizer
-
     source = make_source(data_config)
     if tokenizer is None:
         log(f"tflm.prepare: learning a {data_config.tokenizer} tokenizer from the training split")
-        options = {"model_type": data_config.sentencepiece_model} if data_config.tokenizer == "sentencepiece" else {}
-        tokenizer = learn_tokenizer(data_config.tokenizer, training_texts(source), data_config.vocab_size, **options)
+        tokenizer = learned_tokenizer(data_config, training_texts(source))
     target = staging_path(path) if is_local(path) else path
     try:
         with writing(target, "tokenizer"):

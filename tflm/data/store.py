@@ -2,7 +2,7 @@
 
     STORE/index.json            what is in the store (below); written last, so its presence
                                 means the store is whole
-    STORE/tokenizer/            the tokenizer the ids belong to (tflm.tokenizer's save format)
+    STORE/tokenizer/            the tokenizer the ids belong to (tflm.data.tokenizers' save format)
     STORE/train/00000.bin ...   little-endian uint16 ids (uint32 when the vocabulary needs it)
     STORE/validation/00000.bin
 

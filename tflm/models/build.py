@@ -1,17 +1,50 @@
-"""TODO docstring."""
+"""Building the language model a config names: `model.type` is the name of its file in tflm/models/.
 
-import keras
-from tflm.models.lstm import LstmLM
-from tflm.models.transformer import TransformerLM
+The model of `model.type: NAME` is the class `LanguageModel` of tflm/models/NAME.py, found by
+importing that module (so nothing here lists the types: config.py's ModelConfig says which are
+valid and what fields they read). The class is a keras.Model that maps int token ids [batch, time]
+to float32 next-token logits [batch, time, vocabulary_size] and offers what every caller uses
+without asking which model it is (`Model` is the class, `model` an instance):
+
+    Model.configured(model_config, vocabulary_size, seq_len, seed)   a model of the config's sizes
+    Model.weight_shape_keys     config keys outside `model` that fix its weights' shapes (init-from)
+    model(token_ids, training=False, example_ids=None)   logits; example_ids draw dropout (randomness.py)
+    model.vocabulary_size
+    model.features(token_ids, training, example_ids)   what the head reads (a classifier's backbone)
+    model.head                  the Dense layer over the vocabulary (a classifier keeps it, untrained)
+    model.context               the most tokens it conditions on; None: any length, the cache carries the past
+    cache = model.initial_cache(batch_size)
+    logits, cache = model.call_with_cache(token_ids, cache, cache_index, lengths=None)
+    row_cache = model.cache_rows(cache, rows)          the cache of rows `rows` (a batch of len(rows))
+    cache = model.with_cache_rows(cache, rows, row_cache)   ... written back
+
+In `call_with_cache`, `token_ids` [batch, time] go at positions cache_index... of each row
+(`cache_index` a scalar or one index per row, so rows of different lengths decode side by side);
+with `lengths` [batch], only the first lengths[b] of row b are real and the rest is padding that
+leaves no trace in the cache. So one call reads a batch of ragged prompts, or restarts some rows'
+windows while the other rows take one token. The cache's layout is the model's business: callers
+only pass it back, or take and put back rows of it with the two helpers.
+
+Importing this module loads no TensorFlow; building a model does.
+"""
+
+import importlib
+
+from tflm.lazy import keras
+
+
+def model_class(model_type):
+    """The Keras class of `model.type`: `LanguageModel` of tflm/models/<model_type>.py."""
+    return importlib.import_module(f"tflm.models.{model_type}").LanguageModel
+
+
+def weight_shape_keys(model_type):
+    """Config keys outside the model section whose values fix the shapes of this model's weights."""
+    return tuple(model_class(model_type).weight_shape_keys)
 
 
 def build_model(model_config, vocabulary_size, seq_len, seed=0):
     """The model named by `model.type`, with its sizes and dropout seed, built on a dummy batch."""
-    m = model_config
-    if m.type == "lstm":
-        model = LstmLM(vocabulary_size, m.embed_dim, m.num_layers, m.lstm_units, m.dropout, seed)
-    else:
-        model = TransformerLM(vocabulary_size, seq_len, m.embed_dim, m.num_layers, m.num_heads, m.ff_dim,
-                              m.dropout, seed)
+    model = model_class(model_config.type).configured(model_config, vocabulary_size, seq_len, seed)
     model(keras.ops.zeros((1, seq_len), dtype="int32"))
     return model

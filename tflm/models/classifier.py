@@ -1,26 +1,19 @@
-"""Text classification on a language model's backbone: model, metrics, trainer and input pipelines.
+"""A text classifier on a language model's backbone (the network; tflm.tasks.classify trains it).
 
     Classifier: token ids [batch, seq_len] -> backbone features [batch, seq_len, width]
                 -> pooling (the last real token's, or the mean over real tokens; padding masked)
                 -> Dense -> logits [batch, classes] (float32)
 
-The backbone is the LstmLM or TransformerLM of tflm.models, whole (its next-token head too, not
-trained here, so a checkpoint of the language model restores into it unchanged). Texts are cut
-to data.seq_len tokens (the first ones) and padded with PAD_ID.
-
-Training example n of the stream is example permuted(n mod N) of epoch n div N (the index shuffle
-of tflm.data), and replica r reads its slice of every global batch as tflm.data's do, so one
-device, N replicas and N workers train on exactly the same batches and a resume is O(1).
-Validation is every validation example once per evaluation, the last global batch padded with
-examples labelled -1, which count for nothing.
+The backbone is any language model of tflm.models, whole (its next-token head too, not trained
+here, so a checkpoint of the language model restores into it unchanged). Texts are cut to
+data.seq_len tokens (the first ones) and padded with PAD_ID (tflm.data.examples).
 """
-
 
 import keras
 import tensorflow as tf
 
-from tflm.models.build import build_model
 from tflm.data.tokenizers import PAD_ID
+from tflm.models.build import build_model
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -56,9 +49,10 @@ def pool(features, real, pooling):
     return tf.reduce_sum(features * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1)
 
 
-def build_classifier(config, vocabulary_size, num_classes):
-    """The configured backbone with a head for `num_classes` labels, built on a dummy batch."""
-    backbone = build_model(config.model, vocabulary_size, config.data.seq_len, config.train.seed)
+def build_classifier(config, vocabulary_size, num_classes, seed=0):
+    """The configured backbone (its dropout seeded with `seed`) with a head for `num_classes`
+    labels, built on a dummy batch."""
+    backbone = build_model(config.model, vocabulary_size, config.data.seq_len, seed)
     model = Classifier(backbone, num_classes, config.task.pooling)
     model(keras.ops.zeros((1, config.data.seq_len), dtype="int32"))
     return model

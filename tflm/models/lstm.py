@@ -1,13 +1,23 @@
-"""TODO docstring."""
+"""The LSTM language model (`model.type: lstm`): embedding, a stack of fused LSTM layers, a dense head.
+
+It reads any length (`context` None): its decoding cache is each layer's recurrent state (h and c),
+which carries the whole past, so scoring and generation run a text of any length through it in
+chunks instead of windows, and it needs no setting outside the model section (`data.seq_len` is
+only its training window). Its input dropout shares one mask over time per example (see
+tflm/models/randomness.py); its layers keep keras.layers.LSTM's weights and checkpoint paths
+(tflm/models/fused_lstm.py). The interface it offers is described in tflm/models/build.py.
+"""
 
 import keras
 import tensorflow as tf
+
 from tflm.models.fused_lstm import FusedLSTM
+from tflm.models.next_token import NextTokenModel
 from tflm.models.randomness import ExampleDropout
 
 
 @keras.saving.register_keras_serializable(package="tflm")
-class LstmLM(keras.Model):
+class LstmLM(NextTokenModel):
     """Embedding -> N x LSTM (input dropout shared over time) -> dropout -> Dense over the vocabulary."""
 
     def __init__(self, vocabulary_size, embed_dim, num_layers, lstm_units, dropout=0.0, seed=0, **kwargs):
@@ -15,8 +25,7 @@ class LstmLM(keras.Model):
         self.vocabulary_size, self.embed_dim = vocabulary_size, embed_dim
         self.num_layers, self.lstm_units, self.dropout_rate, self.seed = num_layers, lstm_units, dropout, seed
         self.embedding = keras.layers.Embedding(vocabulary_size, embed_dim, name="embedding")
-        # One attribute per layer, not a list: tf.train.Checkpoint does not follow Keras 3's
-        # tracked lists, so layers kept only in a list would be missing from checkpoints.
+        # One attribute per layer, not a list (tflm.models.next_token says why).
         for i in range(num_layers):
             setattr(self, f"lstm_{i}", FusedLSTM(lstm_units, name=f"lstm_{i}"))  # keras.layers.LSTM's weights
             setattr(self, f"input_dropout_{i}", ExampleDropout(dropout, seed, site=i, shared_axes=(1,),
@@ -25,15 +34,18 @@ class LstmLM(keras.Model):
         self.head = keras.layers.Dense(vocabulary_size, dtype="float32", name="logits")
 
     context = None  # reads any length: the recurrent state carries the past
+    weight_shape_keys = ()  # data.seq_len is only the training window: no weight depends on it
+
+    @classmethod
+    def configured(cls, model_config, vocabulary_size, seq_len, seed=0):
+        """An LstmLM of the model section's sizes (`seq_len` changes nothing)."""
+        m = model_config
+        return cls(vocabulary_size, m.embed_dim, m.num_layers, m.lstm_units, m.dropout, seed)
 
     @property
     def lstm_layers(self):
         """The stacked LSTM layers, bottom first."""
-        return [getattr(self, f"lstm_{i}") for i in range(self.num_layers)]
-
-    def call(self, token_ids, training=False, example_ids=None):
-        """Logits for every position of `token_ids`."""
-        return self.head(self.features(token_ids, training, example_ids))
+        return self.stacked("lstm", self.num_layers)
 
     def features(self, token_ids, training=False, example_ids=None):
         """The last LSTM layer's output [batch, time, lstm_units], what the head reads."""
@@ -73,7 +85,20 @@ class LstmLM(keras.Model):
         """Zero recurrent states for `call_with_cache`."""
         return keras.ops.zeros((self.num_layers, 2, batch_size, self.lstm_units))
 
+    def cache_rows(self, cache, rows):
+        """The recurrent states of the batch rows `rows` (int [n]): a cache for a batch of n."""
+        return tf.gather(cache, rows, axis=2)
+
+    def with_cache_rows(self, cache, rows, row_cache):
+        """`cache` with the states of rows `rows` replaced by `row_cache` (as `cache_rows` gives them)."""
+        batch_major = tf.transpose(cache, [2, 0, 1, 3])  # scatters write along the first axis
+        written = tf.tensor_scatter_nd_update(batch_major, rows[:, None], tf.transpose(row_cache, [2, 0, 1, 3]))
+        return tf.transpose(written, [1, 2, 0, 3])
+
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
                 "embed_dim": self.embed_dim, "num_layers": self.num_layers,
                 "lstm_units": self.lstm_units, "dropout": self.dropout_rate, "seed": self.seed}
+
+
+LanguageModel = LstmLM  # what tflm.models.build builds for model.type: lstm

@@ -1,4 +1,14 @@
-"""TODO docstring."""
+"""Randomness that belongs to examples: counter-based uniforms and the dropout built on them.
+
+Dropout is a pure function of (train.seed, the dropout site, the example's global index in the
+training stream, the element), not of a random-number state: `example_ids` name each row of a
+batch, so N replicas or workers that split a global batch draw exactly the masks one device would,
+and two different examples never share a mask. (keras.layers.Dropout draws from one SeedGenerator
+variable, mirrored across replicas, so every replica drew the *same* mask for different examples,
+and N replicas regularised less than one device.) The uniforms are integer hashing (MurmurHash3's
+finaliser), which TensorFlow and XLA compute alike; the sampler of tflm/serving/decoding.py draws
+from them too, so a seed gives the same text in Python and from an exported SavedModel.
+"""
 
 import keras
 import tensorflow as tf
@@ -55,7 +65,7 @@ class ExampleDropout(keras.layers.Layer):
         if not training or self.rate == 0:
             return inputs
         if example_ids is None:
-            raise ValueError(f"{self.name}: training with dropout needs example_ids (see tflm.trainer)")
+            raise ValueError(f"{self.name}: training with dropout needs example_ids (see tflm.training.trainer)")
         row_shape = [1 if axis in self.shared_axes else inputs.shape[axis] for axis in range(1, inputs.shape.rank)]
         if None in row_shape:
             raise ValueError(f"{self.name}: dropout needs static shapes (except batch), got {inputs.shape}")

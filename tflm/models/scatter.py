@@ -1,4 +1,5 @@
-"""An in-place scatter from core ops, for the decoding caches (tflm.models.transformer) and loops (tflm.serving.decoding)."""
+"""An in-place scatter from core ops, for the Transformer's decoding cache (tflm.models.transformer)
+and the decoding loop (tflm.serving.decoding)."""
 
 import tensorflow as tf
 # Private: no public TensorFlow API says whether the graph being built is compiled by XLA

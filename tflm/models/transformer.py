@@ -1,36 +1,25 @@
-"""The language models: a stacked LSTM and a pre-layer-norm Transformer decoder.
+"""The Transformer language model (`model.type: transformer`): a pre-layer-norm GPT decoder.
 
-Both map int token ids [batch, time] to next-token logits [batch, time, vocabulary_size], in
-float32 even under mixed precision so the loss and sampling stay exact, and both offer the same
-decoding interface (as keras-hub's causal LMs do), so a sampler never asks which model it has:
+Token and position embeddings, N causal decoder blocks, a final layer norm and a dense head, with
+float32 logits even under mixed precision. Its position embeddings have `data.seq_len` rows, so
+that setting fixes its weights' shapes (`weight_shape_keys`) and is its `context`: it conditions on
+at most seq_len tokens, and scoring and generation read longer text in windows. Its decoding
+cache is each block's keys and values, written with core TF ops (tflm/models/scatter.py), so a
+generation step costs one token's work. The interface it offers is described in
+tflm/models/build.py.
 
-    cache = model.initial_cache(batch_size)
-    logits, cache = model.call_with_cache(token_ids, cache, cache_index, lengths=None)
-    model.context   # how many tokens the model can condition on (None: unbounded, the LSTM)
-
-`token_ids` [batch, time] go at positions cache_index... of each row (`cache_index` a scalar or
-one index per row, so rows of different lengths decode side by side); with `lengths` [batch],
-only the first lengths[b] of row b are real and the rest is padding that leaves no trace in the
-cache. So one call reads a batch of ragged prompts, or restarts some rows' windows while the
-other rows take one token. The cache is the model's business: callers only pass it back.
-
-Dropout is a pure function of (train.seed, the dropout site, the example's global index in the
-training stream, the element), not of a random-number state: `example_ids` name each row of a
-batch, so N replicas or workers that split a global batch draw exactly the masks one device
-would, and two different examples never share a mask. (keras.layers.Dropout draws from one
-SeedGenerator variable, mirrored across replicas, so every replica drew the *same* mask for
-different examples, and N replicas regularised less than one device.)
-
-The Transformer block is written here rather than taken from keras-nlp's TransformerDecoder for
-that reason and one more: keras-nlp's cached attention writes its cache with
-`keras.ops.slice_update`, an XLA-only op that stock TF Serving lacks. The block keeps
-TransformerDecoder's layers, names and variable shapes, so checkpoints of either load into it.
+The block is written here rather than taken from keras-nlp's TransformerDecoder for two reasons:
+its dropout must draw masks per example (tflm/models/randomness.py), and keras-nlp's cached
+attention writes its cache with `keras.ops.slice_update`, an XLA-only op that stock TF Serving
+lacks. The block keeps TransformerDecoder's layers, names and variable shapes, so checkpoints of
+either load into it.
 """
 
 import keras
 import keras_nlp
 import tensorflow as tf
 
+from tflm.models.next_token import NextTokenModel
 from tflm.models.randomness import ExampleDropout
 from tflm.models.scatter import scatter_update
 
@@ -190,7 +179,7 @@ class DecoderBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tflm")
-class TransformerLM(keras.Model):
+class TransformerLM(NextTokenModel):
     """TokenAndPositionEmbedding -> N x DecoderBlock (causal, pre-LN) -> LayerNorm -> Dense."""
 
     def __init__(self, vocabulary_size, seq_len, embed_dim, num_layers, num_heads, ff_dim,
@@ -207,6 +196,14 @@ class TransformerLM(keras.Model):
         self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")
         self.head = keras.layers.Dense(vocabulary_size, dtype="float32", name="logits")
 
+    weight_shape_keys = ("data.seq_len",)  # the rows of the position embedding
+
+    @classmethod
+    def configured(cls, model_config, vocabulary_size, seq_len, seed=0):
+        """A TransformerLM of the model section's sizes with position embeddings for `seq_len` tokens."""
+        m = model_config
+        return cls(vocabulary_size, seq_len, m.embed_dim, m.num_layers, m.num_heads, m.ff_dim, m.dropout, seed)
+
     @property
     def context(self):
         """Positions the model has embeddings for: the most tokens it conditions on."""
@@ -214,12 +211,8 @@ class TransformerLM(keras.Model):
 
     @property
     def blocks(self):
-        """The decoder blocks, bottom first."""
-        return [getattr(self, f"decoder_{i}") for i in range(self.num_layers)]
-
-    def call(self, token_ids, training=False, example_ids=None):
-        """Logits for every position of `token_ids` (causal: position t sees tokens <= t)."""
-        return self.head(self.features(token_ids, training, example_ids))
+        """The decoder blocks, bottom first (causal: position t sees tokens <= t)."""
+        return self.stacked("decoder", self.num_layers)
 
     def features(self, token_ids, training=False, example_ids=None):
         """The normalised last block's output [batch, time, embed_dim], what the head reads."""
@@ -260,6 +253,15 @@ class TransformerLM(keras.Model):
         return tuple(tf.zeros([batch_size, self.num_heads, self.seq_len + 1, head_dim], self.compute_dtype)
                      for _ in range(2 * self.num_layers))
 
+    def cache_rows(self, cache, rows):
+        """The keys and values of the batch rows `rows` (int [n]): a cache for a batch of n."""
+        return tuple(tf.gather(tensor, rows) for tensor in cache)
+
+    def with_cache_rows(self, cache, rows, row_cache):
+        """`cache` with the keys and values of rows `rows` replaced by `row_cache` (as `cache_rows` gives them)."""
+        return tuple(tf.tensor_scatter_nd_update(tensor, rows[:, None], row_tensor)
+                     for tensor, row_tensor in zip(cache, row_cache))
+
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,
                 "seq_len": self.seq_len, "embed_dim": self.embed_dim,
@@ -267,3 +269,4 @@ class TransformerLM(keras.Model):
                 "ff_dim": self.ff_dim, "dropout": self.dropout_rate, "seed": self.seed}
 
 
+LanguageModel = TransformerLM  # what tflm.models.build builds for model.type: transformer

@@ -19,10 +19,12 @@ import shutil
 import sys
 import tempfile
 
+import numpy as np
+
 from tflm import atomic
-from tflm.runs import run_dir as runs
 from tflm.errors import Diverged, TflmError
 from tflm.lazy import tf
+from tflm.runs import run_dir as runs
 
 CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
@@ -37,6 +39,18 @@ def list_checkpoints(directory):
     numbered = [(int(m.group(1)), m.group(0)[: -len(".index")])
                 for m in map(CHECKPOINT_INDEX.match, atomic.listdir(directory)) if m]
     return [os.path.join(directory, name) for _, name in sorted(numbered)]
+
+
+def trained_checkpoints(run_dir, named=None):
+    """The checkpoints of the run in `run_dir`, oldest first; a TflmError, naming the run as
+    `named` (default: its path), if it is no run directory or has no checkpoint yet."""
+    named = named or run_dir
+    if not runs.is_run_dir(run_dir):
+        raise TflmError(f"{named} is not a tflm run directory (no config.yaml and vocab.json)")
+    checkpoints = list_checkpoints(checkpoint_dir(run_dir))
+    if not checkpoints:
+        raise TflmError(f"{named} has no checkpoint yet; train it first (python -m tflm.train --run-dir {run_dir})")
+    return checkpoints
 
 
 def checkpoint_step(path):
@@ -59,8 +73,6 @@ def newest_usable(paths, problem_of):
 def file_problem(path):
     """None if every value in checkpoint `path` reads back whole and finite (read from the files,
     without a model), else what is wrong with it."""
-    import numpy as np
-
     try:
         reader = tf.train.load_checkpoint(path)
         # Every value, not only those under "model/": a checkpoint keeps a variable under the first

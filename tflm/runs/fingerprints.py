@@ -1,12 +1,20 @@
-"""TODO docstring."""
+"""Whether a run's tokenizer files are the tokenizer it was trained with.
 
-from __future__ import annotations  # LoadedRun's `keras.Model` annotation is not evaluated (tflm.lazy)
+A tokenizer's fingerprint (a SHA-256 of everything that defines its ids, tflm.data.tokenizers)
+is recorded where a run's ids were made: the token store's index.json and, for a run started
+from another one, init_from.json. A run whose tokenizer files were swapped or edited afterwards
+would read and write other ids than its weights learned, silently; `check_recorded_tokenizer`
+makes that a one-line error naming the files, before training resumes or a run is loaded for
+inference.
+"""
+
 import json
 import os
+
 from tflm import atomic
+from tflm.data.store import INDEX_FILE
 from tflm.errors import TflmError
 from tflm.runs.init_from import RECORD_FILE
-from tflm.data.store import INDEX_FILE
 
 
 def check_recorded_tokenizer(run_dir, config, tokenizer):

@@ -17,11 +17,13 @@ import json
 import os
 import sys
 
-from tflm.runs import run_dir as runs
-from tflm.runs.checkpoint import checkpoint_dir, checkpoint_step, file_problem, first_line, list_checkpoints, newest_usable
 from tflm.config import all_keys, shown, updated
 from tflm.errors import TflmError
 from tflm.lazy import tf
+from tflm.models.build import weight_shape_keys
+from tflm.runs import run_dir as runs
+from tflm.runs.checkpoint import checkpoint_step, file_problem, first_line, newest_usable, trained_checkpoints
+from tflm.tasks import task_class
 
 RECORD_FILE = "init_from.json"
 # Besides the model section, what fixes the shapes of the weights and the meaning of token ids.
@@ -29,10 +31,11 @@ MATCHING_DATA_KEYS = ("data.tokenizer", "data.vocab_size", "data.sentencepiece_m
 
 
 def model_keys(model_type):
-    """The settings a run must share with the run it starts from: the model section and the tokenizer's
-    (and for a Transformer data.seq_len, the size of its position embeddings)."""
+    """The settings a run must share with the run it starts from: the model section, the tokenizer's,
+    and the other settings that fix the shapes of that model's weights (e.g. a Transformer's
+    data.seq_len, the size of its position embeddings)."""
     keys = [k for k in all_keys() if k.startswith("model.")] + list(MATCHING_DATA_KEYS)
-    return keys + ["data.seq_len"] if model_type == "transformer" else keys
+    return keys + list(weight_shape_keys(model_type))
 
 
 def with_source_settings(config, run_dir, resuming):
@@ -44,7 +47,7 @@ def with_source_settings(config, run_dir, resuming):
     if not path or not runs.is_run_dir(origin):
         return config  # check_source says what is wrong with the source
     source = runs.read_config(origin).to_dict()
-    if source["task"]["type"] != "lm" and not resuming:
+    if not task_class(source["task"]["type"]).makes_language_model and not resuming:
         return config  # not a language model: check_source refuses it
     model_type = config.model.type if "model.type" in config.given else source["model"]["type"]
     current, changes, taken = config.to_dict(), {}, []
@@ -93,13 +96,9 @@ def check_source(config, run_dir, resuming):
     check_not_itself(path, run_dir)
     if not path or resuming:
         return None
-    if not runs.is_run_dir(path):
-        raise TflmError(f"--init-from {path}: no such tflm run directory (no config.yaml and vocab.json)")
-    checkpoints = list_checkpoints(checkpoint_dir(path))
-    if not checkpoints:
-        raise TflmError(f"--init-from {path}: the run has no checkpoint yet")
+    checkpoints = trained_checkpoints(path, f"--init-from {path}")
     source_config = runs.read_config(path)
-    if source_config.task.type != "lm":
+    if not task_class(source_config.task.type).makes_language_model:
         raise TflmError(f"--init-from {path}: a {source_config.task.type} run; start from a language-model run")
     check_same_model(path, source_config, config)
     return Source(path, usable_checkpoint(path, checkpoints))

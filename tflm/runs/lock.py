@@ -5,7 +5,7 @@
 A trainer takes the lock exclusively (O_EXCL locally; write and read back elsewhere) and a thread
 rewrites it every LOCK_REFRESH_S. A lock whose process is gone (same host) or that went unrefreshed
 for LOCK_LEASE_S (another host) is stale and taken over. The holder checks its lock at every
-refresh and before every write (tflm.run_dir.check_still_locked): a deleted lock is taken again, a
+refresh and before every write (tflm.runs.run_dir.check_still_locked): a deleted lock is taken again, a
 lock another trainer took ends this one (exit 2), so two trainers never write one run directory.
 """
 
@@ -21,6 +21,7 @@ import time
 
 from tflm import atomic
 from tflm.errors import TflmError
+from tflm.quiet import flush_native_logs
 
 LOCK_FILE = "lock"
 LOCK_REFRESH_S = 10  # a trainer touches its lock this often
@@ -91,7 +92,7 @@ def process_alive(pid, started):
 
 
 def acquire_lock(run_dir, lock_dir=None):
-    """Take the run directory's lock (in `lock_dir`: its reservation, see tflm.run_dir.reserve)
+    """Take the run directory's lock (in `lock_dir`: its reservation, see tflm.runs.run_dir.reserve)
     for this process, clearing a stale one; a TflmError naming the holder if another live trainer has it.
     The lock is refreshed while held."""
     path = lock_path(lock_dir or run_dir)
@@ -240,8 +241,6 @@ def release(path):
 
 def _exit_lost(error):
     """End the process at once, from the refresh thread: the main thread may be in a long step."""
-    from tflm.quiet import flush_native_logs
-
     flush_native_logs()
     print(f"tflm: error: {error}", file=sys.stderr, flush=True)
     os._exit(TflmError.exit_code)

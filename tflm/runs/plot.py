@@ -1,12 +1,14 @@
-"""`python -m tflm.plot`: training and validation curves of runs, from their history.jsonl.
+"""Training and validation curves of runs, from their history.jsonl: the library half of
+`python -m tflm.plot` (tflm/plot.py), and `tflm.plot_runs`.
 
-    python -m tflm.plot runs/lstm runs/transformer -o curves.png
-    python -m tflm.plot runs/lstm --metric loss --metric perplexity --x tokens -o curves.png
-    python -m tflm.plot runs/classifier --metric accuracy --metric macro_f1 -o classifier.png
+A metric is any key a run's history holds: NAME draws the key NAME (the training value) and
+val_NAME (the validation value), whichever the runs have, so a new key a task writes to the
+history is plotted with no edit here. METRICS gives the usual ones a label, units and scale, and
+adds metrics derived from a key (perplexity and bits_per_char, from the loss).
 
 Each run gets one colour; its training curve is dashed and its validation curve solid. The
 training value at an evaluation is the mean over the steps since the previous one, so it lags
-the validation value by half an interval. Several `--metric`s are drawn side by side. A NaN or
+the validation value by half an interval. Several metrics are drawn side by side. A NaN or
 infinite value (a run that diverged) is a gap in its curve, and a warning line on stderr names
 the run, the history key and the steps.
 
@@ -15,7 +17,6 @@ them and scripts never open a window: `plot_runs(...)` returns the figure, `save
 """
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -26,9 +27,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, LogFormatter, PercentFormatter
 
 from tflm.errors import TflmError
+from tflm.jsonl import BadLine, json_objects
 
-# As tflm.run_dir.history_path; not imported from there, which would load TensorFlow (seconds) to draw a plot.
-HISTORY_FILE = "history.jsonl"
+HISTORY_FILE = "history.jsonl"  # as tflm.runs.run_dir.history_path names it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,15 +49,23 @@ class Metric:
         convert = self.convert or (lambda value: value)
         return [convert(r[key]) if math.isfinite(r[key]) else math.nan for r in records]
 
+    def parts(self, records):
+        """[(part, history key)] of the parts ("train", "validation") whose key `records` hold (the first one)."""
+        return [(part, key) for part, key in (("train", self.train_key), ("validation", self.val_key))
+                if key in records[0]]
+
 
 def nats_to_bits(nats):
+    """A loss in nats as bits."""
     return nats / math.log(2)
 
 
 def perplexity(nats):
-    return math.exp(min(nats, 50.0))  # as tflm.trainer: exp(50) is "diverged", not an overflow
+    """The perplexity of a loss in nats."""
+    return math.exp(min(nats, 50.0))  # as tflm.tasks.lm's: exp(50) is "diverged", not an overflow
 
 
+# The metrics drawn with a label and scale of their own (any other history key is drawn as it is).
 METRICS = {
     "accuracy": Metric("next-token accuracy (%)", "accuracy", "val_accuracy", percent=True),
     "macro_f1": Metric("macro-F1 over the labels (%)", "macro_f1", "val_macro_f1", percent=True),
@@ -105,32 +114,38 @@ def load_history(run, keys=("step", "loss", "val_loss")):
     naming the file and line, e.g. "runs/a/history.jsonl:3: no 'val_loss'".
     """
     path = find_history(run)
-    records = []
+    numbered = read_records(path)
+    for number, record in numbered:
+        check_numbers(f"{path}:{number}", record, keys)
+    return [record for _, record in numbered]
+
+
+def read_records(path):
+    """[(line number, JSON object)] of a history file (at least one); a TflmError naming the file
+    and the line that is not a JSON object."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = list(f)
+            text = f.read()
     except (OSError, UnicodeDecodeError) as error:
         raise TflmError(f"{path}: cannot read: {getattr(error, 'strerror', None) or error}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TflmError(f"{where}: not valid JSON ({error.msg}): {line.strip()[:60]!r}") from None
-        if not isinstance(record, dict):
-            raise TflmError(f"{where}: expected a JSON object, found {type(record).__name__}")
-        for key in keys:
-            if key not in record:
-                raise TflmError(f"{where}: no {key!r} (has {', '.join(sorted(record)) or 'no keys'})")
-            value = record[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TflmError(f"{where}: {key!r} must be a number, got {value!r}")
-        records.append(record)
-    if not records:
+    try:
+        numbered = json_objects(text)
+    except BadLine as bad:
+        shown = f": {bad.line.strip()[:60]!r}" if bad.reason.startswith("not valid JSON") else ""
+        raise TflmError(f"{path}:{bad.number}: {bad.reason}{shown}") from None
+    if not numbered:
         raise TflmError(f"{path}: no evaluations yet (the file is empty)")
-    return records
+    return numbered
+
+
+def check_numbers(where, record, keys):
+    """Raise a TflmError naming `where` unless `record` holds a number under every key in `keys`."""
+    for key in keys:
+        if key not in record:
+            raise TflmError(f"{where}: no {key!r} (has {', '.join(sorted(record)) or 'no keys'})")
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TflmError(f"{where}: {key!r} must be a number, got {value!r}")
 
 
 def run_names(runs):
@@ -151,22 +166,53 @@ def load_runs(runs, metrics=("accuracy",), x="step", names=None):
     names = list(names) if names is not None else run_names(runs)
     if len(names) != len(runs):
         raise TflmError(f"{len(names)} names for {len(runs)} runs; give one name per run")
-    keys = (X_AXES[x][0],) + tuple(k for m in metrics for k in (METRICS[m].train_key, METRICS[m].val_key))
-    return [Run(name, find_history(run), load_history(run, keys)) for run, name in zip(runs, names)]
+    paths = [find_history(run) for run in runs]
+    numbered = [read_records(path) for path in paths]
+    loaded = [Run(name, path, [record for _, record in lines]) for name, path, lines in zip(names, paths, numbered)]
+    specs = [metric_spec(metric, loaded) for metric in metrics]
+    for run, lines in zip(loaded, numbered):
+        keys = (X_AXES[x][0],) + tuple(key for spec in specs for _, key in spec.parts(run.records))
+        for number, record in lines:
+            check_numbers(f"{run.path}:{number}", record, keys)
+    return loaded
 
 
 def check_choice(what, value, choices):
+    """Raise a TflmError naming `choices` unless `value` is one of them."""
     if value not in choices:
-        raise TflmError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+        raise TflmError(f"{what} must be one of {', '.join(choices) or 'none'}, got {value!r}")
 
 
 def check_metrics(metrics):
+    """`metrics` (a name or names) as a tuple of at least one name."""
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     if not metrics:
         raise TflmError("give at least one metric")
-    for metric in metrics:
-        check_choice("metric", metric, METRICS)
     return metrics
+
+
+def available_metrics(runs):
+    """The metrics every run's history holds: those of METRICS whose keys it has, then each other
+    numeric key (less its "val_"), except the x axes."""
+    x_keys = {key for key, _ in X_AXES.values()}
+
+    def names(records):
+        keys = {key[4:] if key.startswith("val_") else key for key, value in records[0].items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)}
+        return {name for name, spec in METRICS.items() if spec.parts(records)} | (keys - x_keys)
+
+    common = set.intersection(*(names(run.records) for run in runs))
+    return [name for name in METRICS if name in common] + sorted(common - set(METRICS))
+
+
+def metric_spec(metric, runs):
+    """How to draw `metric` for `runs`: its METRICS entry, or the history keys METRIC and val_METRIC.
+    A TflmError naming the metrics every run's history holds if it is not one of them."""
+    choices = available_metrics(runs)
+    if metric not in choices:
+        holder = "the run's history holds" if len(runs) == 1 else "the history of every run given holds"
+        raise TflmError(f"metric must be one of {', '.join(choices) or 'none'} (what {holder}), got {metric!r}")
+    return METRICS.get(metric) or Metric(metric, metric, f"val_{metric}")
 
 
 class TickFormatter(EngFormatter):
@@ -197,7 +243,7 @@ MAX_LISTED_STEPS = 5  # steps named in a warning about non-finite values
 def non_finite_warnings(run, spec):
     """One line per history key of `spec` that holds NaN or infinite values in `run`, naming the steps."""
     lines = []
-    for key in (spec.train_key, spec.val_key):
+    for _, key in spec.parts(run.records):
         bad = [r.get("step", "?") for r in run.records if not math.isfinite(r[key])]
         if bad:
             listed = ", ".join(str(step) for step in bad[:MAX_LISTED_STEPS])
@@ -210,12 +256,13 @@ def non_finite_warnings(run, spec):
 def draw_metric(ax, runs, metric, x="step"):
     """Draw `metric` of every run on `ax`: colour C0, C1, ... per run; train dashed, validation solid.
     A NaN or infinite value is a gap in its curve; returns a warning line per history key that has one."""
-    spec, (x_key, x_label) = METRICS[metric], X_AXES[x]
+    spec, (x_key, x_label) = metric_spec(metric, runs), X_AXES[x]
     warnings = []
     for i, run in enumerate(runs):
         xs = [r[x_key] for r in run.records]
         warnings += non_finite_warnings(run, spec)
-        for part, style in (("train", "--"), ("validation", "-")):
+        for part, _ in spec.parts(run.records):
+            style = "--" if part == "train" else "-"
             ax.plot(xs, spec.values(run.records, part), linestyle=style, color=f"C{i}", marker="o",
                     markersize=3, linewidth=1.6 if part == "validation" else 1.2,
                     alpha=1.0 if part == "validation" else 0.8, label=f"{run.name} {part}")

@@ -1,14 +1,14 @@
 """The run directory: a ledger of one training run that no code path silently destroys.
 
     RUN_DIR/config.yaml      the resolved config this run trains with
-    RUN_DIR/vocab.json       the tokenizer (and any model file it names: tflm.tokenizer)
-    RUN_DIR/store/           the token store, unless data.store names a shared one (tflm.store)
+    RUN_DIR/vocab.json       the tokenizer (and any model file it names: tflm.data.tokenizers)
+    RUN_DIR/store/           the token store, unless data.store names a shared one (tflm.data.store)
     RUN_DIR/checkpoints/     tf.train.CheckpointManager files (model, optimizer, step)
     RUN_DIR/history.jsonl    one JSON object per evaluation
-    RUN_DIR/labels.json      a classifier's label names, in id order (tflm.labelled)
-    RUN_DIR/init_from.json   the run it started from, if any (tflm.init_from)
+    RUN_DIR/labels.json      a classifier's label names, in id order (tflm.data.labelled)
+    RUN_DIR/init_from.json   the run it started from, if any (tflm.runs.init_from)
     RUN_DIR/tensorboard/     event files
-    RUN_DIR/lock             held by the trainer writing here (tflm.run_lock)
+    RUN_DIR/lock             held by the trainer writing here (tflm.runs.lock)
 
 A new run directory appears whole or not at all: it is reserved before anything is prepared for
 it (PARENT/.tflm-new-NAME, made exclusively, this process's lock inside: a second trainer stops
@@ -17,7 +17,7 @@ whose trainer is gone is swept by the next start. Only the chief writes here, an
 holds the lock: it checks the lock before every history record and checkpoint, and if someone
 deleted it, takes it again, or stops (exit 2) if another trainer has taken it meanwhile.
 An existing directory is resumed, never restarted: its damaged parts are reported or repaired
-(tflm.checkpoint for checkpoints, `repair_history` here), and starting over takes `--restart`,
+(tflm.runs.checkpoint for checkpoints, `repair_history` here), and starting over takes `--restart`,
 which moves the old directory aside rather than deleting it.
 """
 
@@ -38,12 +38,10 @@ from tflm import atomic
 from tflm.atomic import write_text
 from tflm.config import Config, dump, read_yaml
 from tflm.errors import TflmError
-from tflm.runs.lock import LOCK_FILE, OWNER, acquire_lock, check_if_held, create_exclusively, forget, lock_path, moving, process_alive, read_lock, release, remove_lock
+from tflm.jsonl import BadLine, json_object
+from tflm.runs.lock import (LOCK_FILE, OWNER, acquire_lock, check_if_held, create_exclusively, forget, lock_path,
+                             moving, process_alive, read_lock, release, remove_lock)
 
-HISTORY_KEYS = ("step", "tokens_seen", "elapsed_s", "loss", "accuracy", "val_loss", "val_accuracy",
-                "val_perplexity", "bits_per_byte", "val_bits_per_byte", "tokens_per_sec")
-CLASSIFY_HISTORY_KEYS = ("step", "examples_seen", "elapsed_s", "loss", "accuracy", "macro_f1", "val_loss",
-                         "val_accuracy", "val_macro_f1", "val_confusion", "examples_per_sec")
 RESERVATION_PREFIX = ".tflm-new-"
 
 
@@ -318,11 +316,12 @@ def _parse_history(path):
 
 
 def _parse_record(path, number, line):
+    """The history record on line `number`; a TflmError unless it is a JSON object with an integer 'step'."""
     try:
-        record = json.loads(line)
-    except ValueError:
-        record = None
-    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        record = json_object(line)
+    except BadLine:
+        record = {}
+    if not isinstance(record.get("step"), int):
         raise TflmError(f"{path}:{number}: not a history record (a JSON object with a 'step'); "
                         "fix or remove that line")
     return record
@@ -346,12 +345,11 @@ def repair_history(run_dir, last_step):
 
 
 def append_history(run_dir, record):
-    """Append one evaluation record, flushed to disk; a TflmError if this process lost its lock
-    or the disk is full."""
+    """Append one evaluation record (every key the task reports), flushed to disk; a TflmError if
+    this process lost its lock or the disk is full."""
     check_still_locked(run_dir)
-    keys = CLASSIFY_HISTORY_KEYS if "examples_seen" in record else HISTORY_KEYS
     try:
-        atomic.append_line(history_path(run_dir), json.dumps({k: record[k] for k in keys}))
+        atomic.append_line(history_path(run_dir), json.dumps(record))
     except OSError as error:  # a full disk; a partial line is repaired on resume
         raise TflmError(f"cannot write {history_path(run_dir)}: {error.strerror}; the checkpoints are kept: "
                         "free some space and resume") from None

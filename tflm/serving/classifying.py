@@ -1,18 +1,13 @@
-"""`python -m tflm.classify`: the labels a trained classifier (task.type: classify) gives texts.
-
-    python -m tflm.classify --run-dir runs/classifier "some text" "another text"
-    python -m tflm.classify --run-dir runs/classifier --file texts.txt --json     (one text per line; '-' = stdin)
+"""The labels a trained classifier (task.type: classify) gives texts (`python -m tflm.classify`).
 
 Each text is cut to its first data.seq_len tokens, as in training. The exported `classify`
 signature runs the same function (`classify_strings`), so Python and TF Serving agree.
 """
 
-
-from tflm.errors import TflmError
-from tflm.serving.loading import MAX_BATCH_SIZE
-from tflm.serving.inputs import check_strings
-from tflm.lazy import tf
 from tflm.data.tokenizers import PAD_ID
+from tflm.lazy import tf
+from tflm.serving.inputs import check_strings
+from tflm.serving.loading import MAX_BATCH_SIZE, check_serves
 
 
 def classify_strings(loaded, texts):
@@ -37,9 +32,7 @@ def classify_function(loaded):
 def classify_texts(loaded, texts):
     """Classify any number of texts, MAX_BATCH_SIZE at a time: [{text, label, label_id,
     probabilities: {label: p}}], in order."""
-    if not loaded.is_classifier:
-        raise TflmError(f"{loaded.run_dir} is a language model (task.type: lm), not a classifier; "
-                        "use tflm.score or tflm.generate")
+    check_serves(loaded, "classify")
     texts = check_strings(texts, "texts")
     classifier = classify_function(loaded)
     results = []

@@ -1,12 +1,14 @@
-"""`python -m tflm.generate`: sample a continuation of prompts from a trained run.
+"""Sampling continuations of prompts from a trained run: the library half of `python -m tflm.generate`
+(tflm/generate.py) and of the exported `generate` signature.
 
-Decoding goes through the model's decoding interface (tflm.models), so the sampler never asks which
-model it has. The prompts go through the model in one `call_with_cache` call (a batched prefill:
-each row keeps its own positions, so prompts of different lengths need no token-by-token start),
-then each new token costs one single-token step on the model's cache (the Transformer's keys and
-values, the LSTM's recurrent state), not a re-run over the prefix. The loop is one `tf.function`:
-XLA-compiled in Python, and traced without XLA into the exported `generate` signature, which is
-what TF Serving runs. A row's greedy completion does not depend on the rest of its batch.
+Decoding goes through the model's decoding interface (tflm/models/build.py), so the sampler never
+asks which model it has. The prompts go through the model in one `call_with_cache` call (a batched
+prefill: each row keeps its own positions, so prompts of different lengths need no token-by-token
+start), then each new token costs one single-token step on the model's cache (the Transformer's
+keys and values, the LSTM's recurrent state), not a re-run over the prefix. The loop is one
+`tf.function`: XLA-compiled in Python, and traced without XLA into the exported `generate`
+signature, which is what TF Serving runs. A row's greedy completion does not depend on the rest of
+its batch.
 
 Prompts keep their last `data.seq_len` tokens; an empty prompt starts from a single padding id.
 `model.context` alone decides whether the window slides: when a row of a model with a context (the
@@ -35,11 +37,11 @@ import math
 import numbers
 import random
 
-from tflm.errors import TflmError
-from tflm.serving.loading import check_language_model
-from tflm.serving.inputs import check_strings
-from tflm.lazy import LazyModule, tf
 from tflm.data.tokenizers import PAD_ID
+from tflm.errors import TflmError
+from tflm.lazy import LazyModule, tf
+from tflm.serving.inputs import check_strings
+from tflm.serving.loading import check_serves
 
 # Imported when decoding starts (they load TensorFlow and Keras):
 randomness = LazyModule("tflm.models.randomness")
@@ -141,6 +143,7 @@ class CachedSteps:
         self.model = model
 
     def initial_state(self, batch):
+        """The model's empty decoding cache for `batch` rows."""
         return self.model.initial_cache(batch)
 
     def feed(self, tokens, index, lengths, cache):
@@ -309,7 +312,7 @@ def generate_ids(loaded, prompts, max_new_tokens=100, temperature=1.0, top_k=0, 
     benchmark's baseline); XLA (`jit_compile`, default: when cached) needs the cached loop's
     fixed shapes.
     """
-    check_language_model(loaded)
+    check_serves(loaded, "generate")
     prompts = check_strings(prompts, "prompts")
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     check_strings([stop], "stop")

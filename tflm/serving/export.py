@@ -1,8 +1,9 @@
-"""`python -m tflm.export`: write a run as a SavedModel that stock TF Serving loads.
+"""Writing a run as a SavedModel that stock TF Serving loads (`python -m tflm.export` parses its
+arguments and calls `export_run`):
 
     saved_models/NAME/VERSION/saved_model.pb, variables/      the graph and weights
     saved_models/NAME/VERSION/assets.extra/tflm_export.json   what the export is (model, tokenizer,
-                                                              signatures, non-core ops)
+                                                              signatures, limits, non-core ops)
     saved_models/NAME/VERSION/assets.extra/tf_serving_warmup_requests
 
 VERSION is the next integer. Locally the version is written into a hidden directory beside it
@@ -12,21 +13,15 @@ A `--base` on another filesystem (gs://, hdfs://, ...: object stores cannot rena
 gets the version written locally first, then copied in with saved_model.pb last: the poller
 loads a version only once its saved_model.pb exists.
 
-Signatures (named inputs -> named outputs); the tokenizer is in the graph, so REST takes text:
-    serving_default: token_ids int32 [batch, time] -> logits float32 [batch, vocab]
-    score:    texts string [batch] -> log_prob, mean_nll, perplexity, bits_per_byte float32 [batch],
-              num_tokens int32
-    generate: prompts string [batch], max_new_tokens, temperature, top_k, seed (scalars), and
-              optionally top_p (default 1.0) and stop (default "") -> completions string [batch]
-A classifier's export (task.type: classify) has instead:
-    classify (and serving_default, the same): texts string [batch] -> labels string [batch],
-              label_ids int32 [batch], probabilities float32 [batch, classes]
-Optional inputs are SignatureDef defaults, which TF Serving fills in when a request leaves them
-out, so requests written before they existed stay valid. TensorFlow's Python loader ignores
-SignatureDef defaults: `tf.saved_model.load(d).signatures["generate"]` needs every input, while
-the exported object's `generate` attribute (`tf.saved_model.load(d).generate(...)`, a tf.function
-with the same defaults) takes the older calls too. The signatures trace the same functions
-`tflm.score` and `tflm.generate` run in Python, without XLA: a jit-compiled function in a
+The signatures are those the run's task names (`task.signatures`), each derived from the
+description of its kind in tflm.serving.signatures (inputs, defaults, outputs, limits, warmup
+request); the tokenizer is in the graph, so REST takes text. Optional inputs are SignatureDef
+defaults, which TF Serving fills in when a request leaves them out, so requests written before
+they existed stay valid. TensorFlow's Python loader ignores SignatureDef defaults:
+`tf.saved_model.load(d).signatures["generate"]` needs every input, while the exported object's
+`generate` attribute (`tf.saved_model.load(d).generate(...)`, a tf.function with the same
+defaults) takes the older calls too. The signatures trace the functions tflm's Python API runs
+(tflm.serving.scoring, decoding, classifying), without XLA: a jit-compiled function in a
 SavedModel needs an XLA-enabled TF Serving build, and each request shape would compile anew. A
 request over the limits (`Limits`: texts, prompts or rows per request; characters of all its texts
 or prompts, token ids of all its rows, characters of the stop string), text that is not valid
@@ -40,8 +35,8 @@ names them and the TF Serving release known to carry them); an export that needs
 fails with a TflmError naming them, and nothing is published.
 """
 
-import dataclasses
 import datetime
+import inspect
 import os
 import re
 import shutil
@@ -49,129 +44,50 @@ import tempfile
 
 from tflm import atomic
 from tflm.atomic import staging_dir, write_json
+from tflm.data.tokenizers import OOV_ID, PAD_ID, TF_SERVING_RELEASE
 from tflm.errors import TflmError
-from tflm.serving.decoding import MAX_NEW_TOKENS, MAX_SEED, generate_strings
-from tflm.serving.loading import MAX_BATCH_SIZE, MAX_REQUEST_CHARS, load_run
-from tflm.serving.reading import next_token_logits
-from tflm.serving.classifying import classify_strings
 from tflm.lazy import keras, tf
-from tflm.serving.scoring import default_stride, score_strings
-from tflm.serving.warmup import WARMUP_FILE, graph_ops, non_core_ops, warmup_inputs, write_warmup_requests
-from tflm.data.tokenizers import INT32_MAX, OOV_ID, PAD_ID, TF_SERVING_RELEASE
-
-
-def signature_inputs(classifier=False):
-    """{signature: its input TensorSpecs} (built on use: importing this module loads no TensorFlow)."""
-    if classifier:
-        texts = [tf.TensorSpec([None], tf.string, name="texts")]
-        return {"classify": texts, "serving_default": texts}
-    return {
-        "serving_default": [tf.TensorSpec([None, None], tf.int32, name="token_ids")],
-        "score": [tf.TensorSpec([None], tf.string, name="texts")],
-        "generate": [tf.TensorSpec([None], tf.string, name="prompts"),
-                     tf.TensorSpec([], tf.int32, name="max_new_tokens"),
-                     tf.TensorSpec([], tf.float32, name="temperature"),
-                     tf.TensorSpec([], tf.int32, name="top_k"),
-                     tf.TensorSpec([], tf.int32, name="seed"),
-                     tf.TensorSpec([], tf.float32, name="top_p"),
-                     tf.TensorSpec([], tf.string, name="stop")],
-    }
-
-
-DEFAULTS = {"generate": {"top_p": 1.0, "stop": ""}}  # inputs a request may leave out
-# How a generate request reads (REST, columnar form); in tflm_export.json too.
-GENERATE_REQUEST = {"signature_name": "generate",
-                    "inputs": {"prompts": ["def "], "max_new_tokens": 80, "temperature": 0.8, "top_k": 20,
-                               "seed": 1, "top_p": 0.95, "stop": "\n\n"}}
-OUTPUTS = {
-    "serving_default": {"logits": ("float32", [None, None])},
-    "score": {"log_prob": ("float32", [None]), "mean_nll": ("float32", [None]),
-              "perplexity": ("float32", [None]), "bits_per_byte": ("float32", [None]),
-              "num_tokens": ("int32", [None])},
-    "generate": {"completions": ("string", [None])},
-}
-CLASSIFY_OUTPUTS = {"labels": ("string", [None]), "label_ids": ("int32", [None]),
-                    "probabilities": ("float32", [None, None])}
-CLASSIFIER_OUTPUTS = {"classify": CLASSIFY_OUTPUTS, "serving_default": CLASSIFY_OUTPUTS}
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one request to an exported signature may hold; a request costs in proportion to its
-    characters (README: Export for TF Serving), so they are counted per request."""
-
-    max_batch_size: int = MAX_BATCH_SIZE  # texts, prompts or token_ids rows
-    max_request_chars: int = MAX_REQUEST_CHARS  # characters of all texts or prompts, token ids of all rows
-
-    def __post_init__(self):
-        for name, value in dataclasses.asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT32_MAX:
-                raise TflmError(f"{name} must be an integer from 1 to {INT32_MAX}, got {value!r}")
+from tflm.serving.loading import MAX_BATCH_SIZE, MAX_REQUEST_CHARS, load_run
+from tflm.serving.scoring import default_stride
+from tflm.serving.signatures import KINDS, Limits, signature_kinds
+from tflm.serving.warmup import WARMUP_FILE, graph_ops, non_core_ops, warmup_requests, write_warmup_requests
 
 
 def signature_functions(loaded, stride, limits=Limits()):
-    """{signature name: python function} over the loaded run; argument names are input names."""
-    if loaded.is_classifier:
-        def classify(texts):
-            return classify_strings(loaded, checked(texts, text_checks(texts, "texts", limits)))
-
-        return {"classify": classify, "serving_default": classify}
-    vocabulary_size = loaded.tokenizer.vocabulary_size
-
-    def serving_default(token_ids):
-        token_ids = checked(token_ids, [
-            tf.debugging.assert_less_equal(tf.shape(token_ids)[0], limits.max_batch_size,
-                                           message=f"at most {limits.max_batch_size} rows of token_ids per request"),
-            tf.debugging.assert_less_equal(tf.size(token_ids, tf.int64),
-                                           tf.constant(limits.max_request_chars, tf.int64),
-                                           message=f"at most {limits.max_request_chars} token_ids per request"),
-            tf.debugging.assert_non_negative(token_ids, message="token_ids must be >= 0"),
-            tf.debugging.assert_less(token_ids, vocabulary_size,
-                                     message=f"token_ids must be < the vocabulary size, {vocabulary_size}"),
-        ])
-        return {"logits": next_token_logits(loaded, token_ids)}
-
-    def score(texts):
-        return score_strings(loaded, checked(texts, text_checks(texts, "texts", limits)), stride)
-
-    def generate(prompts, max_new_tokens, temperature, top_k, seed,
-                 top_p=tf.constant(DEFAULTS["generate"]["top_p"]), stop=tf.constant(DEFAULTS["generate"]["stop"])):
-        prompts = checked(prompts, text_checks(prompts, "prompts", limits) + [
-            tf.debugging.assert_greater(max_new_tokens, 0, message="max_new_tokens must be at least 1"),
-            tf.debugging.assert_less_equal(max_new_tokens, MAX_NEW_TOKENS,
-                                           message=f"max_new_tokens must be at most {MAX_NEW_TOKENS}"),
-            tf.debugging.assert_non_negative(temperature, message="temperature must be >= 0 (0 = greedy)"),
-            tf.debugging.assert_less(temperature, float("inf"), message="temperature must be finite"),
-            tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = no limit)"),
-            tf.debugging.assert_non_negative(seed, message=f"seed must be from 0 to {MAX_SEED}"),
-            tf.debugging.assert_greater(top_p, 0.0, message="top_p must be in (0, 1] (1 = no limit)"),
-            tf.debugging.assert_less_equal(top_p, 1.0, message="top_p must be in (0, 1] (1 = no limit)"),
-            tf.debugging.assert_less_equal(tf.strings.length(stop, unit="UTF8_CHAR"), limits.max_request_chars,
-                                           message=f"stop may have at most {limits.max_request_chars} characters"),
-            tf.debugging.assert_equal(is_utf8(stop), True, message="stop must be valid UTF-8"),
-        ])
-        return {"completions": generate_strings(loaded, prompts, max_new_tokens, temperature, top_k, top_p,
-                                                seed, stop)}
-
-    return {"serving_default": serving_default, "score": score, "generate": generate}
+    """{signature name: python function} over the loaded run, one per signature its task exports."""
+    return {name: exported_function(name, kind, loaded, stride, limits)
+            for name, kind in signature_kinds(loaded).items()}
 
 
-def text_checks(texts, name, limits):
-    """Assertions that the 1-D string tensor `texts` is within `limits` and valid UTF-8."""
-    characters = tf.reduce_sum(tf.cast(tf.strings.length(texts, unit="UTF8_CHAR"), tf.int64))
-    return [
-        tf.debugging.assert_less_equal(tf.size(texts), limits.max_batch_size,
-                                       message=f"at most {limits.max_batch_size} {name} per request"),
-        tf.debugging.assert_less_equal(characters, tf.constant(limits.max_request_chars, tf.int64),
-                                       message=f"at most {limits.max_request_chars} characters of {name} per request"),
-        # As tflm's command line and Python API refuse it, rather than decode it with replacement.
-        tf.debugging.assert_equal(tf.reduce_all(is_utf8(texts)), True, message=f"{name} must be valid UTF-8"),
-    ]
+def exported_function(name, kind, loaded, stride, limits):
+    """The function a signature of `kind` serves: arguments named after its inputs, optional ones
+    defaulting to constants (which the SavedModel keeps as SignatureDef defaults), each input
+    available only once every check of the request has passed."""
+    signature = call_signature(kind)
+
+    def function(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        checks = kind.checks(loaded, bound.arguments, limits)
+        return kind.serve(loaded, {k: checked(v, checks) for k, v in bound.arguments.items()}, stride)
+
+    function.__name__ = name
+    function.__signature__ = signature  # what tf.function reads the argument names and defaults from
+    return function
 
 
-def is_utf8(texts):
-    """Whether each string of `texts` is valid UTF-8 (transcoding it replaces nothing)."""
-    return tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace") == texts
+def call_signature(kind):
+    """The Python signature of a function taking the inputs of `kind`."""
+    parameter = inspect.Parameter
+    return inspect.Signature([
+        parameter(i.name, parameter.POSITIONAL_OR_KEYWORD,
+                  default=parameter.empty if i.default is None else tf.constant(i.default, i.dtype))
+        for i in kind.inputs])
+
+
+def input_specs(kind):
+    """The TensorSpecs of the inputs of `kind` (the signature's input_signature)."""
+    return [tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in kind.inputs]
 
 
 def checked(value, checks):
@@ -187,50 +103,49 @@ def write_saved_model(loaded, path, stride, limits=Limits()):
     archive.track(loaded.model)
     for trackable in loaded.tokenizer.trackables:  # lookup tables, a SentencePiece model
         archive.track(trackable)
-    inputs = signature_inputs(loaded.is_classifier)
+    kinds = signature_kinds(loaded)
     for name, function in signature_functions(loaded, stride, limits).items():
-        archive.add_endpoint(name, tf.function(function), input_signature=inputs[name])
+        archive.add_endpoint(name, tf.function(function), input_signature=input_specs(kinds[name]))
     archive.write_out(path, verbose=False)
 
 
 def describe(loaded, stride, ops, limits=Limits()):
     """The contents of assets.extra/tflm_export.json."""
-    def spec(dtype, shape):
-        return {"dtype": dtype, "shape": shape}
-
-    outputs = CLASSIFIER_OUTPUTS if loaded.is_classifier else OUTPUTS
-    described = {
+    kinds = signature_kinds(loaded)
+    return {
         "format": "tflm-export/1",
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run_dir": loaded.run_dir,
         "checkpoint": os.path.basename(loaded.checkpoint),
-        "model": {"type": loaded.model_type, "context": loaded.context,
+        "model": {"type": loaded.config.model.type, "context": loaded.context,
                   "vocabulary_size": loaded.tokenizer.vocabulary_size, **loaded.config.to_dict()["model"]},
         "tokenizer": describe_tokenizer(loaded.tokenizer),
-        "signatures": {
-            name: {"inputs": {s.name: spec(s.dtype.name, s.shape.as_list()) for s in inputs},
-                   "defaults": DEFAULTS.get(name, {}),  # inputs a request may leave out
-                   "outputs": {k: spec(*v) for k, v in outputs[name].items()}}
-            for name, inputs in signature_inputs(loaded.is_classifier).items()
-        },
-        "score": {"stride": stride},
-        "generate": {"max_new_tokens_cap": MAX_NEW_TOKENS, "greedy_when_temperature": 0,
-                     "request": GENERATE_REQUEST},
-        "limits": described_limits(loaded.tokenizer.vocabulary_size, limits),
+        "signatures": {name: describe_signature(kind) for name, kind in kinds.items()},
+        **kind_sections(loaded, stride),
+        "limits": {name: kind.limits(loaded, limits) for name, kind in kinds.items()},  # beyond: INVALID_ARGUMENT
         "ops": ops,
         "non_core_ops": non_core_ops(ops),
         "allowed_non_core_ops": list(loaded.tokenizer.non_core_ops),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
-    if loaded.is_classifier:
-        for key in ("score", "generate"):
-            del described[key]
-        described["classify"] = {"labels": list(loaded.labels), "max_tokens": loaded.context,
-                                 "pooling": loaded.config.task.pooling}
-        described["limits"] = {name: {"max_texts": limits.max_batch_size,
-                                      "max_chars_per_request": limits.max_request_chars}
-                               for name in CLASSIFIER_OUTPUTS}
-    return described
+
+
+def describe_signature(kind):
+    """A signature's entry in tflm_export.json: its inputs, the defaults of those a request may
+    leave out, and its outputs."""
+    def spec(dtype, shape):
+        return {"dtype": dtype, "shape": list(shape)}
+
+    return {"inputs": {i.name: spec(i.dtype, i.shape) for i in kind.inputs},
+            "defaults": {i.name: i.default for i in kind.inputs if i.default is not None},
+            "outputs": {name: spec(*output) for name, output in kind.outputs.items()}}
+
+
+def kind_sections(loaded, stride):
+    """The entries of tflm_export.json named after the kinds of the run's signatures, once per kind
+    (e.g. "generate": its max_new_tokens cap and an example request)."""
+    kinds = dict.fromkeys(loaded.task.signatures.values())  # distinct, in order
+    return {kind: KINDS[kind].section(loaded, stride) for kind in kinds if KINDS[kind].section}
 
 
 def describe_tokenizer(tokenizer):
@@ -241,23 +156,7 @@ def describe_tokenizer(tokenizer):
     if tokenizer.non_core_ops:
         described["tf_serving"] = (f"tensorflow-text ops: stock TF Serving {TF_SERVING_RELEASE} or later "
                                    "bundles them (see the README)")
-    if tokenizer.kind == "char":
-        described["characters"] = tokenizer.characters
-    return described
-
-
-def described_limits(vocabulary_size, limits):
-    """What one request to each signature may hold (larger ones fail with INVALID_ARGUMENT)."""
-    return {
-        "serving_default": {"max_rows": limits.max_batch_size, "max_token_ids_per_request": limits.max_request_chars,
-                            "token_ids": [0, vocabulary_size - 1]},
-        "score": {"max_texts": limits.max_batch_size, "max_chars_per_request": limits.max_request_chars,
-                  "texts": "valid UTF-8"},
-        "generate": {"max_prompts": limits.max_batch_size, "max_chars_per_request": limits.max_request_chars,
-                     "prompts": "valid UTF-8", "max_new_tokens": [1, MAX_NEW_TOKENS], "temperature": ">= 0, finite",
-                     "top_k": ">= 0", "top_p": "> 0, <= 1", "seed": [0, MAX_SEED],
-                     "stop": f"valid UTF-8, at most {limits.max_request_chars} characters"},
-    }
+    return {**described, **tokenizer.export_fields()}
 
 
 def check_core_ops(ops, allowed):
@@ -333,7 +232,7 @@ def write_export(loaded, path, model_name, limits=Limits()):
     os.makedirs(extra)
     write_json(os.path.join(extra, "tflm_export.json"), describe(loaded, stride, ops, limits))
     write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name,
-                          warmup_inputs(loaded.tokenizer, loaded.is_classifier, limits.max_request_chars))
+                          warmup_requests(signature_kinds(loaded), loaded.tokenizer, limits.max_request_chars))
 
 
 def export_run(run_dir, base="saved_models", name=None, max_batch_size=MAX_BATCH_SIZE,

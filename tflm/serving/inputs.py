@@ -1,7 +1,10 @@
-"""TODO docstring."""
+"""The texts scoring, decoding and classifying are given, checked before any model runs: from the
+command line and a file or stdin (`read_texts`, one text per line), or from Python (`check_strings`:
+a list of valid UTF-8 strings, never a lone string taken for a list of characters).
+"""
 
-from __future__ import annotations  # LoadedRun's `keras.Model` annotation is not evaluated (tflm.lazy)
 import sys
+
 from tflm.errors import TflmError
 
 

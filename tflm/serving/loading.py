@@ -1,11 +1,12 @@
 """A trained run, loaded for inference: config, tokenizer and the model at its latest checkpoint.
 
-`tflm.score`, `tflm.generate` and `tflm.export` all start from `load_run`. Their TensorFlow
-functions take the model and tokenizer as arguments, so the code that scores or samples in Python
-is the code traced into the exported SavedModel.
+Scoring, decoding, classifying and the export (tflm.serving) all start from `load_run`. Their
+TensorFlow functions take the model and tokenizer as arguments, so the code that scores or
+samples in Python is the code traced into the exported SavedModel. The run's task (tflm.tasks)
+builds its model and says what the run serves.
 """
 
-from __future__ import annotations  # LoadedRun's `keras.Model` annotation is not evaluated (tflm.lazy)
+from __future__ import annotations  # LoadedRun's annotations are not evaluated (keras is tflm.lazy's)
 
 import dataclasses
 import os
@@ -14,13 +15,15 @@ import sys
 import numpy as np
 
 from tflm import atomic
-from tflm.runs import run_dir as runs
-from tflm.runs.checkpoint import checkpoint_dir, list_checkpoints
-from tflm.errors import TflmError
-from tflm.data.labelled import load_labels
-from tflm.lazy import keras, tf
+from tflm.config import Config
 from tflm.data.tokenizers import CharTokenizer
+from tflm.errors import TflmError
+from tflm.lazy import keras, tf
+from tflm.runs import run_dir as runs
+from tflm.runs.checkpoint import trained_checkpoints
 from tflm.runs.fingerprints import check_recorded_tokenizer
+from tflm.tasks import task_for
+from tflm.tasks.base import Task
 
 # Default limits of one request to an exported signature (`tflm.export --max-batch-size` and
 # `--max-request-chars` change them; listed in assets.extra/tflm_export.json); the Python API has
@@ -35,29 +38,22 @@ class LoadedRun:
     """A run ready for inference; `functions` caches traced tf.functions between calls."""
 
     run_dir: str
-    config: dict
+    config: Config
     tokenizer: CharTokenizer
     model: keras.Model
     checkpoint: str
-    labels: tuple = ()  # a classifier's label names, in id order (empty for a language model)
+    task: Task  # what the run learned (tflm.tasks): what it serves, its labels
     functions: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
-    def model_type(self):
-        """"transformer" or "lstm"."""
-        return self.config.model.type
-
-    @property
-    def is_classifier(self):
-        """Whether the run is a text classifier (task.type: classify)."""
-        return self.config.task.type == "classify"
+    def labels(self):
+        """A classifier's label names, in id order (empty for a language model)."""
+        return tuple(self.task.labels)
 
     @property
     def context(self):
-        """Tokens of context: the Transformer's position-embedding size, the LSTM's training window.
-
-        Prompts keep their last `context` tokens; the Transformer scores longer text in windows.
-        """
+        """Tokens of context: prompts keep their last `context` tokens, classified texts their
+        first, and a model with a bounded context (the Transformer) scores longer text in windows."""
         return self.config.data.seq_len
 
     def function(self, name, build):
@@ -71,44 +67,28 @@ def load_run(run_dir):
     """Load a run directory: its config, tokenizer, and model restored from the latest checkpoint."""
     if not atomic.exists(run_dir):
         raise TflmError(f"{run_dir}: no such run directory")
-    if not runs.is_run_dir(run_dir):
-        raise TflmError(f"{run_dir} is not a tflm run directory (no config.yaml and vocab.json)")
-    checkpoints = list_checkpoints(checkpoint_dir(run_dir))
-    if not checkpoints:
-        raise TflmError(f"{run_dir} has no checkpoint yet; train it first (python -m tflm.train --run-dir {run_dir})")
+    checkpoints = trained_checkpoints(run_dir)
     config = runs.read_config(run_dir)
     tokenizer = runs.load_tokenizer(run_dir)
     check_recorded_tokenizer(run_dir, config, tokenizer)
-    labels = load_labels(run_dir) if config.task.type == "classify" else ()
+    task = task_for(config)
+    task.load_for_inference(run_dir)
     # Inference runs in float32 whatever the run trained with: the variables are float32 either
     # way, and exact float32 logits make scores reproducible across Python and TF Serving.
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        model = build_inference_model(config, tokenizer.vocabulary_size, labels)
+        model = task.build_model(tokenizer.vocabulary_size)
     finally:
         keras.config.set_dtype_policy(policy)
     checkpoint = restore_newest_readable(model, checkpoints)
     check_finite(model, checkpoint)
-    return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint, labels)
+    return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint, task)
 
 
-def check_language_model(loaded):
-    """Raise a TflmError if `loaded` is a classifier: scoring and generating need a language model."""
-    if loaded.is_classifier:
-        raise TflmError(f"{loaded.run_dir} is a text classifier (task.type: classify), not a language model; "
-                        "use tflm.classify")
-
-
-def build_inference_model(config, vocabulary_size, labels):
-    """The run's model (a language model, or a classifier over `labels`) with fresh weights."""
-    if labels:
-        from tflm.models.classifier import build_classifier  # these define Keras classes: they load TensorFlow
-
-        return build_classifier(config, vocabulary_size, len(labels))
-    from tflm.models.build import build_model
-
-    return build_model(config.model, vocabulary_size, config.data.seq_len)
+def check_serves(loaded, what):
+    """Raise a TflmError unless `loaded` can do `what` ("score", "generate", "classify")."""
+    loaded.task.check_serves(what, loaded.run_dir)
 
 
 def restore_newest_readable(model, checkpoints):

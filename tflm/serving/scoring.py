@@ -1,4 +1,6 @@
-"""`python -m tflm.score`: the log-probability of texts under a trained run.
+"""Scoring texts under a trained run: log-probability, per-token NLL, perplexity, bits per byte.
+
+The library half of `python -m tflm.score` (tflm/score.py) and of the exported `score` signature:
 
     score(S) = sum over i >= 1 of log P(t_i | t_<i)
 
@@ -6,24 +8,25 @@ The first token has nothing to be conditioned on, so a text of n tokens scores n
 (`num_tokens`); an empty or one-character text scores log_prob 0, mean_nll 0, perplexity 1.
 `bits_per_byte` is -log_prob in bits over the UTF-8 bytes of those scored tokens: unlike the
 per-token figures, it compares models with different tokenizers.
-The LSTM reads each text in one pass. The Transformer sees at most `data.seq_len` tokens, so a
-longer text is scored in windows of seq_len that start every `stride` tokens: the first window
-scores all its tokens, each later one only the last `stride` (those no window scored yet), so
-every token is conditioned on at least seq_len - stride earlier tokens (all of them near the
-start). stride = seq_len is plain chunking; stride = 1 gives every token a full context.
+A model without a context (`model.context` None: the LSTM) reads each text in one pass, its cache
+carrying the past. A model with one (the Transformer: `data.seq_len`) sees at most `context`
+tokens, so a longer text is scored in windows of `context` that start every `stride` tokens: the
+first window scores all its tokens, each later one only the last `stride` (those no window scored
+yet), so every token is conditioned on at least context - stride earlier tokens (all of them near
+the start). stride = context is plain chunking; stride = 1 gives every token a full context.
 
-Cost is linear in the tokens sent: each text gets only the windows (or LSTM steps) it needs, the
-windows of all texts run together, CHUNK_TOKENS tokens per model call in a tf.while_loop, and
-their log-probs are summed back per text; memory holds one chunk, however long the texts.
+Cost is linear in the tokens sent: each text gets only the windows (or carried steps) it needs, the
+windows of all texts run together, CHUNK_TOKENS tokens per model call in a tf.while_loop, and their
+log-probs are summed back per text; memory holds one chunk, however long the texts.
 """
 
 import math
 
 from tflm.errors import TflmError
-from tflm.serving.reading import CHUNK_TOKENS, longest, tokens_at
-from tflm.serving.loading import MAX_BATCH_SIZE, check_language_model
-from tflm.serving.inputs import check_strings
 from tflm.lazy import tf
+from tflm.serving.inputs import check_strings
+from tflm.serving.loading import MAX_BATCH_SIZE, check_serves
+from tflm.serving.reading import CHUNK_TOKENS, longest, tokens_at
 
 
 SCORES = ("log_prob", "mean_nll", "perplexity", "bits_per_byte", "num_tokens")
@@ -43,36 +46,36 @@ def check_stride(stride, context):
     return stride
 
 
-def score_ids(model, ids, context, stride):
+def score_ids(model, ids, stride):
     """(log_prob [batch] float32, num_tokens [batch] int32) for ragged int32 `ids` [batch, None].
 
-    `context` None reads each row in one pass (LSTM); otherwise windows of at most `context`
-    tokens start every `stride` tokens (see the module docstring). Each row costs only its own
-    tokens, and the model sees about CHUNK_TOKENS tokens at a time, so memory stays bounded
-    however long the texts. Core TF ops only.
+    A model without a context reads each row in one pass, carrying its cache; otherwise windows of
+    at most `model.context` tokens start every `stride` tokens (see the module docstring). Each
+    row costs only its own tokens, and the model sees about CHUNK_TOKENS tokens at a time, so
+    memory stays bounded however long the texts. Core TF ops only.
     """
     lengths = tf.cast(ids.row_lengths(), tf.int32)
-    if context is None:
-        log_prob = lstm_log_probs(model, ids, lengths)
+    if model.context is None:
+        log_prob = carried_log_probs(model, ids, lengths)
     else:
-        log_prob = transformer_log_probs(model, ids, lengths, context, stride)
+        log_prob = windowed_log_probs(model, ids, lengths, model.context, stride)
     return tf.cast(log_prob, tf.float32), tf.maximum(lengths - 1, 0)
 
 
-def token_log_probs(model, tokens, states=None):
-    """log P(tokens[:, i + 1] | tokens[:, :i + 1]) [rows, time - 1], and the LSTM's states after
-    them when `states` (its carried states) is given."""
-    if states is None:
+def token_log_probs(model, tokens, cache=None, cache_index=0):
+    """log P(tokens[:, i + 1] | tokens[:, :i + 1]) [rows, time - 1], and the model's cache after
+    them when a `cache` is given (the rows' carried past, tokens going at `cache_index`...)."""
+    if cache is None:
         logits = model(tokens[:, :-1], training=False)
     else:
-        logits, states = model.call_with_cache(tokens[:, :-1], states)
+        logits, cache = model.call_with_cache(tokens[:, :-1], cache, cache_index)
     log_probs = -tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tokens[:, 1:],
                                                                 logits=tf.cast(logits, tf.float32))
-    return log_probs, states
+    return log_probs, cache
 
 
 def window_starts(lengths, window, stride):
-    """(row, start) [windows] of each Transformer window, row after row: a row of n >= 2 tokens
+    """(row, start) [windows] of each scoring window, row after row: a row of n >= 2 tokens
     gets 1 + ceil(max(0, n - 1 - window) / stride) windows starting every `stride`, others none."""
     counts = tf.where(lengths >= 2, 1 + (tf.maximum(0, lengths - 1 - window) + stride - 1) // stride, 0)
     rows = tf.repeat(tf.range(tf.size(lengths)), counts)
@@ -80,7 +83,7 @@ def window_starts(lengths, window, stride):
     return rows, (tf.range(tf.size(rows)) - first_of_row) * stride
 
 
-def transformer_log_probs(model, ids, lengths, context, stride):
+def windowed_log_probs(model, ids, lengths, context, stride):
     """Summed log-probs [batch] float64 over each row's own windows, run CHUNK_TOKENS at a time."""
     window = tf.clip_by_value(longest(lengths) - 1, 1, context)
     stride = tf.minimum(stride, window)
@@ -113,25 +116,25 @@ def sum_by_row(item_sums, rows, num_rows, chunk):
     return totals
 
 
-def lstm_log_probs(model, ids, lengths):
-    """Summed log-probs [batch] float64: the LSTM reads all rows in time chunks of about
-    CHUNK_TOKENS tokens, carrying each row's state; a chunk runs only rows with tokens left to score."""
+def carried_log_probs(model, ids, lengths):
+    """Summed log-probs [batch] float64 from a model without a context: it reads all rows in time
+    chunks of about CHUNK_TOKENS tokens, carrying each row's cache; a chunk runs only rows with
+    tokens left to score."""
     batch = tf.size(lengths)
     last_input = longest(lengths) - 1  # positions before it have a target
 
-    def body(begin, states, totals):
+    def body(begin, cache, totals):
         active = tf.cast(tf.where(lengths - 1 > begin)[:, 0], tf.int32)
         end = tf.minimum(begin + tf.maximum(1, CHUNK_TOKENS // tf.size(active)), last_input)
         tokens, inside = tokens_at(ids, active, tf.range(begin, end + 1)[None, :])
-        row_states = tf.transpose(tf.gather(states, active), [1, 2, 0, 3])  # [layers, 2, rows, units]
-        log_probs, row_states = token_log_probs(model, tokens, row_states)
-        states = tf.tensor_scatter_nd_update(states, active[:, None], tf.transpose(row_states, [2, 0, 1, 3]))
+        log_probs, row_cache = token_log_probs(model, tokens, model.cache_rows(cache, active), begin)
+        cache = model.with_cache_rows(cache, active, row_cache)
         sums = tf.cast(tf.reduce_sum(tf.where(inside[:, 1:], log_probs, 0.0), axis=1), tf.float64)
-        return end, states, tf.tensor_scatter_nd_add(totals, active[:, None], sums)
+        return end, cache, tf.tensor_scatter_nd_add(totals, active[:, None], sums)
 
-    states = tf.transpose(model.initial_cache(batch), [2, 0, 1, 3])  # [batch, layers, 2, units]
     _, _, totals = tf.while_loop(lambda begin, *_: begin < last_input, body,
-                                 (tf.constant(0), states, tf.zeros([batch], tf.float64)), parallel_iterations=1)
+                                 (tf.constant(0), model.initial_cache(batch), tf.zeros([batch], tf.float64)),
+                                 parallel_iterations=1)
     return totals
 
 
@@ -139,9 +142,8 @@ def score_strings(loaded, texts, stride):
     """{log_prob, mean_nll, perplexity, bits_per_byte, num_tokens} tensors for a 1-D string
     tensor `texts`. bits_per_byte: -log_prob in bits over the UTF-8 bytes the scored tokens (all
     but the first) decode to, so it compares runs with different tokenizers (0 with none scored)."""
-    context = loaded.context if loaded.model_type == "transformer" else None
     ids = loaded.tokenizer.tokenize(texts)
-    log_prob, num_tokens = score_ids(loaded.model, ids, context, stride)
+    log_prob, num_tokens = score_ids(loaded.model, ids, stride)
     mean_nll = 0.0 - log_prob / tf.cast(tf.maximum(num_tokens, 1), tf.float32)
     byte_lengths = tf.constant(loaded.tokenizer.byte_lengths(), tf.int32)
     target_bytes = tf.cast(tf.reduce_sum(tf.gather(byte_lengths, ids[:, 1:]), axis=1), tf.float32)
@@ -160,7 +162,7 @@ def score_function(loaded, stride):
 def score_texts(loaded, texts, stride=None):
     """Score any number of texts, MAX_BATCH_SIZE at a time: [{text, log_prob, mean_nll, perplexity,
     num_tokens}], in order."""
-    check_language_model(loaded)
+    check_serves(loaded, "score")
     texts = check_strings(texts, "texts")
     scorer = score_function(loaded, check_stride(stride, loaded.context))
     results = []

@@ -12,23 +12,25 @@ from tflm.lazy import tf
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
-def warmup_inputs(tokenizer, classifier=False, max_chars=8):
-    """{signature: {input name: numpy array}}: one small, valid request per signature (a
-    classifier's signatures, or a language model's) of at most `max_chars` characters or token ids
-    (TF Serving does not load a version whose warmup request fails)."""
+def warmup_requests(kinds, tokenizer, max_chars=8):
+    """{signature: {input name: numpy array}}: the warmup request of each signature's kind
+    (`kinds`: {signature name: tflm.serving.signatures.Kind}) on a short sample text of at most
+    `max_chars` characters or token ids (TF Serving does not load a version whose warmup request
+    fails)."""
     sample = tokenizer.detokenize(list(range(2, 10))).numpy().decode("utf-8")[:max_chars]  # 0, 1: pad, OOV
-    if classifier:
-        texts = {"texts": np.array([sample.encode("utf-8")], object)}
-        return {"classify": texts, "serving_default": texts}
-    ids = tokenizer.tokenize(sample).numpy()[:max_chars]
-    return {
-        "serving_default": {"token_ids": np.array([ids], np.int32)},
-        "score": {"texts": np.array([sample.encode("utf-8")], object)},
-        "generate": {"prompts": np.array([sample.encode("utf-8")], object),
-                     "max_new_tokens": np.array(8, np.int32), "temperature": np.array(0.0, np.float32),
-                     "top_k": np.array(0, np.int32), "seed": np.array(0, np.int32),
-                     "top_p": np.array(1.0, np.float32), "stop": np.array(b"", object)},
-    }
+    token_ids = tokenizer.tokenize(sample).numpy()[:max_chars].tolist()
+    requests = {}
+    for name, kind in kinds.items():
+        dtypes = {i.name: i.dtype for i in kind.inputs}
+        requests[name] = {k: as_array(v, dtypes[k]) for k, v in kind.warmup(sample, token_ids).items()}
+    return requests
+
+
+def as_array(value, dtype):
+    """`value` (a number, a str, or nested lists of them) as the numpy array of an input of `dtype`."""
+    if dtype == "string":  # TF's string tensors hold bytes
+        return np.vectorize(lambda text: text.encode("utf-8"), otypes=[object])(np.array(value, object))
+    return np.array(value, dtype)
 
 
 def write_warmup_requests(path, model_name, requests):

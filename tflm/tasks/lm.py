@@ -1,52 +1,99 @@
-"""TODO docstring."""
+"""The language-model task: next-token prediction on a token store.
 
-from tflm.data.pipeline import eval_dataset_fn, train_dataset_fn
-from tflm.data.tokenizers import load_tokenizer
+Loss: the next-token cross-entropy summed over the replica's tokens and divided by the global
+batch's token count, so that summing gradients over replicas gives the gradient of the
+global-batch mean. Metrics: loss (nats/token), accuracy, perplexity and bits per byte, from
+four sums per batch [loss, correct, tokens, UTF-8 bytes of the targets]. Bits per byte
+compares tokenizers: the summed loss in bits over the bytes those targets decode to.
+
+Data: the chief opens the run's token store (data.store, or RUN_DIR/store) or prepares it, and
+creates a new run directory once the data are known good; the other workers wait at a barrier.
+Its runs score, generate and serve next-token logits, and can start other runs (train.init_from).
+"""
 
 import math
-import tensorflow as tf
-from tflm.runs.init_from import RECORD_FILE
-from tflm.data.prepare import StoreExists
-from tflm.tasks import TaskParts
-from tflm.data.store import TokenStore
-from tflm.data.pipeline import check_fits
-from tflm.runs.fingerprints import check_recorded_tokenizer
-from tflm.data.prepare import check_store_matches
-from tflm.data.pipeline import eval_batches_per_pass
-from tflm.atomic import is_local
 import os
-from tflm.data.prepare import prepare_store
+
+from tflm.atomic import is_local
+from tflm.data.pipeline import check_fits, eval_batches_per_pass, eval_dataset_fn, train_dataset_fn
+from tflm.data.prepare import StoreExists, check_store_matches, prepare_store
+from tflm.data.store import TokenStore
+from tflm.data.tokenizers import load_tokenizer
+from tflm.lazy import tf
 from tflm.runs import run_dir as runs
+from tflm.runs.fingerprints import check_recorded_tokenizer
+from tflm.runs.init_from import RECORD_FILE
+from tflm.tasks.base import Task as BaseTask
 from tflm.training.strategy import wait_for_every_worker
 
 
-class TokenMetrics:
-    """Summed loss, correct predictions, tokens and UTF-8 bytes of the targets; from them loss
-    (nats/token), accuracy, perplexity and bits per byte.
+class Task(BaseTask):
+    """A language model on the token store."""
 
-    Bits per byte compares tokenizers: the loss summed over the targets, in bits, divided by the
-    UTF-8 bytes those targets decode to. Plain variables updated from values already reduced
-    over replicas (Keras metrics' cross-replica reduction is what fails under
-    MultiWorkerMirroredStrategy).
-    """
+    type = "lm"
+    unit = "tokens"
+    serves = ("score", "generate")
+    signatures = {"serving_default": "logits", "score": "score", "generate": "generate"}
+    makes_language_model = True
+    what_it_is = "a language model (task.type: lm), not a classifier; use tflm.score or tflm.generate"
+    metric_size = 4  # loss, correct, tokens, bytes
 
-    def __init__(self):
-        self.sums = tf.Variable(tf.zeros([4], tf.float64), trainable=False)  # loss, correct, tokens, bytes
+    def __init__(self, config):
+        super().__init__(config)
+        self.store = None
+        self.byte_lengths = None  # UTF-8 bytes each token id decodes to (the tokenizer's; None: one each)
 
-    def update(self, sums):
-        """Add one global batch's [loss sum, correct, tokens, bytes] (one tensor: one all-reduce)."""
-        self.sums.assign_add(tf.cast(sums, tf.float64))
+    def open_data(self, run_dir, worker, strategy, resuming, source):
+        """The token store (prepared if need be) and its tokenizer."""
+        self.store, self.tokenizer = open_data(self.config, run_dir, worker, strategy, resuming, source)
+        self.byte_lengths = self.tokenizer.byte_lengths()
 
-    def result(self):
+    @property
+    def units_per_step(self):
+        """Tokens in one global batch."""
+        return self.config.train.global_batch_size * self.config.data.seq_len
+
+    def datasets(self, step):
+        """Windows of the store: training ones from `step` on, and a fixed validation pass."""
+        store, seq_len, train = self.store, self.config.data.seq_len, self.config.train
+        batches = eval_batches_per_pass(store, seq_len, train.global_batch_size, train.eval_batches, train.eval_every)
+        return (train_dataset_fn(store, seq_len, train.global_batch_size, train.seed, step),
+                eval_dataset_fn(store, seq_len, train.global_batch_size, batches), batches)
+
+    def build_model(self, vocabulary_size, seed=0):
+        """The configured language model (tflm.models)."""
+        from tflm.models.build import build_model  # defines Keras classes: loads TensorFlow
+
+        return build_model(self.config.model, vocabulary_size, self.config.data.seq_len, seed)
+
+    def loss_and_sums(self, targets, logits):
+        """(summed cross-entropy / global-batch tokens, [loss sum, correct, tokens, target bytes])."""
+        loss_sum, correct = token_loss_and_accuracy(targets, logits)
+        byte_lengths = None if self.byte_lengths is None else tf.constant(self.byte_lengths, tf.int32)
+        return loss_sum / float(self.units_per_step), metric_sums(loss_sum, correct, targets, byte_lengths)
+
+    def summarize(self, sums):
         """Mean loss (nats/token), accuracy, perplexity and bits per byte."""
-        loss_sum, correct, tokens, target_bytes = (float(x) for x in self.sums.numpy())
-        loss = loss_sum / max(tokens, 1.0)
-        return {"loss": loss, "accuracy": correct / max(tokens, 1.0), "perplexity": math.exp(min(loss, 50.0)),
-                "bits_per_byte": loss_sum / math.log(2) / max(target_bytes, 1.0)}
+        return token_metrics(*(float(x) for x in sums))
 
-    def reset(self):
-        """Start a new period."""
-        self.sums.assign(tf.zeros([4], tf.float64))
+    def history_fields(self, train, val):
+        """Loss and accuracy of both splits, validation perplexity, and bits per byte of both."""
+        return {"loss": train["loss"], "accuracy": train["accuracy"], "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"], "val_perplexity": val["perplexity"],
+                "bits_per_byte": train["bits_per_byte"], "val_bits_per_byte": val["bits_per_byte"]}
+
+    def log_text(self, record):
+        """Loss, accuracy, perplexity and bits per byte as the progress line shows them."""
+        return (f"loss {record['loss']:.4f}  acc {record['accuracy']:.3f}  val_loss {record['val_loss']:.4f}  "
+                f"val_acc {record['val_accuracy']:.3f}  val_ppl {record['val_perplexity']:.2f}  "
+                f"val_bpb {record['val_bits_per_byte']:.3f}")
+
+
+def token_metrics(loss_sum, correct, tokens, target_bytes):
+    """{loss (nats/token), accuracy, perplexity, bits_per_byte} from a period's sums."""
+    loss = loss_sum / max(tokens, 1.0)
+    return {"loss": loss, "accuracy": correct / max(tokens, 1.0), "perplexity": math.exp(min(loss, 50.0)),
+            "bits_per_byte": loss_sum / math.log(2) / max(target_bytes, 1.0)}
 
 
 def token_loss_and_accuracy(targets, logits):
@@ -56,44 +103,26 @@ def token_loss_and_accuracy(targets, logits):
     return tf.reduce_sum(losses), tf.reduce_sum(correct)
 
 
-def metric_sums(loss_sum, correct, targets, byte_lengths):
-    """[loss sum, correct, tokens, UTF-8 bytes the targets decode to] of one batch."""
-    target_bytes = tf.reduce_sum(tf.cast(tf.gather(byte_lengths, targets), tf.float32))
-    return tf.stack([loss_sum, correct, tf.cast(tf.size(targets), tf.float32), target_bytes])
+def metric_sums(loss_sum, correct, targets, byte_lengths=None):
+    """[loss sum, correct, tokens, UTF-8 bytes the targets decode to] of one batch (without
+    `byte_lengths`, each token id's bytes, every token counts as one byte)."""
+    tokens = tf.cast(tf.size(targets), tf.float32)
+    target_bytes = tokens if byte_lengths is None else tf.reduce_sum(tf.cast(tf.gather(byte_lengths, targets),
+                                                                               tf.float32))
+    return tf.stack([loss_sum, correct, tokens, target_bytes])
 
 
-def lm_parts(config, run_dir, task, strategy, resuming, source):
-    """A language model on the token store."""
-    from tflm.models.build import build_model
-    from tflm.training.trainer import Trainer
-
-    seq_len, global_batch = config.data.seq_len, config.train.global_batch_size
-    store, tokenizer = open_data(config, run_dir, task, strategy, resuming, source)
-
-    def datasets(step):
-        batches = eval_batches_per_pass(store, seq_len, global_batch, config.train.eval_batches,
-                                        config.train.eval_every)
-        return (train_dataset_fn(store, seq_len, global_batch, config.train.seed, step),
-                eval_dataset_fn(store, seq_len, global_batch, batches), batches)
-
-    return TaskParts(
-        lambda: build_model(config.model, tokenizer.vocabulary_size, seq_len, config.train.seed),
-        lambda strategy, model, optimizer: Trainer(strategy, model, optimizer, config.train, seq_len,
-                                                   config.runtime.jit_compile, tokenizer.byte_lengths()),
-        datasets, global_batch * seq_len)
-
-
-def open_data(config, run_dir, task, strategy, resuming, source=None):
+def open_data(config, run_dir, worker, strategy, resuming, source=None):
     """(token store, tokenizer) of the run. The chief opens the store, or prepares it (no
     deadline: a large corpus takes long), and creates a new run directory once the data are
     known good; the other workers wait for it at a barrier without deadline, then open it."""
     path = config.data.store or os.path.join(run_dir, "store")
-    if task.is_chief:
+    if worker.is_chief:
         store = chief_store(config, run_dir, path, resuming, source)
         check_fits(store, config.data.seq_len, config.train.global_batch_size)
         if not resuming:
             create_run_dir(config, run_dir, store, path, {RECORD_FILE: source.record()} if source else None)
-    if task.num_workers > 1:
+    if worker.num_workers > 1:
         wait_for_every_worker(strategy)
     store = TokenStore.open(path)
     check_fits(store, config.data.seq_len, config.train.global_batch_size)
@@ -103,7 +132,7 @@ def open_data(config, run_dir, task, strategy, resuming, source=None):
 def chief_store(config, run_dir, path, resuming, source=None):
     """The store at `path`, checked against the config (and the run's tokenizer when resuming, or
     the source run's when starting from one), or a new one: prepared in place, or, for a new
-    run's own store, in the run directory's reservation (tflm.run_dir.reserve)."""
+    run's own store, in the run directory's reservation (tflm.runs.run_dir.reserve)."""
     run_tokenizer = runs.load_tokenizer(run_dir) if resuming else source.tokenizer() if source else None
     if resuming:
         check_recorded_tokenizer(run_dir, config, run_tokenizer)  # names the swapped files, unlike the store's check

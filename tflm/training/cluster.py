@@ -1,13 +1,16 @@
-"""TF_CONFIG for a cluster a scheduler started: under Slurm, built from the variables `srun` sets.
+"""This process's place in a cluster: the `Worker` that TF_CONFIG describes, and TF_CONFIG for a
+cluster a scheduler started.
 
-The rest of tflm learns its place in a cluster from TF_CONFIG (`tflm.strategy.current_task`). With
-`runtime.cluster=slurm`, `use_cluster` writes that TF_CONFIG first, from the job step `srun`
-started, with TensorFlow's own `SlurmClusterResolver`: every task of the step is a worker, and the
-k-th task on a node listens on port SLURM_PORT_BASE + k of that node.
+`current_worker()` reads TF_CONFIG (`parse_tf_config` checks it: task types, indices, one
+"host:port" per task, no address twice) into a `Worker`; without TF_CONFIG the process trains
+alone, as ("worker", 0). With `runtime.cluster=slurm`, `use_cluster` writes that TF_CONFIG first,
+from the job step `srun` started, with TensorFlow's own `SlurmClusterResolver`: every task of the
+step is a worker, and the k-th task on a node listens on port SLURM_PORT_BASE + k of that node.
 
     srun python -m tflm.train --set runtime.cluster=slurm --run-dir /shared/runs/big
 """
 
+import dataclasses
 import json
 import os
 
@@ -18,6 +21,94 @@ SLURM_PORT_BASE = 8888  # first port on every node (SlurmClusterResolver's defau
 SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_LOCALID", "SLURMD_NODENAME", "SLURM_STEP_NUM_TASKS",
                    "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")  # what srun sets for each task of a step
 NOMINAL_GPUS_PER_NODE = 2**16  # see slurm_workers
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """This process's place in the cluster: ("worker", 0) when training alone."""
+
+    type: str = "worker"
+    index: int = 0
+    num_workers: int = 1
+    has_chief: bool = False
+    addresses: tuple = ()  # ((task name, "host:port"), ...) for every task, this one included
+
+    @property
+    def is_chief(self):
+        """The chief writes the run directory: task `chief`, else worker 0."""
+        return self.type == "chief" or (self.type == "worker" and self.index == 0 and not self.has_chief)
+
+    @property
+    def name(self):
+        """"chief", "worker 1", ... for log lines."""
+        return self.type if self.type == "chief" else f"{self.type} {self.index}"
+
+
+def parse_tf_config(text):
+    """The Worker described by a TF_CONFIG JSON string; a TflmError for malformed ones."""
+    try:
+        tf_config = json.loads(text)
+    except ValueError as error:
+        raise TflmError(f"TF_CONFIG is not valid JSON: {error}") from None
+    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict):
+        raise TflmError('TF_CONFIG needs a "cluster" mapping of task type to addresses')
+    cluster, task = tf_config["cluster"], tf_config.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise TflmError('TF_CONFIG needs "task": {"type": ..., "index": ...}')
+    unknown = set(cluster) - {"chief", "worker"}
+    if unknown:
+        raise TflmError(f"TF_CONFIG cluster has task types {sorted(unknown)}; tflm uses chief and worker")
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
+            raise TflmError(f'TF_CONFIG cluster["{kind}"] must be a list of "host:port" strings')
+        for address in addresses:
+            check_address(kind, address)
+    kind, index = task["type"], task["index"]
+    if kind not in cluster:
+        raise TflmError(f"TF_CONFIG task type {kind!r} is not in the cluster ({', '.join(cluster)})")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TflmError(f"TF_CONFIG task index must be a whole number, got {json.dumps(index)}")
+    if not 0 <= index < len(cluster[kind]):
+        raise TflmError(f"TF_CONFIG task index {index!r} is outside cluster[{kind!r}] "
+                        f"(0..{len(cluster[kind]) - 1})")
+    num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    addresses = tuple((Worker(k, i).name, a) for k in ("chief", "worker") for i, a in enumerate(cluster.get(k, [])))
+    check_distinct_addresses(addresses)
+    return Worker(kind, index, num_workers, "chief" in cluster, addresses)
+
+
+def check_address(kind, address):
+    """Raise unless `address` is "host:port" or "[IPv6 address]:port" with a port TCP can use."""
+    host, _, port = address.rpartition(":")
+    where = f'TF_CONFIG cluster["{kind}"] has {address!r}'
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise TflmError(f"{where}: the port must be a number from 1 to 65535")
+    if not host.strip("[]"):
+        raise TflmError(f"{where}: the host is missing")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise TflmError(f"{where}: write an IPv6 address in brackets, as [::1]:{port}")
+
+
+def split_address(address):
+    """(host, port) of a checked "host:port" or "[IPv6 address]:port"."""
+    host, _, port = address.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def check_distinct_addresses(addresses):
+    """Raise if two tasks of a TF_CONFIG cluster share an address (they would wait for each other forever)."""
+    seen = {}
+    for name, address in addresses:
+        if address in seen:
+            raise TflmError(f"TF_CONFIG gives {seen[address]} and {name} the same address {address}; "
+                            "every task needs its own host:port")
+        seen[address] = name
+
+
+def current_worker():
+    """The Worker from the environment's TF_CONFIG, or a lone worker."""
+    text = os.environ.get("TF_CONFIG", "").strip()
+    return parse_tf_config(text) if text else Worker()
 
 
 def use_cluster(runtime):

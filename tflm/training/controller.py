@@ -1,6 +1,6 @@
 """The outer training loop: steps, evaluations, history, checkpoints, and every way a run stops.
 
-As in Orbit, the Controller owns the loop and the Trainer (tflm.trainer) owns the compiled steps.
+As in Orbit, the Controller owns the loop and the Trainer (tflm.training.trainer) owns the compiled steps.
 The step counter is the optimizer's `iterations` variable, restored with the checkpoint. Between
 steps the Controller checks, in order: a preemption notice (SIGTERM: every worker saves at the
 same step, exit 42), Ctrl-C (single process: save, exit 130), and divergence (a NaN/inf gradient
@@ -14,24 +14,24 @@ import signal
 import threading
 import time
 
-from tflm.runs import run_dir as runs
 from tflm.errors import EXIT_INTERRUPTED, Diverged, Interrupted, Preempted, in_command
 from tflm.lazy import tf
+from tflm.runs import run_dir as runs
 from tflm.training.strategy import exit_now
 
 
 class Controller:
     """Runs a Trainer to train.steps with evaluations, history, TensorBoard and checkpoints."""
 
-    def __init__(self, trainer, checkpointer, train_config, tokens_per_step, run_dir, task, progress,
+    def __init__(self, trainer, checkpointer, train_config, units_per_step, run_dir, worker, progress,
                  resume_command=None):
         """`resume_command`: what resumes this run, printed when it stops early, if that is not the
         command that started it (which chose its run directory, or had --restart)."""
         self.trainer, self.checkpointer, self.config = trainer, checkpointer, train_config
         self.resume_command = resume_command
-        self.tokens_per_step, self.run_dir, self.task, self.progress = tokens_per_step, run_dir, task, progress
+        self.units_per_step, self.run_dir, self.worker, self.progress = units_per_step, run_dir, worker, progress
         self.checkpoint_every = train_config.checkpoint_every or train_config.eval_every
-        self.writer = (tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if task.is_chief
+        self.writer = (tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")) if worker.is_chief
                        else tf.summary.create_noop_writer())
         self._sigint = False
         self._interrupt = False  # a second Ctrl-C under a Python caller: raise KeyboardInterrupt
@@ -59,12 +59,12 @@ class Controller:
                     train_metrics = trainer.train_metrics.result()  # waits for the last step to finish
                     train_time_s = time.perf_counter() - period_start
                     val = trainer.evaluate(eval_iterator, eval_batches)
-                    unit = trainer.unit
+                    unit = trainer.task.unit
                     record = {
-                        "step": step, f"{unit}_seen": step * self.tokens_per_step,
+                        "step": step, f"{unit}_seen": step * self.units_per_step,
                         "elapsed_s": round(elapsed_before_s + time.perf_counter() - start, 3),
-                        **trainer.history_fields(train_metrics, val),
-                        f"{unit}_per_sec": (step - period_start_step) * self.tokens_per_step / train_time_s,
+                        **trainer.task.history_fields(train_metrics, val),
+                        f"{unit}_per_sec": (step - period_start_step) * self.units_per_step / train_time_s,
                     }
                     self._report(record, train_metrics, val)
                     trainer.train_metrics.reset()
@@ -73,7 +73,7 @@ class Controller:
                 if step % t.eval_every == 0:  # the next period's speed counts training steps only
                     period_start, period_start_step = time.perf_counter(), step
         # Only the chief writes the run directory's checkpoints; the others' copies are temporary.
-        where = f"; checkpoints in {self.checkpointer.shared_dir}" if self.task.is_chief else ""
+        where = f"; checkpoints in {self.checkpointer.shared_dir}" if self.worker.is_chief else ""
         progress.log(f"done: step {step}{where}")
 
     def _loop_length(self, step):
@@ -169,7 +169,7 @@ class Controller:
 
     def _first_ctrl_c(self):
         """Ask the loop to checkpoint and stop after this step (in a cluster: SIGTERM, so every worker does)."""
-        if self.task.num_workers > 1:
+        if self.worker.num_workers > 1:
             os.kill(os.getpid(), signal.SIGTERM)
         else:
             self._sigint = True
@@ -192,7 +192,7 @@ class Controller:
         latest = None
         try:
             latest = self.checkpointer.latest()
-            if self.task.is_chief:
+            if self.worker.is_chief:
                 runs.release_lock(self.run_dir)
             self.checkpointer.close()
         finally:
@@ -201,10 +201,11 @@ class Controller:
 
     def _report(self, record, train_metrics, val):
         """Log an evaluation, append it to history.jsonl (chief) and TensorBoard."""
-        speed = f"{self.trainer.unit}_per_sec"
-        self.progress.log(f"step {record['step']}/{self.config.steps}  {self.trainer.log_text(record)}  "
-                          f"{record[speed]:.0f} {'tok' if self.trainer.unit == 'tokens' else 'examples'}/s")
-        if self.task.is_chief:
+        task = self.trainer.task
+        speed = f"{task.unit}_per_sec"
+        self.progress.log(f"step {record['step']}/{self.config.steps}  {task.log_text(record)}  "
+                          f"{record[speed]:.0f} {task.unit_shown}/s")
+        if self.worker.is_chief:
             runs.append_history(self.run_dir, record)
         with self.writer.as_default(step=record["step"]):
             for name, value in {**{f"train/{k}": v for k, v in train_metrics.items()},

@@ -1,10 +1,11 @@
-"""`python -m tflm.launch --workers N [--port P] -- <train arguments>`: N workers on localhost.
+"""A localhost cluster of training workers: the library half of `python -m tflm.launch` (tflm/launch.py).
 
-Starts N `python -m tflm.train` processes, each with the `TF_CONFIG` of one task of a localhost
-cluster, prefixes every line they print with their task, and exits with the first non-zero exit
-code of any worker after stopping the rest. It starts TensorFlow's own multi-worker runtime; it
-is no scheduler. On SIGINT/SIGTERM it forwards SIGTERM, so every worker checkpoints at the same
-step and exits with code 42 (see tflm.errors).
+`start_workers` starts N `python -m tflm.train` processes, each with the `TF_CONFIG` of one task
+of a localhost cluster (`reserve_ports`, `tf_configs`), and relays every line they print prefixed
+with their task; `supervise` waits for them and returns the first non-zero exit code after
+stopping the rest. It starts TensorFlow's own multi-worker runtime; it is no scheduler. On
+SIGINT/SIGTERM it forwards SIGTERM, so every worker checkpoints at the same step and exits with
+code 42 (see tflm.errors).
 """
 
 import json
@@ -53,14 +54,15 @@ def relay(stream, prefix, out_lock):
     stream.close()
 
 
-def start_workers(args):
-    """Start the worker processes; returns (processes, relay threads)."""
-    configs = tf_configs(reserve_ports(args.port, args.workers))
+def start_workers(train_args, workers, first_port=0):
+    """Start `workers` processes of `python -m tflm.train train_args...` on ports from `first_port`
+    (0: any free ones); returns (processes, relay threads)."""
+    configs = tf_configs(reserve_ports(first_port, workers))
     lock = threading.Lock()
     procs, threads = [], []
     for index, tf_config in enumerate(configs):
         env = {**os.environ, "TF_CONFIG": tf_config, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "tflm.train", *args.train_args], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "tflm.train", *train_args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 stdin=subprocess.DEVNULL)
         thread = threading.Thread(target=relay, args=(proc.stdout, f"[worker {index}] ", lock), daemon=True)

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""The optimizer of every run: AdamW with a linear warmup to train.learning_rate, then cosine
+decay to learning_rate * min_learning_rate_ratio at train.steps, no weight decay on norms and
+biases (`make_optimizer`). Its Keras subclass takes gradients the training step has already
+summed over replicas and clipped, so clipping means the same on one device and on many.
+"""
 
 import keras
 

@@ -1,116 +1,27 @@
-"""Choosing the tf.distribute strategy, and which task of a cluster this process is.
+"""Choosing the tf.distribute strategy, and what a multi-worker run does when a peer is lost or
+its work is done.
 
 auto: `TF_CONFIG` set -> MultiWorkerMirroredStrategy; two or more GPUs -> MirroredStrategy;
 `runtime.logical_cpus` >= 2 -> MirroredStrategy over those logical CPUs; else the default
 strategy. `runtime.logical_cpus` splits the CPU so MirroredStrategy runs on a laptop and in CI.
+In a cluster, a collective that fails because a peer died becomes one line and exit code 3
+(`exit_if_a_peer_is_lost`), and a command leaves at once when done (`leave_cluster_at_once`),
+skipping TensorFlow's teardown, which can block on the other workers. Which task this process is
+comes from `cluster.py`; the rendezvous before TensorFlow starts is `rendezvous.py`.
 """
 
 import contextlib
-import dataclasses
-import errno
 import functools
-import json
 import os
 import re
-import selectors
-import socket
-import subprocess
 import sys
 import threading
-import time
 import traceback
 
 from tflm.errors import ClusterError, TflmError
 from tflm.lazy import tf
 from tflm.quiet import flush_native_logs
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """This process's place in the cluster: ("worker", 0) when training alone."""
-
-    type: str = "worker"
-    index: int = 0
-    num_workers: int = 1
-    has_chief: bool = False
-    addresses: tuple = ()  # ((task name, "host:port"), ...) for every task, this one included
-
-    @property
-    def is_chief(self):
-        """The chief writes the run directory: task `chief`, else worker 0."""
-        return self.type == "chief" or (self.type == "worker" and self.index == 0 and not self.has_chief)
-
-    @property
-    def name(self):
-        """"chief", "worker 1", ... for log lines."""
-        return self.type if self.type == "chief" else f"{self.type} {self.index}"
-
-
-def parse_tf_config(text):
-    """The Task described by a TF_CONFIG JSON string; a TflmError for malformed ones."""
-    try:
-        tf_config = json.loads(text)
-    except ValueError as error:
-        raise TflmError(f"TF_CONFIG is not valid JSON: {error}") from None
-    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict):
-        raise TflmError('TF_CONFIG needs a "cluster" mapping of task type to addresses')
-    cluster, task = tf_config["cluster"], tf_config.get("task")
-    if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise TflmError('TF_CONFIG needs "task": {"type": ..., "index": ...}')
-    unknown = set(cluster) - {"chief", "worker"}
-    if unknown:
-        raise TflmError(f"TF_CONFIG cluster has task types {sorted(unknown)}; tflm uses chief and worker")
-    for kind, addresses in cluster.items():
-        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
-            raise TflmError(f'TF_CONFIG cluster["{kind}"] must be a list of "host:port" strings')
-        for address in addresses:
-            check_address(kind, address)
-    kind, index = task["type"], task["index"]
-    if kind not in cluster:
-        raise TflmError(f"TF_CONFIG task type {kind!r} is not in the cluster ({', '.join(cluster)})")
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise TflmError(f"TF_CONFIG task index must be a whole number, got {json.dumps(index)}")
-    if not 0 <= index < len(cluster[kind]):
-        raise TflmError(f"TF_CONFIG task index {index!r} is outside cluster[{kind!r}] "
-                        f"(0..{len(cluster[kind]) - 1})")
-    num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-    addresses = tuple((Task(k, i).name, a) for k in ("chief", "worker") for i, a in enumerate(cluster.get(k, [])))
-    check_distinct_addresses(addresses)
-    return Task(kind, index, num_workers, "chief" in cluster, addresses)
-
-
-def check_address(kind, address):
-    """Raise unless `address` is "host:port" or "[IPv6 address]:port" with a port TCP can use."""
-    host, _, port = address.rpartition(":")
-    where = f'TF_CONFIG cluster["{kind}"] has {address!r}'
-    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise TflmError(f"{where}: the port must be a number from 1 to 65535")
-    if not host.strip("[]"):
-        raise TflmError(f"{where}: the host is missing")
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise TflmError(f"{where}: write an IPv6 address in brackets, as [::1]:{port}")
-
-
-def split_address(address):
-    """(host, port) of a checked "host:port" or "[IPv6 address]:port"."""
-    host, _, port = address.rpartition(":")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
-def check_distinct_addresses(addresses):
-    """Raise if two tasks of a TF_CONFIG cluster share an address (they would wait for each other forever)."""
-    seen = {}
-    for name, address in addresses:
-        if address in seen:
-            raise TflmError(f"TF_CONFIG gives {seen[address]} and {name} the same address {address}; "
-                            "every task needs its own host:port")
-        seen[address] = name
-
-
-def current_task():
-    """The Task from the environment's TF_CONFIG, or a lone worker."""
-    text = os.environ.get("TF_CONFIG", "").strip()
-    return parse_tf_config(text) if text else Task()
+from tflm.training.cluster import Worker
 
 
 def split_cpu(logical_cpus):
@@ -161,7 +72,7 @@ _leave_at_once = False  # whether a command asked to end as soon as its work in 
 
 
 def make_strategy(runtime):
-    """Build the strategy named by runtime.strategy (call once, early, after current_task()
+    """Build the strategy named by runtime.strategy (call once, early, after current_worker()
     has validated TF_CONFIG)."""
     configure_threads(runtime)
     split_cpu(runtime.logical_cpus)
@@ -193,166 +104,6 @@ def make_strategy(runtime):
             devices=devices, cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice()
         )
     return tf.distribute.get_strategy()
-
-
-RETRY_S = 0.2  # between two tries to reach a peer that refused
-TRY_S = 1.0  # how long one try may wait for a peer that does not answer (a dropped SYN)
-MAX_TRIES_AT_ONCE = 256  # connections open at once while waiting, well below the usual 1024 files
-MISSING_NAMED = 10  # peers named in the error line; the rest are counted
-
-
-def wait_for_peers(task, timeout_s):
-    """Rendezvous before TensorFlow starts: hold this task's port, wait until every peer's
-    address answers, then hand the port to TensorFlow. A ClusterError names the peers still
-    missing after `timeout_s`; a TflmError says if this task's own port is taken.
-
-    TensorFlow itself waits for missing peers without a deadline while holding the GIL (no
-    Python thread, not even a SIGTERM handler, runs), so the waiting has to happen here. The
-    peers are tried all at once, each try cut at TRY_S and at the deadline, so that the deadline
-    holds however many peers there are and however they fail to answer.
-    """
-    own = dict(task.addresses)[task.name]
-    listener = listen_on(own, task.name)
-    try:
-        missing = reach({name: address for name, address in task.addresses if name != task.name},
-                        time.monotonic() + timeout_s, listener)
-    finally:
-        listener.close()
-    if missing:
-        named = ", ".join(f"{name} ({address})" for name, address in list(missing.items())[:MISSING_NAMED])
-        more = f" and {len(missing) - MISSING_NAMED} more" if len(missing) > MISSING_NAMED else ""
-        raise ClusterError(f"runtime.cluster_timeout_s={timeout_s}s passed waiting for the cluster; "
-                           f"not reachable: {named}{more}")
-
-
-def listen_on(own, name):
-    """A socket holding the port of this task's address `own` on every interface, IPv6 and IPv4
-    (the task's own name may not resolve to it yet); IPv4 only where the host has no IPv6."""
-    port = split_address(own)[1]
-    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
-        try:
-            listener = socket.socket(family, socket.SOCK_STREAM)
-        except OSError:
-            continue
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            if family == socket.AF_INET6:
-                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            listener.bind((host, port))
-        except OSError as error:
-            listener.close()
-            if error.errno == errno.EADDRINUSE:
-                raise TflmError(f"{name}'s address {own} is already in use") from None
-            continue
-        listener.listen(64)
-        listener.setblocking(False)
-        return listener
-    raise TflmError(f"{name} cannot listen on port {port} of this host")
-
-
-def reach(peers, deadline, listener):
-    """Try every peer {name: address} until each has accepted a TCP connection or `deadline`
-    (time.monotonic) passes; returns the {name: address} never reached. Meanwhile accepts (and
-    closes) the connections peers make to `listener`, so that its backlog never fills up."""
-    pending, tries_made = dict(peers), dict.fromkeys(peers, 0)
-    next_try = dict.fromkeys(peers, 0.0)
-    tries = {}  # socket -> (peer name, when this try is given up)
-    with selectors.DefaultSelector() as selector:
-        selector.register(listener, selectors.EVENT_READ)
-        try:
-            while pending and time.monotonic() < deadline:
-                now = time.monotonic()
-                trying = {name for name, _ in tries.values()}
-                for name in [n for n in pending if n not in trying and next_try[n] <= now]:
-                    if len(tries) >= MAX_TRIES_AT_ONCE:
-                        break
-                    sock = start_connect(pending[name], tries_made[name])
-                    tries_made[name] += 1
-                    next_try[name] = now + RETRY_S
-                    if sock is not None:
-                        tries[sock] = (name, min(now + TRY_S, deadline))
-                        selector.register(sock, selectors.EVENT_WRITE)
-                wake = min([deadline, now + RETRY_S, *(give_up for _, give_up in tries.values())])
-                for key, _ in selector.select(max(0.0, wake - time.monotonic())):
-                    if key.fileobj is listener:
-                        accept_and_close(listener)
-                        continue
-                    name, _ = tries.pop(key.fileobj)
-                    selector.unregister(key.fileobj)
-                    if key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-                        del pending[name]
-                    key.fileobj.close()
-                now = time.monotonic()
-                for sock in [sock for sock, (_, give_up) in tries.items() if give_up <= now]:
-                    del tries[sock]
-                    selector.unregister(sock)
-                    sock.close()
-        finally:
-            for sock in tries:
-                sock.close()
-    return pending
-
-
-def start_connect(address, attempt):
-    """A non-blocking socket connecting to "host:port" (the attempt-th of the host's addresses,
-    in turn), or None if the host does not resolve (yet) or refused at once."""
-    host, port = split_address(address)
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return None
-    family, kind, proto, _, target = found[attempt % len(found)]
-    sock = socket.socket(family, kind, proto)
-    sock.setblocking(False)
-    try:
-        sock.connect(target)
-    except (BlockingIOError, InterruptedError):
-        pass  # under way: the selector reports how it ended
-    except OSError:  # refused at once
-        sock.close()
-        return None
-    return sock
-
-
-def accept_and_close(listener):
-    """Accept the connections waiting on `listener` and close them: a peer only checks it is up."""
-    while True:
-        try:
-            connection, _ = listener.accept()
-        except OSError:
-            return
-        connection.close()
-
-
-WATCHDOG = """
-import os, select, signal, sys
-parent, timeout_s, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-if not select.select([sys.stdin], [], [], timeout_s)[0]:  # neither disarmed nor ended in time
-    sys.stderr.write(message + "\\n")
-    sys.stderr.flush()
-    os.kill(parent, signal.SIGKILL)
-"""
-
-
-@contextlib.contextmanager
-def startup_watchdog(task, timeout_s, prefix):
-    """Backstop for a peer that vanishes between the rendezvous and TensorFlow's cluster start:
-    TensorFlow then waits without a deadline while holding the GIL, so no Python thread or
-    signal handler runs. A watchdog process prints one line and kills this one (status 137) if
-    the block has not finished in `timeout_s`; closing its stdin disarms it, and it also ends
-    when this process does."""
-    if task.num_workers <= 1:
-        yield
-        return
-    message = (f"{prefix}tflm: error: TensorFlow did not start the cluster within runtime.cluster_timeout_s="
-               f"{timeout_s}s (a peer went away after the rendezvous?); relaunch the same command on every worker")
-    watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(timeout_s), message],
-                                stdin=subprocess.PIPE)
-    try:
-        yield
-    finally:
-        watchdog.stdin.close()
-        watchdog.wait()
 
 
 def wait_for_every_worker(strategy):
@@ -407,7 +158,7 @@ def lost_peer_error(error, task, step):
     """A ClusterError naming the peer a collective lost, from TensorFlow's error text."""
     text = str(error)
     match = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", text)
-    peer = Task(match.group(1), int(match.group(2))).name if match else "a peer"
+    peer = Worker(match.group(1), int(match.group(2))).name if match else "a peer"
     if peer == task.name:
         peer = "a peer"
     reason = re.search(r"connection reset by peer|connection refused|socket closed|heartbeat|deadline exceeded",
