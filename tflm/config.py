@@ -40,7 +40,9 @@ NON_NEGATIVE = Range(0)
 
 
 # A tokenizer kind is the module tflm/data/tokenizers/<kind>.py: list it in `tokenizer`, and any
-# options of its learning as fields below (its class's `learn_options` reads them).
+# options of its learning as fields below (its class's `learn_options` reads them; an option that
+# changes the ids also goes in tflm.data.prepare's STORE_SETTINGS and tflm.runs.init_from's
+# MATCHING_DATA_KEYS, as data.sentencepiece_model does).
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """What text the model learns from, and how it is cut into windows."""

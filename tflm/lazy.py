@@ -2,10 +2,10 @@
 
 Importing TensorFlow takes seconds. A module that only *calls* TensorFlow inside its functions
 imports `tf` and `keras` from here; the real import happens at the first attribute access
-(`tf.constant`, `keras.Model`, ...). Modules that define Keras subclasses (tflm.models.*,
-tflm.training.optimizer) or build tf.functions when they load (tflm.training.trainer) need the
-real thing, so the modules above them (the tasks, tflm.training.train) import them inside the
-functions that use them.
+(`tf.constant`, `keras.Model`, ...). Modules that define Keras subclasses (the network files of
+tflm.models, tflm.training.optimizer) or build tf.functions when they load (tflm.training.trainer)
+need the real thing, so the modules above them import them only when a model or trainer is built
+(tflm.models.build by name, tflm.tasks.classify and tflm.training.train inside functions).
 """
 
 import importlib

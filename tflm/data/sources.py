@@ -56,7 +56,7 @@ class DefaultCorpus:
     """
 
     def __init__(self, validation_fraction):
-        from pydoc_data.topics import topics
+        from pydoc_data.topics import topics  # the whole manual (700 kB): only when asked for
 
         period = holdout_period(validation_fraction) if validation_fraction else None
         names = sorted(topics)

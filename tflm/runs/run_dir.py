@@ -37,6 +37,7 @@ import threading
 from tflm import atomic
 from tflm.atomic import write_text
 from tflm.config import Config, dump, read_yaml
+from tflm.data import tokenizers
 from tflm.errors import TflmError
 from tflm.jsonl import BadLine, json_object
 from tflm.runs.lock import (LOCK_FILE, OWNER, acquire_lock, check_if_held, create_exclusively, forget, lock_path,
@@ -287,9 +288,7 @@ def move_aside(run_dir):
 
 def load_tokenizer(run_dir):
     """The tokenizer a run was trained with."""
-    from tflm.data.tokenizers import load_tokenizer
-
-    return load_tokenizer(run_dir)
+    return tokenizers.load_tokenizer(run_dir)
 
 
 # --- history -------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def score_function(loaded, stride):
 
 def score_texts(loaded, texts, stride=None):
     """Score any number of texts, MAX_BATCH_SIZE at a time: [{text, log_prob, mean_nll, perplexity,
-    num_tokens}], in order."""
+    bits_per_byte, num_tokens}], in order."""
     check_serves(loaded, "score")
     texts = check_strings(texts, "texts")
     scorer = score_function(loaded, check_stride(stride, loaded.context))

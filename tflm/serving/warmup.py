@@ -49,7 +49,7 @@ def write_warmup_requests(path, model_name, requests):
 
 def read_warmup_requests(path):
     """[(signature name, {input name: numpy array})] from a warmup file, in order."""
-    from tensorflow_serving.apis import prediction_log_pb2
+    from tensorflow_serving.apis import prediction_log_pb2  # loads TensorFlow
 
     requests = []
     for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
@@ -61,7 +61,7 @@ def read_warmup_requests(path):
 
 def graph_ops(saved_model_dir):
     """Sorted op types in a SavedModel's graph, functions included."""
-    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.core.protobuf import saved_model_pb2  # loads TensorFlow
 
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString(read_bytes(f"{saved_model_dir}/saved_model.pb"))

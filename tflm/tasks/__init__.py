@@ -2,8 +2,9 @@
 the model it trains (a language model, or a classifier on one), its loss and metrics, the fields
 of its history records, and what its runs serve (scoring and decoding, or classifying). The
 Trainer, the Controller, loading a run and the export take a Task object and never ask which
-task they have: `task_for(config)` is the one place that reads `task.type`, and a task named
-`T` is the class `Task` in the module `tflm.tasks.T` (lm.py, classify.py). Loads no TensorFlow.
+task they have: `task_class(task.type)` here is the one place that turns `task.type` into code
+(`task_for(config)` gives a run its Task), and a task named `T` is the class `Task` in the
+module `tflm.tasks.T` (lm.py, classify.py). Loads no TensorFlow.
 """
 
 import importlib

@@ -20,6 +20,7 @@ from tflm.data.prepare import StoreExists, check_store_matches, prepare_store
 from tflm.data.store import TokenStore
 from tflm.data.tokenizers import load_tokenizer
 from tflm.lazy import tf
+from tflm.models.build import build_model
 from tflm.runs import run_dir as runs
 from tflm.runs.fingerprints import check_recorded_tokenizer
 from tflm.runs.init_from import RECORD_FILE
@@ -62,8 +63,6 @@ class Task(BaseTask):
 
     def build_model(self, vocabulary_size, seed=0):
         """The configured language model (tflm.models)."""
-        from tflm.models.build import build_model  # defines Keras classes: loads TensorFlow
-
         return build_model(self.config.model, vocabulary_size, self.config.data.seq_len, seed)
 
     def loss_and_sums(self, targets, logits):

@@ -38,7 +38,7 @@ class SentencePieceTokenizer(Tokenizer):
     non_core_ops = ("SentencepieceOp", "SentencepieceTokenizeOp", "SentencepieceDetokenizeOp")
 
     def __init__(self, model_proto):
-        import keras_hub
+        import keras_hub  # loads TensorFlow and Keras: only when needed
         import sentencepiece
 
         self.model_proto = bytes(model_proto)

@@ -32,7 +32,7 @@ class WordPieceTokenizer(Tokenizer):
     non_core_ops = ("RegexSplitWithOffsets", "FastWordpieceTokenizeWithOffsets", "TFText>FastWordpieceDetokenize")
 
     def __init__(self, tokens):
-        import keras_hub
+        import keras_hub  # loads TensorFlow and Keras: only when needed
 
         tokens = list(tokens)
         if tuple(tokens[:3]) != self.RESERVED or len(set(tokens)) != len(tokens):
@@ -76,7 +76,7 @@ class WordPieceTokenizer(Tokenizer):
     @classmethod
     def learn(cls, texts, vocab_size, sample_bytes=SAMPLE_BYTES):
         """Learn exactly `vocab_size` tokens from the first `sample_bytes` of `texts`."""
-        import keras_hub
+        import keras_hub  # loads TensorFlow and Keras: only when needed
 
         check_vocab_size("wordpiece", vocab_size, len(cls.RESERVED) + 1,
                           "padding, unknown, newline and one word piece")
