@@ -97,7 +97,7 @@ def test_every_metric_a_task_reports_reaches_the_history(tmp_path):
     assert list(record) == ["step", *fields]
 
 
-def test_the_task_of_a_config_is_the_one_place_that_reads_task_type():
+def test_a_config_s_task_type_names_the_task_class_it_trains_with():
     assert type(task_for(small_config())) is lm.Task
     config = small_config(task={"type": "classify"}, data={"source": "files", "paths": ["x.csv"]})
     assert type(task_for(config)) is classify.Task

@@ -7,7 +7,7 @@ signature runs the same function (`classify_strings`), so Python and TF Serving 
 from tflm.data.tokenizers import PAD_ID
 from tflm.lazy import tf
 from tflm.serving.inputs import check_strings
-from tflm.serving.loading import MAX_BATCH_SIZE, check_serves
+from tflm.serving.loading import MAX_BATCH_SIZE
 
 
 def classify_strings(loaded, texts):
@@ -32,7 +32,7 @@ def classify_function(loaded):
 def classify_texts(loaded, texts):
     """Classify any number of texts, MAX_BATCH_SIZE at a time: [{text, label, label_id,
     probabilities: {label: p}}], in order."""
-    check_serves(loaded, "classify")
+    loaded.task.check_serves("classify", loaded.run_dir)
     texts = check_strings(texts, "texts")
     classifier = classify_function(loaded)
     results = []

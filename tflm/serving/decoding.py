@@ -41,7 +41,6 @@ from tflm.data.tokenizers import PAD_ID
 from tflm.errors import TflmError
 from tflm.lazy import LazyModule, tf
 from tflm.serving.inputs import check_strings
-from tflm.serving.loading import check_serves
 
 # Imported when decoding starts (they load TensorFlow and Keras):
 randomness = LazyModule("tflm.models.randomness")
@@ -312,7 +311,7 @@ def generate_ids(loaded, prompts, max_new_tokens=100, temperature=1.0, top_k=0, 
     benchmark's baseline); XLA (`jit_compile`, default: when cached) needs the cached loop's
     fixed shapes.
     """
-    check_serves(loaded, "generate")
+    loaded.task.check_serves("generate", loaded.run_dir)
     prompts = check_strings(prompts, "prompts")
     check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     check_strings([stop], "stop")

@@ -86,11 +86,6 @@ def load_run(run_dir):
     return LoadedRun(os.path.abspath(run_dir), config, tokenizer, model, checkpoint, task)
 
 
-def check_serves(loaded, what):
-    """Raise a TflmError unless `loaded` can do `what` ("score", "generate", "classify")."""
-    loaded.task.check_serves(what, loaded.run_dir)
-
-
 def restore_newest_readable(model, checkpoints):
     """Restore the newest of `checkpoints` that reads back (warning about damaged newer ones, as
     training does); returns its path."""

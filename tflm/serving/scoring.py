@@ -25,7 +25,7 @@ import math
 from tflm.errors import TflmError
 from tflm.lazy import tf
 from tflm.serving.inputs import check_strings
-from tflm.serving.loading import MAX_BATCH_SIZE, check_serves
+from tflm.serving.loading import MAX_BATCH_SIZE
 from tflm.serving.reading import CHUNK_TOKENS, longest, tokens_at
 
 
@@ -162,7 +162,7 @@ def score_function(loaded, stride):
 def score_texts(loaded, texts, stride=None):
     """Score any number of texts, MAX_BATCH_SIZE at a time: [{text, log_prob, mean_nll, perplexity,
     bits_per_byte, num_tokens}], in order."""
-    check_serves(loaded, "score")
+    loaded.task.check_serves("score", loaded.run_dir)
     texts = check_strings(texts, "texts")
     scorer = score_function(loaded, check_stride(stride, loaded.context))
     results = []
