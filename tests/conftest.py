@@ -1,6 +1,9 @@
 """Shared fixtures: small configs so tests train in seconds."""
 
+import csv
+import json
 import os
+import random
 import subprocess
 import sys
 
@@ -77,4 +80,35 @@ def checkpointless_run(path, config=None):
     os.makedirs(path)
     write_config(os.path.join(path, "config.yaml"), config or small_config())
     CharTokenizer(list("abcdef")).save(str(path))
+    return str(path)
+
+
+GROUPS = {"alpha": "abcde", "beta": "fghij", "gamma": "klmno"}  # each label's letters (and "xyz" for all)
+
+
+def labelled_rows(count, seed):
+    """(text, label) rows whose label shows in the letters of the text."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        label = rng.choice(sorted(GROUPS))
+        words = ["".join(rng.choice(GROUPS[label] + "xyz") for _ in range(rng.randint(2, 6)))
+                 for _ in range(rng.randint(2, 8))]
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path, rows, fields=("text", "label"), delimiter=","):
+    """Write labelled rows as CSV (or TSV with delimiter="\\t"); returns the path."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), delimiter=delimiter, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def write_jsonl(path, rows):
+    """Write rows as JSON Lines; returns the path."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     return str(path)

@@ -28,6 +28,10 @@ def tiny_parameters(name, tmp):
                              "MAX_NEW_TOKENS": 8},
         "04_finetune.ipynb": {**steps, "PRETRAIN_STEPS": 4, "RUN_ROOT": f"{tmp}/runs",
                               "PNG_PATH": f"{tmp}/finetune.png"},
+        "05_model_parallel.ipynb": {**steps, "GLOBAL_BATCH": 16, "MICROBATCHES": 8, "TRACE_STEPS": 2,
+                                    "RUN_ROOT": f"{tmp}/runs",  # 2 blocks: 4 pieces for 4 stages
+                                    "OVERRIDES": [s for s in TINY_MODEL if s != "model.num_layers=1"] + [
+                                        "model.num_layers=2"]},
     }[name]
 
 
@@ -51,8 +55,9 @@ def images(notebook):
                for output in cell.get("outputs", []))
 
 
-def test_there_are_four_notebooks():
-    assert NOTEBOOKS == ["01_quickstart.ipynb", "02_data_parallel.ipynb", "03_serving.ipynb", "04_finetune.ipynb"]
+def test_there_are_five_notebooks():
+    assert NOTEBOOKS == ["01_quickstart.ipynb", "02_data_parallel.ipynb", "03_serving.ipynb", "04_finetune.ipynb",
+                         "05_model_parallel.ipynb"]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -74,8 +79,8 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     # A failing cell raises CellExecutionError, with the cell and its traceback, and fails the test.
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": NOTEBOOK_DIR}}).execute()
-    if name != "03_serving.ipynb":
-        assert images(notebook) == 1  # the curves are displayed
+    if name != "03_serving.ipynb":  # the curves are displayed (05: and the bytes per device and two timelines)
+        assert images(notebook) == (4 if name == "05_model_parallel.ipynb" else 1)
     if name == "01_quickstart.ipynb":
         assert (tmp_path / "quickstart.png").stat().st_size > 10_000
     assert sorted(os.listdir(NOTEBOOK_DIR)) == beside  # runs and exports went to tmp_path

@@ -23,7 +23,7 @@ COMMANDS = {
     "classify": "labels of texts from a trained classifier",
     "generate": "sample text from a trained run",
     "export": "write a SavedModel for TF Serving",
-    "plot": "draw training curves from run directories",
+    "plot": "draw training curves from run directories, or a pipeline run's timeline",
 }
 USAGE = """usage: tflm COMMAND [ARGS...]    (tflm COMMAND --help for its arguments)
        tflm --version

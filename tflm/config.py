@@ -112,6 +112,7 @@ class TrainConfig:
     weight_decay: Annotated[float, NON_NEGATIVE] = 0.01  # AdamW's, not applied to biases and norms
     clip_norm: Annotated[float, POSITIVE] = 1.0  # global norm of the all-reduced gradient
     seed: Annotated[int, Range(0, INT32_MAX)] = 0  # initial weights, shuffling and dropout
+    microbatches: Annotated[int, Range(1, 2**16)] = 1  # each replica's batch in this many parts, gradients summed: less memory, same results
     max_nonfinite_steps: Annotated[int, Range(0, 10**6)] = 0  # steps with a NaN/inf gradient skipped before stopping (exit 4)
     init_from: str = ""                   # a run directory: start from its latest weights and tokenizer ("" = random)
 
@@ -124,6 +125,9 @@ class RuntimeConfig:
     cluster: Annotated[str, OneOf("tf_config", "slurm")] = "tf_config"  # tf_config: the cluster is in TF_CONFIG; slurm: built from srun's SLURM_* variables
     logical_cpus: Annotated[int, Range(0, 256)] = 0  # >= 2 splits the CPU so MirroredStrategy runs on a laptop
     jit_compile: bool = True              # XLA for the per-replica forward/backward
+    pipeline_stages: Annotated[int, Range(1, 1024)] = 1  # > 1: the model cut into this many stages, one device each (pipeline parallelism)
+    pipeline_schedule: Annotated[str, OneOf("gpipe", "1f1b")] = "1f1b"  # gpipe: all forwards, then all backwards; 1f1b: at most pipeline_stages micro-batches held
+    pipeline_trace_steps: Annotated[int, Range(0, 10**4)] = 0  # record each stage's work for this many steps: RUN/pipeline_trace.jsonl, tflm.plot --pipeline
     precision: Annotated[str, OneOf("float32", "mixed_bfloat16")] = "float32"  # mixed_bfloat16: bf16 compute, fp32 weights
     cluster_timeout_s: Annotated[int, Range(1, 7 * 86400)] = 120  # multi_worker: how long an unreachable peer is waited for
     intra_op_threads: Annotated[int, Range(0, 4096)] = 0  # 0 = TensorFlow's default (all cores)
@@ -178,7 +182,8 @@ class Config:
 ADDED_SINCE_0_1 = ("train.max_nonfinite_steps", "runtime.cluster", "data.validation_paths", "data.tokenizer",
                    "data.sentencepiece_model", "data.store", "train.steps_per_loop", "train.init_from",
                    "task.type", "task.text_field", "task.label_field", "task.pooling",
-                   "task.freeze_backbone_steps", "task.class_weights")  # saved configs without them take the defaults
+                   "task.freeze_backbone_steps", "task.class_weights", "train.microbatches",
+                   "runtime.pipeline_stages", "runtime.pipeline_schedule", "runtime.pipeline_trace_steps")  # saved configs without them take the defaults
 RENAMED = {"data.max_vocab_size": "data.vocab_size"}
 RETIRED = {"data.shuffle_buffer": "windows are shuffled over the whole token store, with no buffer",
            "data.shard_policy": "every worker reads the token store by window index"}
@@ -249,6 +254,19 @@ def validate(config):
         if check:
             check()
     task_class(config.task.type).check_config(config)
+    check_pipeline(config)
+
+
+def check_pipeline(config):
+    """Raise for micro-batches that do not divide the batch, or more pipeline stages than the model
+    has pieces to cut between (its embedding, each block or LSTM layer, and its head)."""
+    microbatches, batch = config.train.microbatches, config.train.global_batch_size
+    if batch % microbatches:
+        raise TflmError(f"train.microbatches={microbatches} does not divide train.global_batch_size={batch}")
+    stages, layers = config.runtime.pipeline_stages, config.model.num_layers
+    if stages > layers + 2:
+        raise TflmError(f"runtime.pipeline_stages={stages} is more than the {layers + 2} pieces the model can be "
+                        f"cut into (the embedding, model.num_layers={layers} layers, the head)")
 
 
 def load_config(path=None, overrides=(), saved=False):
@@ -342,7 +360,7 @@ def dump(config):
 # Keys that may change when a run directory is resumed: how long to train, and how often to look.
 RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.max_nonfinite_steps", "train.steps_per_loop",
-                     "train.init_from")  # init_from: only a new run starts from it
+                     "train.init_from", "train.microbatches")  # init_from: only a new run starts from it
 
 
 def check_resume_compatible(saved, requested):

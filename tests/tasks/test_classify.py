@@ -1,10 +1,8 @@
 """Pretrain -> fine-tune -> serve: --init-from starts a new run from another's weights, a classifier
 trains alike under every strategy, its export classifies as tflm does, and bad input is one line."""
 
-import csv
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -13,42 +11,16 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import checkpointless_run, max_weight_difference, run_tflm, small_config, write_config
+from conftest import (GROUPS, checkpointless_run, labelled_rows, max_weight_difference, run_tflm, small_config,
+                      write_config, write_csv, write_jsonl)
 from tflm.runs import run_dir as runs
 from tflm.tasks.classify import macro_f1
 from tflm.config import updated
 from tflm.train import main
 from tflm.training.train import train
 
-GROUPS = {"alpha": "abcde", "beta": "fghij", "gamma": "klmno"}  # each label's letters (and "xyz" for all)
 COMPARED_STEPS = 8
 TAB = "\t"
-
-
-def labelled_rows(count, seed):
-    """(text, label) rows whose label shows in the letters of the text."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(count):
-        label = rng.choice(sorted(GROUPS))
-        words = ["".join(rng.choice(GROUPS[label] + "xyz") for _ in range(rng.randint(2, 6)))
-                 for _ in range(rng.randint(2, 8))]
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
-
-
-def write_csv(path, rows, fields=("text", "label"), delimiter=","):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields), delimiter=delimiter, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(path)
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

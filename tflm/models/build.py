@@ -11,6 +11,8 @@ without asking which model it is (`Model` is the class, `model` an instance):
     model(token_ids, training=False, example_ids=None)   logits; example_ids draw dropout (randomness.py)
     model.vocabulary_size
     model.features(token_ids, training, example_ids)   what the head reads (a classifier's backbone)
+    model.feature_pieces() / model.pieces()   the network as a chain of Pieces (next_token.py), which
+                                pipeline parallelism cuts into stages
     model.head                  the Dense layer over the vocabulary (a classifier keeps it, untrained)
     model.context               the most tokens it conditions on; None: any length, the cache carries the past
     cache = model.initial_cache(batch_size)
@@ -43,8 +45,17 @@ def weight_shape_keys(model_type):
     return tuple(model_class(model_type).weight_shape_keys)
 
 
+def new_model(model_config, vocabulary_size, seq_len, seed=0):
+    """The model named by `model.type`, with its sizes and dropout seed, not built yet."""
+    return model_class(model_config.type).configured(model_config, vocabulary_size, seq_len, seed)
+
+
 def build_model(model_config, vocabulary_size, seq_len, seed=0):
     """The model named by `model.type`, with its sizes and dropout seed, built on a dummy batch."""
-    model = model_class(model_config.type).configured(model_config, vocabulary_size, seq_len, seed)
+    return built(new_model(model_config, vocabulary_size, seq_len, seed), seq_len)
+
+
+def built(model, seq_len):
+    """`model` (a language model or a classifier) built on a dummy batch of `seq_len` tokens."""
     model(keras.ops.zeros((1, seq_len), dtype="int32"))
     return model

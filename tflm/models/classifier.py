@@ -13,7 +13,8 @@ import keras
 import tensorflow as tf
 
 from tflm.data.tokenizers import PAD_ID
-from tflm.models.build import build_model
+from tflm.models.build import new_model
+from tflm.models.next_token import Piece, run_pieces
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -34,10 +35,22 @@ class Classifier(keras.Model):
         backbone.head.trainable = False  # the next-token head: kept for checkpoints, never trained here
         self.classifier_head = keras.layers.Dense(num_classes, dtype="float32", name="classifier_head")
 
+    def build(self, input_shape):
+        # The whole backbone, its next-token head too (a language model's checkpoint holds it),
+        # before the classifier head, the order a language model and then this head are built in.
+        self.backbone(keras.ops.zeros((1, *input_shape[1:]), dtype="int32"))
+
     def call(self, token_ids, training=False, example_ids=None):
         """Logits [batch, num_classes] of padded token ids [batch, time]."""
-        features = self.backbone.features(token_ids, training, example_ids)
-        return self.classifier_head(pool(features, token_ids != PAD_ID, self.pooling))
+        return run_pieces(self.pieces(), token_ids, example_ids, training)
+
+    def pieces(self):
+        """The chain from token ids to logits (see tflm.models.next_token): the backbone's
+        feature pieces, then pooling and the classifier head."""
+        def classify(features, token_ids, example_ids, training):
+            return self.classifier_head(pool(features, token_ids != PAD_ID, self.pooling))
+
+        return self.backbone.feature_pieces() + [Piece("classifier_head", (self.classifier_head,), classify)]
 
 
 def pool(features, real, pooling):
@@ -49,12 +62,10 @@ def pool(features, real, pooling):
     return tf.reduce_sum(features * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1)
 
 
-def build_classifier(config, vocabulary_size, num_classes, seed=0):
+def new_classifier(config, vocabulary_size, num_classes, seed=0):
     """The configured backbone (its dropout seeded with `seed`) with a head for `num_classes`
-    labels, built on a dummy batch."""
-    backbone = build_model(config.model, vocabulary_size, config.data.seq_len, seed)
-    model = Classifier(backbone, num_classes, config.task.pooling)
-    model(keras.ops.zeros((1, config.data.seq_len), dtype="int32"))
-    return model
+    labels, not built yet."""
+    backbone = new_model(config.model, vocabulary_size, config.data.seq_len, seed)
+    return Classifier(backbone, num_classes, config.task.pooling)
 
 

@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from tflm.models.fused_lstm import FusedLSTM
-from tflm.models.next_token import NextTokenModel
+from tflm.models.next_token import NextTokenModel, Piece
 from tflm.models.randomness import ExampleDropout
 
 
@@ -47,13 +47,19 @@ class LstmLM(NextTokenModel):
         """The stacked LSTM layers, bottom first."""
         return self.stacked("lstm", self.num_layers)
 
-    def features(self, token_ids, training=False, example_ids=None):
-        """The last LSTM layer's output [batch, time, lstm_units], what the head reads."""
-        x = self.embedding(token_ids)
-        for i, lstm in enumerate(self.lstm_layers):
-            x = getattr(self, f"input_dropout_{i}")(x, example_ids, training=training)
-            x, _, _ = lstm(x, training=training)
-        return self.output_dropout(x, example_ids, training=training)
+    def feature_pieces(self):
+        """The embedding, then each LSTM layer with its input dropout (the last one with the
+        output dropout): the last layer's output [batch, time, lstm_units] is what the head reads."""
+        def layer_run(i, lstm, last):
+            def run(x, token_ids, example_ids, training):
+                x = getattr(self, f"input_dropout_{i}")(x, example_ids, training=training)
+                x, _, _ = lstm(x, training=training)
+                return self.output_dropout(x, example_ids, training=training) if last else x
+            return run
+
+        layers = self.lstm_layers
+        return [Piece("embedding", (self.embedding,), lambda x, *_: self.embedding(x)),
+                *(Piece(lstm.name, (lstm,), layer_run(i, lstm, i == len(layers) - 1)) for i, lstm in enumerate(layers))]
 
     def call_with_cache(self, token_ids, cache, cache_index=None, lengths=None):
         """Logits for `token_ids` [batch, time] run on from the recurrent state `cache`

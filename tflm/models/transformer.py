@@ -19,7 +19,7 @@ import keras
 import keras_nlp
 import tensorflow as tf
 
-from tflm.models.next_token import NextTokenModel
+from tflm.models.next_token import NextTokenModel, Piece
 from tflm.models.randomness import ExampleDropout
 from tflm.models.scatter import scatter_update
 
@@ -214,12 +214,19 @@ class TransformerLM(NextTokenModel):
         """The decoder blocks, bottom first (causal: position t sees tokens <= t)."""
         return self.stacked("decoder", self.num_layers)
 
-    def features(self, token_ids, training=False, example_ids=None):
-        """The normalised last block's output [batch, time, embed_dim], what the head reads."""
-        x = self.embedding(token_ids)
-        for block in self.blocks:
-            x = block(x, example_ids, training=training)
-        return self.final_norm(x)
+    def feature_pieces(self):
+        """The embedding, then each block (the last one with the final norm): the normalised last
+        block's output [batch, time, embed_dim] is what the head reads."""
+        def block_run(block, norm=None):
+            def run(x, token_ids, example_ids, training):
+                x = block(x, example_ids, training=training)
+                return norm(x) if norm else x
+            return run
+
+        blocks = self.blocks
+        return [Piece("embedding", (self.embedding,), lambda x, *_: self.embedding(x)),
+                *(Piece(block.name, (block,), block_run(block)) for block in blocks[:-1]),
+                Piece(blocks[-1].name, (blocks[-1], self.final_norm), block_run(blocks[-1], self.final_norm))]
 
     def call_with_cache(self, token_ids, cache, cache_index, lengths=None):
         """Logits for `token_ids` [batch, time] placed at positions cache_index... of each row

@@ -7,6 +7,7 @@ one edit in its task. Loads no TensorFlow until a method needs it.
 
 from tflm.errors import TflmError
 from tflm.lazy import tf
+from tflm.models.build import built
 
 
 class Task:
@@ -49,9 +50,13 @@ class Task:
         """(training input fn from `step` on, validation input fn, validation batches per evaluation)."""
         raise NotImplementedError
 
+    def new_model(self, vocabulary_size, seed=0):
+        """The task's model, not built yet (its weights are made where it is first called)."""
+        raise NotImplementedError
+
     def build_model(self, vocabulary_size, seed=0):
         """The task's model with fresh weights, built on a dummy batch."""
-        raise NotImplementedError
+        return built(self.new_model(vocabulary_size, seed), self.config.data.seq_len)
 
     def language_model(self, model):
         """The language model inside `model` (what train.init_from restores into)."""

@@ -75,11 +75,11 @@ class Task(BaseTask):
                 examples.eval_dataset_fn(self.val_ids, self.val_labels, global_batch),
                 examples.eval_batches(len(self.val_labels), global_batch))
 
-    def build_model(self, vocabulary_size, seed=0):
+    def new_model(self, vocabulary_size, seed=0):
         """The configured language model with a classifier head over the labels."""
-        from tflm.models.classifier import build_classifier  # defines Keras classes: loads TensorFlow
+        from tflm.models.classifier import new_classifier  # defines Keras classes: loads TensorFlow
 
-        return build_classifier(self.config, vocabulary_size, len(self.labels), seed)
+        return new_classifier(self.config, vocabulary_size, len(self.labels), seed)
 
     def language_model(self, model):
         """The classifier's backbone."""

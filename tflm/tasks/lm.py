@@ -20,7 +20,7 @@ from tflm.data.prepare import StoreExists, check_store_matches, prepare_store
 from tflm.data.store import TokenStore
 from tflm.data.tokenizers import load_tokenizer
 from tflm.lazy import tf
-from tflm.models.build import build_model
+from tflm.models.build import new_model
 from tflm.runs import run_dir as runs
 from tflm.runs.fingerprints import check_recorded_tokenizer
 from tflm.runs.init_from import RECORD_FILE
@@ -61,9 +61,9 @@ class Task(BaseTask):
         return (train_dataset_fn(store, seq_len, train.global_batch_size, train.seed, step),
                 eval_dataset_fn(store, seq_len, train.global_batch_size, batches), batches)
 
-    def build_model(self, vocabulary_size, seed=0):
+    def new_model(self, vocabulary_size, seed=0):
         """The configured language model (tflm.models)."""
-        return build_model(self.config.model, vocabulary_size, self.config.data.seq_len, seed)
+        return new_model(self.config.model, vocabulary_size, self.config.data.seq_len, seed)
 
     def loss_and_sums(self, targets, logits):
         """(summed cross-entropy / global-batch tokens, [loss sum, correct, tokens, target bytes])."""

@@ -39,6 +39,12 @@ class Worker:
         return self.type == "chief" or (self.type == "worker" and self.index == 0 and not self.has_chief)
 
     @property
+    def rank(self):
+        """This task's number among all: the chief 0, then the workers in order (as
+        MultiWorkerMirroredStrategy numbers its input pipelines)."""
+        return 0 if self.type == "chief" else self.index + int(self.has_chief)
+
+    @property
     def name(self):
         """"chief", "worker 1", ... for log lines."""
         return self.type if self.type == "chief" else f"{self.type} {self.index}"

@@ -5,6 +5,7 @@ summed over replicas and clipped, so clipping means the same on one device and o
 """
 
 import keras
+import tensorflow as tf
 
 
 class PreReducedAdamW(keras.optimizers.AdamW):
@@ -18,6 +19,21 @@ class PreReducedAdamW(keras.optimizers.AdamW):
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return list(grads_and_vars)
+
+    # Keras leaves an update's arithmetic without a device, so a pipeline stage's weights would be
+    # updated on the default device (measured: AdamW's Mul/Sqrt ops unplaced, only the variable
+    # writes on the stage's device). Each update, weight decay included, runs on its variable's device.
+
+    def _apply_weight_decay(self, variables):
+        """Nothing here: update_step decays each variable, on its device."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        """AdamW's update of one variable (its weight decay first), on the variable's device."""
+        with tf.device(variable.device):
+            if self.weight_decay is not None and self._use_weight_decay(variable):
+                learning_rate_now = tf.cast(self.learning_rate, variable.dtype)
+                variable.assign_sub(variable * tf.cast(self.weight_decay, variable.dtype) * learning_rate_now)
+            return super().update_step(gradient, variable, learning_rate)
 
 
 def make_optimizer(train_config):

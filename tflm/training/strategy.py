@@ -97,6 +97,8 @@ def make_strategy(runtime):
                 bytes_per_pack=25 * 1024 * 1024,
             )
         )
+    if runtime.pipeline_stages > 1:  # the pipeline trainer runs its own replicas (tflm.training.pipeline)
+        return tf.distribute.get_strategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]

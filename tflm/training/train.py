@@ -30,6 +30,8 @@ from tflm.runs.init_from import check_not_itself, check_source, restore_source, 
 from tflm.tasks import task_for
 from tflm.training.cluster import current_worker, use_cluster
 from tflm.training.controller import Controller
+from tflm.runs.pipeline_trace import append_trace
+from tflm.training.pipeline import balanced_cut, describe_cut, piece_weights, pipeline_layout, placed_model
 from tflm.training.progress import Progress
 from tflm.training.rendezvous import startup_watchdog, wait_for_peers
 from tflm.training.strategy import exit_if_a_peer_is_lost, leave_when_done, make_strategy, resolve_strategy_name
@@ -58,8 +60,10 @@ def train(config, run_dir=None, restart=False, command=None):
             wait_for_peers(worker, config.runtime.cluster_timeout_s)
         with startup_watchdog(worker, config.runtime.cluster_timeout_s, prefix):
             strategy = make_strategy(config.runtime)
+        layout = pipeline_layout(config.runtime, worker) if config.runtime.pipeline_stages > 1 else None
+        check_batch_split(config.train, layout.replicas if layout else strategy.num_replicas_in_sync)
         with exit_if_a_peer_is_lost(worker, prefix, lambda: None):
-            return train_in(config, run_dir, worker, strategy, resuming, prefix, source, resume)
+            return train_in(config, run_dir, worker, strategy, resuming, prefix, source, resume, layout)
     finally:
         runs.release_lock(run_dir)  # if this process holds it; and what it assembled of a new run_dir
 
@@ -116,24 +120,29 @@ def has_progress(run_dir):
     return bool(list_checkpoints(checkpoint_dir(run_dir))) or bool(runs.read_history(run_dir))
 
 
-def train_in(config, run_dir, worker, strategy, resuming, prefix, source=None, resume_command=None):
-    """Data, model, restore, then the loop (strategy started)."""
-    from tflm.training.optimizer import make_optimizer  # these define Keras classes, so they load Keras
-    from tflm.training.trainer import Trainer
+def check_batch_split(train_config, replicas):
+    """Raise unless the global batch splits into `replicas` equal shares, each into train.microbatches."""
+    batch, microbatches = train_config.global_batch_size, train_config.microbatches
+    if batch % replicas:
+        raise TflmError(f"train.global_batch_size={batch} is not divisible by the {replicas} replicas")
+    if (batch // replicas) % microbatches:
+        raise TflmError(f"train.microbatches={microbatches} does not divide a replica's share of the global "
+                        f"batch ({batch} / {replicas} replicas = {batch // replicas})")
 
-    replicas, global_batch = strategy.num_replicas_in_sync, config.train.global_batch_size
-    if global_batch % replicas:
-        raise TflmError(f"train.global_batch_size={global_batch} is not divisible by the {replicas} replicas")
+
+def train_in(config, run_dir, worker, strategy, resuming, prefix, source=None, resume_command=None, layout=None):
+    """Data, model, restore, then the loop (strategy started; `layout`: the pipeline's, if any)."""
     task = task_for(config)
     task.open_data(run_dir, worker, strategy, resuming, source)
 
     keras.mixed_precision.set_dtype_policy(config.runtime.precision)
     keras.utils.set_random_seed(config.train.seed)
-    with strategy.scope():
-        model = task.build_model(task.tokenizer.vocabulary_size, config.train.seed)
-        optimizer = make_optimizer(config.train)
-        optimizer.build(model.trainable_variables)
-    trainer = Trainer(strategy, model, optimizer, task, config.train, config.runtime.jit_compile)
+    if layout:
+        trainer = pipeline_trainer(config, task, layout, worker, run_dir, prefix)
+    else:
+        trainer = data_parallel_trainer(config, task, strategy)
+    model, optimizer = trainer.model, trainer.optimizer
+    replicas = layout.replicas if layout else strategy.num_replicas_in_sync
     checkpointer = Checkpointer(run_dir, worker, model, optimizer, config.train.keep_checkpoints, trainer.state())
     try:
         with exit_if_a_peer_is_lost(worker, prefix, lambda: trainer.step):
@@ -146,8 +155,8 @@ def train_in(config, run_dir, worker, strategy, resuming, prefix, source=None, r
                                 "restore the checkpoint files, or start over with --restart")
             if worker.is_chief and resuming:
                 runs.replace_config(run_dir, config)
-            print(f"{prefix}tflm: run directory {run_dir} ({strategy_name(strategy)}, {replicas} replica(s))",
-                  flush=True)
+            shape = f"pipelines of {layout.stages} stages" if layout else strategy_name(strategy)
+            print(f"{prefix}tflm: run directory {run_dir} ({shape}, {replicas} replica(s))", flush=True)
             step = trainer.step
             progress = Progress(config.train.steps, task.units_per_step, prefix, unit=task.unit_shown)
             if step >= config.train.steps:
@@ -158,8 +167,7 @@ def train_in(config, run_dir, worker, strategy, resuming, prefix, source=None, r
                 progress.log(f"resuming from {restored} at step {step}")
             history = runs.repair_history(run_dir, step) if worker.is_chief else []
             train_fn, eval_fn, eval_batches = task.datasets(step)
-            train_iterator = iter(strategy.distribute_datasets_from_function(train_fn))
-            eval_iterator = iter(strategy.distribute_datasets_from_function(eval_fn))
+            train_iterator, eval_iterator = trainer.iterator(train_fn), trainer.iterator(eval_fn)
             controller = Controller(trainer, checkpointer, config.train, task.units_per_step, run_dir, worker, progress,
                                     resume_command)
             controller.run(train_iterator, eval_iterator, eval_batches,
@@ -169,6 +177,46 @@ def train_in(config, run_dir, worker, strategy, resuming, prefix, source=None, r
     finally:
         checkpointer.close()
     return run_dir
+
+
+def data_parallel_trainer(config, task, strategy):
+    """The Trainer of a model whose every replica is whole on one device of `strategy`."""
+    from tflm.training.optimizer import make_optimizer  # these define Keras classes, so they load Keras
+    from tflm.training.trainer import Trainer
+
+    with strategy.scope():
+        model = task.build_model(task.tokenizer.vocabulary_size, config.train.seed)
+        optimizer = make_optimizer(config.train)
+        optimizer.build(model.trainable_variables)
+    return Trainer(strategy, model, optimizer, task, config.train, config.runtime.jit_compile)
+
+
+def pipeline_trainer(config, task, layout, worker, run_dir, prefix):
+    """The PipelineTrainer of the layout's replicas, each cut into balanced stages and placed.
+
+    The model is first built whole in host memory, as one device would build it, so that every
+    layout starts from the same weights (and the cut is measured on it); each replica's stages are
+    then built on their devices and take those weights."""
+    from tflm.training.optimizer import make_optimizer  # these define Keras classes, so they load Keras
+    from tflm.training.pipeline_trainer import PipelineTrainer
+
+    vocabulary_size, seed = task.tokenizer.vocabulary_size, config.train.seed
+    with tf.device("/device:CPU:0"):
+        whole = task.build_model(vocabulary_size, seed)
+    cut = balanced_cut(piece_weights(whole), layout.stages)
+    replicas = []
+    for devices in layout.devices:
+        model = placed_model(lambda: task.new_model(vocabulary_size, seed), whole, cut, devices, config.data.seq_len)
+        optimizer = make_optimizer(config.train)
+        optimizer.build(model.trainable_variables)
+        replicas.append((model, optimizer))
+    microbatches = config.train.microbatches
+    print(f"{prefix}tflm: pipeline of {layout.stages} stages ({config.runtime.pipeline_schedule}, {microbatches} "
+          f"micro-batch{'es' if microbatches > 1 else ''} per replica), cut for equal weights per stage:", flush=True)
+    for line in describe_cut(whole, cut, layout.devices[0]):
+        print(f"{prefix}tflm:   {line}", flush=True)
+    on_trace = (lambda record: append_trace(run_dir, record)) if worker.is_chief else None
+    return PipelineTrainer(replicas, layout, cut, task, config.train, config.runtime, worker, on_trace)
 
 
 def strategy_name(strategy):

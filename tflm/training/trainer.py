@@ -37,6 +37,7 @@ class Trainer:
     def __init__(self, strategy, model, optimizer, task, train_config, jit_compile):
         self.strategy, self.model, self.optimizer, self.task = strategy, model, optimizer, task
         self.clip_norm, self.jit_compile = train_config.clip_norm, jit_compile
+        self.microbatches = train_config.microbatches
         self.train_metrics = SummedMetrics(task.metric_size, task.summarize)
         self.eval_metrics = SummedMetrics(task.metric_size, task.summarize)
         with strategy.scope():
@@ -57,6 +58,10 @@ class Trainer:
         """Variables a checkpoint must hold beside the model and optimizer."""
         return {"nonfinite_steps": self.nonfinite_steps, "first_nonfinite_step": self.first_nonfinite_step}
 
+    def iterator(self, dataset_fn):
+        """An iterator over the batches of `dataset_fn(input_context)`, one per replica each step."""
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
     def train_steps(self, iterator, steps):
         """Run `steps` training steps, one compiled call per phase of the task they fall in."""
         for phase, count in self.task.phases(self.step, steps):
@@ -76,6 +81,9 @@ class Trainer:
 
     def clipped(self, grads):
         """(gradients clipped to train.clip_norm, whether their global norm is finite)."""
+        # Dense first: the norm of an embedding's IndexedSlices counts a token seen twice as two
+        # rows, not their sum, so it was not the gradient's norm (and depended on the micro-batches).
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         norm = tf.linalg.global_norm(grads)
         grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
         return grads, tf.math.is_finite(norm)
@@ -120,6 +128,23 @@ class PhaseSteps:
                 self._replica_step(iterator)
 
     def _forward_backward_fn(self, inputs, targets, example_ids):
+        """(gradients, metric sums) of the replica's batch: of its train.microbatches parts one
+        after another (a loop, so that one part's activations are held at a time), summed."""
+        microbatches = self.trainer.microbatches
+        if microbatches == 1:
+            return self._microbatch_gradients(inputs, targets, example_ids)
+        parts = [tf.stack(tf.split(t, microbatches)) for t in (inputs, targets, example_ids)]
+        first, sums = self._microbatch_gradients(*(t[0] for t in parts))
+        used = [i for i, g in enumerate(first) if g is not None]  # the rest has no gradient, as with one part
+        totals = [tf.convert_to_tensor(first[i]) for i in used]
+        for m in tf.range(1, microbatches):
+            grads, part_sums = self._microbatch_gradients(*(t[m] for t in parts))
+            totals = [total + tf.convert_to_tensor(grads[i]) for total, i in zip(totals, used)]
+            sums += part_sums
+        summed = dict(zip(used, totals))
+        return [summed.get(i) for i in range(len(first))], sums
+
+    def _microbatch_gradients(self, inputs, targets, example_ids):
         trainer = self.trainer
         with tf.GradientTape() as tape:
             logits = trainer.model(inputs, training=True, example_ids=example_ids)

@@ -1,0 +1,274 @@
+"""Micro-batches and pipeline stages train the same run as one device.
+
+Every comparison: the same config and global batch, dropout on, per-step training losses and every
+final weight within 1e-5 (relative) of the one-device run's. The pipeline runs use logical CPUs
+in their own processes (a process splits its CPU once).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, labelled_rows, run_tflm, small_config, write_config, write_csv, write_jsonl
+from tflm.config import updated
+from tflm.runs import run_dir as runs
+from tflm.training.pipeline import (BACKWARD, FORWARD, balanced_cut, bubble_fraction, one_f_one_b_order,
+                                    stage_orders)
+from tflm.training.train import train
+
+TOLERANCE = 1e-5
+
+
+def pipeline_config(model_type="transformer", **sections):
+    """Two layers with dropout, a loss per step, a constant learning rate after warm-up (so a run
+    stopped early and resumed with more train.steps continues the uninterrupted run)."""
+    config = small_config(model_type, model={"dropout": 0.2, "num_layers": 2},
+                          train={"steps": 6, "eval_every": 1, "eval_batches": 1, "global_batch_size": 8,
+                                 "warmup_steps": 2, "min_learning_rate_ratio": 1.0})
+    return updated(config, **sections)
+
+
+def losses(run_dir):
+    """{step: training loss} of a run's history."""
+    return {r["step"]: r["loss"] for r in runs.read_history(run_dir)}
+
+
+def weights(run_dir):
+    """[(variable path, value)] of every weight of a run's newest checkpoint, loaded into its model."""
+    from tflm.serving.loading import load_run
+
+    return [(v.path, np.asarray(v.numpy())) for v in load_run(run_dir).model.weights]
+
+
+def assert_same_run(run_dir, reference):
+    """Per-step losses and final weights agree to TOLERANCE (relative)."""
+    got, expected = losses(run_dir), losses(reference)
+    assert got.keys() == expected.keys() and got
+    for step in expected:
+        assert abs(got[step] - expected[step]) <= TOLERANCE * abs(expected[step]), (step, got, expected)
+    a, b = weights(run_dir), weights(reference)
+    assert len(a) == len(b) > 0
+    for (_, got_value), (path, value) in zip(a, b):  # paths differ by Keras' per-process name counters
+        if path.endswith("key/bias"):
+            # Its gradient is 0 in exact arithmetic (softmax ignores a shift of every key's score),
+            # so AdamW's normalisation turns rounding noise into updates of random sign: it moves by
+            # noise alone (about 1e-6 here), and changes no output.
+            continue
+        scale = float(np.abs(value).max())
+        assert got_value.shape == value.shape and float(np.abs(got_value - value).max()) <= TOLERANCE * scale, path
+
+
+def train_in_process(config, run_dir):
+    return train(config, str(run_dir))
+
+
+def train_subprocess(tmp_path, name, config, *extra):
+    """Train `config` in a fresh process (its own logical CPUs) into tmp_path/name."""
+    run_dir = str(tmp_path / name)
+    result = run_tflm("train", "--config", write_config(tmp_path / f"{name}.yaml", config), "--run-dir", run_dir,
+                      *extra, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result.stdout
+
+
+def staged(config, stages=2, replicas=1, microbatches=2, schedule="1f1b"):
+    return updated(config, runtime={"pipeline_stages": stages, "logical_cpus": stages * replicas,
+                                    "pipeline_schedule": schedule},
+                   train={"microbatches": microbatches})
+
+
+# --- the plan: cut and schedules (fast) -----------------------------------------------------------
+
+def test_the_cut_balances_weights_and_keeps_the_chain_in_order():
+    sizes = [300, 100, 100, 100, 100, 100, 100, 100, 100, 300]  # embedding, 8 blocks, head
+    for stages in (1, 2, 4):
+        cut = balanced_cut(sizes, stages)
+        assert cut[0][0] == 0 and cut[-1][1] == len(sizes)
+        assert all(end == next_first for (_, end), (next_first, _) in zip(cut, cut[1:]))
+        assert max(sum(sizes[a:b]) for a, b in cut) <= 1.25 * sum(sizes) / stages
+    assert balanced_cut([5, 1, 1, 5], 2) == [(0, 2), (2, 4)]
+    with pytest.raises(ValueError):
+        balanced_cut([1, 2], 3)
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("stages,microbatches", [(2, 1), (2, 4), (4, 8), (3, 2)])
+def test_every_schedule_runs_each_microbatch_forward_then_backward_once(schedule, stages, microbatches):
+    for order in stage_orders(schedule, stages, microbatches):
+        assert sorted(order) == sorted([(FORWARD, m) for m in range(microbatches)]
+                                       + [(BACKWARD, m) for m in range(microbatches)])
+        assert all(order.index((FORWARD, m)) < order.index((BACKWARD, m)) for m in range(microbatches))
+
+
+def test_1f1b_holds_at_most_stages_microbatches_and_gpipe_holds_all():
+    def most_held(order):
+        held = peak = 0
+        for kind, _ in order:
+            held += 1 if kind == FORWARD else -1
+            peak = max(peak, held)
+        return peak
+
+    for k in range(4):
+        assert most_held(one_f_one_b_order(k, 4, 8)) == 4 - k
+    assert most_held(stage_orders("gpipe", 4, 8)[0]) == 8
+    assert bubble_fraction(4, 8) == pytest.approx(3 / 11)
+
+
+# --- bad input: one line, exit 2, nothing written ---------------------------------------------------
+
+@pytest.mark.parametrize("setting,message", [
+    ("runtime.pipeline_stages=5", "runtime.pipeline_stages=5 is more than the 3 pieces the model can be cut into"),
+    ("train.microbatches=3", "train.microbatches=3 does not divide train.global_batch_size=8"),
+    ("runtime.pipeline_schedule=zigzag", "runtime.pipeline_schedule"),
+])
+def test_impossible_pipeline_settings_are_one_line_errors(tmp_path, setting, message):
+    config = write_config(tmp_path / "c.yaml", small_config())
+    result = run_tflm("train", "--config", config, "--set", setting, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings,message", [
+    (["runtime.pipeline_stages=2"], "runtime.pipeline_stages=2 needs a multiple of 2 devices per worker"),
+    (["runtime.pipeline_stages=2", "runtime.logical_cpus=3"], "found 3 CPU(s)"),
+    (["runtime.pipeline_stages=2", "runtime.logical_cpus=4", "train.microbatches=8"],
+     "train.microbatches=8 does not divide a replica's share of the global batch (8 / 2 replicas = 4)"),
+])
+def test_too_few_devices_or_microbatches_past_a_replica_share_stop_before_anything_is_written(
+        tmp_path, settings, message):
+    config = write_config(tmp_path / "c.yaml", small_config())
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    result = run_tflm("train", "--config", config, *args, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["c.yaml"]
+
+
+# --- equal to one device -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """One-device runs of pipeline_config(model_type), made once per model type."""
+    made = {}
+
+    def get(model_type):
+        if model_type not in made:
+            made[model_type] = train_in_process(pipeline_config(model_type),
+                                                tmp_path_factory.mktemp(f"one_device_{model_type}") / "run")
+        return made[model_type]
+
+    return get
+
+
+@pytest.mark.slow
+def test_four_microbatches_train_as_one_batch(tmp_path, references):
+    run_dir = train_in_process(pipeline_config(train={"microbatches": 4}), tmp_path / "run")
+    assert_same_run(run_dir, references("transformer"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type,schedule,microbatches", [
+    ("transformer", "gpipe", 4), ("transformer", "1f1b", 2), ("lstm", "gpipe", 2), ("lstm", "1f1b", 4)])
+def test_two_stages_train_as_one_device(tmp_path, references, model_type, schedule, microbatches):
+    config = staged(pipeline_config(model_type), microbatches=microbatches, schedule=schedule)
+    run_dir, out = train_subprocess(tmp_path, "staged", config)
+    assert "pipeline of 2 stages" in out and "stage 1 on /device:CPU:1" in out
+    assert_same_run(run_dir, references(model_type))
+
+
+@pytest.mark.slow
+def test_two_replicas_of_two_stages_on_four_logical_cpus_train_as_one_device(tmp_path, references):
+    config = staged(pipeline_config(), replicas=2, microbatches=2)
+    run_dir, out = train_subprocess(tmp_path, "2x2", config)
+    assert "(pipelines of 2 stages, 2 replica(s))" in out
+    assert_same_run(run_dir, references("transformer"))
+
+
+@pytest.mark.slow
+def test_two_workers_of_two_stages_train_as_one_device(tmp_path, references):
+    config = staged(pipeline_config(), microbatches=2)
+    run_dir = str(tmp_path / "run")
+    result = run_tflm("launch", "--workers", "2", "--", "--config", write_config(tmp_path / "c.yaml", config),
+                      "--run-dir", run_dir, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "[worker 1] tflm: run directory" in result.stdout and "2 replica(s)" in result.stdout
+    assert_same_run(run_dir, references("transformer"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_with_another_number_of_stages(tmp_path, references, first, then):
+    def with_stages(stages, steps):
+        config = updated(pipeline_config(), train={"steps": steps})
+        return staged(config) if stages > 1 else config
+
+    run_dir, _ = train_subprocess(tmp_path, "run", with_stages(first, 3))
+    train_subprocess(tmp_path, "run", with_stages(then, 6))
+    assert_same_run(run_dir, references("transformer"))
+
+
+@pytest.mark.slow
+def test_a_two_stage_classifier_with_a_frozen_start_trains_as_one_device_and_classifies(tmp_path):
+    from tflm.serving.classifying import classify_texts
+    from tflm.serving.loading import load_run
+
+    train_path = write_csv(tmp_path / "train.csv", labelled_rows(64, 0))
+    val_path = write_jsonl(tmp_path / "val.jsonl", labelled_rows(16, 1))
+    config = pipeline_config("lstm", data={"source": "files", "paths": [train_path], "validation_paths": [val_path]},
+                             task={"type": "classify", "freeze_backbone_steps": 2})
+    reference = train_in_process(config, tmp_path / "one_device")
+    run_dir, _ = train_subprocess(tmp_path, "staged", staged(config))
+    assert_same_run(run_dir, reference)
+    texts = ["abc de", "fgh ij", "klm no"]
+    assert classify_texts(load_run(run_dir), texts) == classify_texts(load_run(reference), texts)
+
+
+PLACEMENT_CHECK = """
+import json, sys
+from tflm.training.strategy import split_cpu
+split_cpu(2)
+from tflm.config import Config, updated
+from tflm.data.tokenizers.char import CharTokenizer
+from tflm.tasks import task_for
+from tflm.training.cluster import Worker
+from tflm.training.pipeline import pipeline_layout
+from tflm.training.train import pipeline_trainer
+
+config = Config.from_dict(json.loads(sys.argv[1]))
+task = task_for(config)
+task.tokenizer = CharTokenizer(list("abcdefgh"))
+task.byte_lengths = None
+trainer = pipeline_trainer(config, task, pipeline_layout(config.runtime, Worker()), Worker(), None, "")
+model, optimizer = trainer.replicas[0]
+placed = []
+for k, stage in enumerate(trainer.stages[0]):
+    for layer in (layer for piece in stage.pieces for layer in piece.layers):
+        for variable in layer.variables:
+            slots = [optimizer._momentums[optimizer._get_variable_index(variable)],
+                     optimizer._velocities[optimizer._get_variable_index(variable)]] if variable.trainable else []
+            placed += [(k, v.path, v.value.device) for v in [variable] + slots]
+print(json.dumps({"placed": placed, "count": len(model.variables), "bytes": trainer.device_bytes()}))
+"""
+
+
+@pytest.mark.slow
+def test_every_weight_and_optimizer_slot_of_stage_k_lives_on_device_k():
+    config = pipeline_config(model={"num_layers": 4}, runtime={"pipeline_stages": 2, "logical_cpus": 2})
+    result = subprocess.run([sys.executable, "-c", PLACEMENT_CHECK, json.dumps(config.to_dict())], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO})
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    placed = found["placed"]
+    assert len({path for _, path, _ in placed if "momentum" not in path and "velocity" not in path}) == found["count"]
+    assert {k for k, _, _ in placed} == {0, 1}
+    for k, path, device in placed:
+        assert device.endswith(f"/device:CPU:{k}"), (k, path, device)
+    first, second = found["bytes"]
+    assert max(first, second) <= 1.25 * (first + second) / 2

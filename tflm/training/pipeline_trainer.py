@@ -1,0 +1,318 @@
+"""Training with the model cut into pipeline stages (tflm/training/pipeline.py says where and in
+what order): the compiled steps of tflm.training.trainer for R local pipelines of S stages.
+
+TensorFlow has no pipeline library for Keras 3 (DTensor is experimental and unsupported by its
+TensorFlow backend; keras.distribution serves JAX and PyTorch), so this is built on placement and
+collectives, after GPipe and PipeDream-flush. In one tf.function per step, each replica's batch
+is split into train.microbatches parts; stage k's forward of a part runs on its device (an XLA
+program with runtime.jit_compile) under a tape of its own, and its backward is that tape's
+gradient, placed on the same device, fed the gradient of its output by stage k + 1
+(`output_gradients`): one tape around everything would run the whole backward where it was called.
+Each stage's work follows its schedule through control dependencies, and work on different
+devices overlaps where the data allow. Gradients are summed over micro-batches on the stage's
+device, over local replicas on replica 0's device of that stage, and over workers with one
+collective all-reduce per stage (CollectiveReduceV2, what MultiWorkerMirroredStrategy runs
+underneath, in groups of the workers' same devices); then clipped by the global norm, as on one
+device, and every replica applies the same update to its own copy, each variable on its device.
+
+Replica 0's model and optimizer are the ones the run's checkpoints hold: they have the one-device
+model's structure, so checkpoints do not depend on the layout. The other replicas (and workers)
+take their values before the first step.
+"""
+
+import functools
+import itertools
+import time
+
+from tflm.lazy import tf
+from tflm.training.pipeline import FORWARD, stage_orders, stage_pieces, unique_variables
+from tflm.training.trainer import Trainer
+
+GROUP_KEY_BASE = 1 << 20  # collective groups of this module (MultiWorkerMirroredStrategy numbers its own from 1)
+INSTANCE_KEY_BASE = 1 << 24
+
+
+class Stage:
+    """One stage of one replica: its pieces of the model, its device, its compiled forwards."""
+
+    def __init__(self, pieces, device, jit_compile):
+        self.pieces, self.device = pieces, device
+        self.forward = {training: tf.function(functools.partial(self._run, training=training), jit_compile=jit_compile)
+                        for training in (True, False)}
+
+    def _run(self, x, token_ids, example_ids, training):
+        for piece in self.pieces:
+            x = piece.run(x, token_ids, example_ids, training)
+        return x
+
+    def trained(self, trained_ids):
+        """The stage's trainable variables among those whose ids are `trained_ids`."""
+        return [v for v in unique_variables([layer for p in self.pieces for layer in p.layers], trainable=True)
+                if id(v) in trained_ids]
+
+
+class PipelineTrainer(Trainer):
+    """A Trainer (same interface, same checkpoints) for local replicas [(model, optimizer)] laid
+    out by a pipeline.Layout and cut at `cut` (pipeline.balanced_cut's bounds)."""
+
+    def __init__(self, replicas, layout, cut, task, train_config, runtime, worker, on_trace=None):
+        model, optimizer = replicas[0]
+        super().__init__(tf.distribute.get_strategy(), model, optimizer, task, train_config, runtime.jit_compile)
+        self.replicas, self.layout, self.worker = replicas, layout, worker
+        self.schedule = runtime.pipeline_schedule
+        self.orders = stage_orders(self.schedule, layout.stages, self.microbatches)
+        self.stages = [[Stage(pieces, device, runtime.jit_compile) for pieces, device in
+                        zip(stage_pieces(replica_model, cut), devices)]
+                       for (replica_model, _), devices in zip(replicas, layout.devices)]
+        self.trace_steps_left, self.on_trace = runtime.pipeline_trace_steps, on_trace
+        self._instance_keys = itertools.count(INSTANCE_KEY_BASE)
+        self._eval_loop = tf.function(self._pipeline_eval_loop_fn)
+        self._loops = {}  # phase -> (compiled loop, compiled traced step)
+        self._synced = False
+
+    # --- what the controller calls -----------------------------------------------------------
+
+    def iterator(self, dataset_fn):
+        """This worker's share of each global batch: a replica's batch after another, R per step."""
+        layout = self.layout
+        context = tf.distribute.InputContext(num_input_pipelines=layout.workers, input_pipeline_id=self.worker.rank,
+                                             num_replicas_in_sync=layout.replicas)
+        return iter(dataset_fn(context))
+
+    def train_steps(self, iterator, steps):
+        """Run `steps` training steps (the first runtime.pipeline_trace_steps of them traced)."""
+        self.sync_replicas()
+        for phase, count in self.task.phases(self.step, steps):
+            loop, traced_step = self._phase(phase)
+            while count and self.trace_steps_left:
+                step, started = self.step, time.time()
+                times = traced_step(iterator).numpy()
+                self.trace_steps_left -= 1
+                count -= 1
+                if self.on_trace:
+                    self.on_trace(self._trace_record(step, started, times))
+            if count:
+                loop(iterator, tf.constant(count, tf.int64))
+
+    def evaluate(self, iterator, batches):
+        """Run `batches` global validation batches; their metrics."""
+        self.sync_replicas()
+        return super().evaluate(iterator, batches)
+
+    def skip(self):
+        """A non-finite step: counted, every replica's step counter advanced, no weight changed."""
+        super().skip()
+        for _, optimizer in self.replicas[1:]:
+            optimizer.iterations.assign_add(1)
+
+    def sync_replicas(self):
+        """Once, before the first step: every replica and worker takes replica 0's (the chief's)
+        weights and optimizer state, restored or freshly initialised."""
+        if self._synced:
+            return
+        self._synced = True
+        if self.layout.workers > 1:
+            tf.function(self._broadcast_from_chief)()
+        source = self._replica_state(0)
+        for r in range(1, len(self.replicas)):
+            for target, value in zip(self._replica_state(r), source):
+                target.assign(value)
+
+    # --- one step ----------------------------------------------------------------------------
+
+    def _phase(self, phase):
+        """The compiled loop and traced single step of a phase of the task."""
+        if phase not in self._loops:
+            trained = [{id(v) for v in self.task.trained_variables(m, phase)} for m, _ in self.replicas]
+            variables = [[stage.trained(ids) for stage in stages] for stages, ids in zip(self.stages, trained)]
+
+            def loop(iterator, steps):
+                for _ in tf.range(steps):
+                    self._step(iterator, variables)
+
+            self._loops[phase] = (tf.function(loop),
+                                  tf.function(lambda iterator: self._step(iterator, variables, trace=True)))
+        return self._loops[phase]
+
+    def _step(self, iterator, variables, trace=False):
+        """One training step of every local replica; the traced times of replica 0's work [n, 2]."""
+        results = [self._pipeline(r, next(iterator), variables[r], trace and r == 0)
+                   for r in range(len(self.replicas))]
+        grads = [self._summed([result[0][k] for result in results], k) for k in range(self.layout.stages)]
+        sums = self._summed([[result[1]] for result in results], self.layout.stages - 1)[0]
+        grads, finite = self.clipped([g for stage in grads for g in stage])
+        tf.cond(finite, lambda: self._apply(grads, variables), self.skip)
+        self.train_metrics.update(tf.where(finite, sums, tf.zeros_like(sums)))
+        return tf.stack([results[0][2][work] for work in self._work()]) if trace else None
+
+    def _apply(self, grads, variables):
+        for (_, optimizer), stages in zip(self.replicas, variables):
+            optimizer.apply_gradients(zip(grads, [v for stage in stages for v in stage]))
+
+    def _pipeline(self, r, batch, variables, trace):
+        """Replica r's schedule over the micro-batches of `batch`: ([summed gradients of each
+        stage's `variables`], metric sums, {(stage, kind, micro-batch): [start, end]} if traced)."""
+        run = PipelineRun(self, self.stages[r], batch, variables, trace)
+        pending = [list(order) for order in self.orders]
+        while any(pending):
+            ready = [k for k, work in enumerate(pending) if work and run.can_do(k, *work[0])]
+            if not ready:
+                raise RuntimeError(f"the pipeline schedule {self.orders} deadlocks")  # a bug in a schedule
+            for k in ready:
+                run.do(k, *pending[k].pop(0))
+        return run.grads, run.sums, run.times
+
+    def _summed(self, per_replica, k):
+        """The sums over local replicas (on replica 0's device of stage k) and over workers of
+        per_replica[r] (lists of tensors)."""
+        with tf.device(self.layout.devices[0][k]):
+            totals = [t[0] if len(t) == 1 else tf.add_n(t) for t in zip(*per_replica)]
+            return self._across_workers(totals, self.layout.devices[0][k])
+
+    def _across_workers(self, tensors, device, merge="Add"):
+        """`tensors` summed over the workers' same `device`: one collective of them packed."""
+        if self.layout.workers == 1 or not tensors:
+            return tensors
+        dtypes = [t.dtype for t in tensors]
+        packed = tf.concat([tf.reshape(tf.cast(t, tf.float32 if t.dtype != tf.float64 else tf.float64), [-1])
+                            for t in tensors], 0)
+        summed = tf.raw_ops.CollectiveReduceV2(
+            input=packed, group_size=self.layout.workers, group_key=group_key(device),
+            instance_key=next(self._instance_keys), ordering_token=[], merge_op=merge, final_op="Id",
+            communication_hint="auto", timeout_seconds=0)
+        parts = tf.split(summed, tf.stack([tf.size(t) for t in tensors]))  # an embedding's gradient has no static shape
+        return [tf.cast(tf.reshape(p, tf.shape(t)), dtype) for p, t, dtype in zip(parts, tensors, dtypes)]
+
+    # --- evaluation, tracing, replicas ---------------------------------------------------------
+
+    def _pipeline_eval_loop_fn(self, iterator, batches):
+        for _ in tf.range(batches):
+            sums = []
+            for stages in self.stages:
+                inputs, targets = next(iterator)
+                x = inputs
+                for stage in stages:
+                    with tf.device(stage.device):
+                        x = stage.forward[False](x, inputs, None)
+                with tf.device(stages[-1].device):
+                    sums.append([self.task.loss_and_sums(targets, x)[1]])
+            self.eval_metrics.update(self._summed(sums, self.layout.stages - 1)[0])
+
+    def _trace_record(self, step, started, times):
+        """A step's trace (pipeline_trace.jsonl): each piece of work's stage, kind, micro-batch,
+        start and end in seconds from the step's first start."""
+        origin = float(times[:, 0].min())
+        events = sorted((round(float(times[i, 0]) - origin, 6), round(float(times[i, 1]) - origin, 6), k, kind, m)
+                        for i, (k, kind, m) in enumerate(self._work()))
+        return {"step": step + 1, "time": started, "stages": self.layout.stages, "microbatches": self.microbatches,
+                "schedule": self.schedule,
+                "devices": list(self.layout.devices[0]), "device_bytes": self.device_bytes(),
+                "events": [{"stage": k, "kind": kind, "microbatch": m, "start_s": start, "end_s": end}
+                           for start, end, k, kind, m in events]}
+
+    def device_bytes(self):
+        """Bytes of weights and optimizer state on each of replica 0's stage devices."""
+        held = {}
+        for variable in self._replica_state(0):
+            device = canonical(device_of(variable))
+            held[device] = held.get(device, 0) + variable.numpy().nbytes
+        return [held.get(canonical(device), 0) for device in self.layout.devices[0]]
+
+    def _work(self):
+        """Every (stage, kind, micro-batch) of a step, stage by stage in schedule order."""
+        return [(k, kind, m) for k, order in enumerate(self.orders) for kind, m in order]
+
+    def _replica_state(self, r):
+        model, optimizer = self.replicas[r]
+        return list(model.variables) + list(optimizer.variables)
+
+    def _broadcast_from_chief(self):
+        """Every worker's replica 0 takes the chief's values: one collective per device."""
+        by_device = {}
+        for variable in self._replica_state(0):
+            by_device.setdefault(canonical(device_of(variable)), []).append(variable)
+        chief = self.worker.rank == 0
+        for device, variables in sorted(by_device.items()):
+            with tf.device(device):
+                values = [tf.cast(v, tf.float64) * (1.0 if chief else 0.0) for v in variables]
+                for variable, value in zip(variables, self._across_workers(values, device)):
+                    variable.assign(tf.cast(value, variable.dtype))
+
+
+class PipelineRun:
+    """The tensors of one replica's step while its schedule is laid out: each stage's work in
+    order, chained by control dependencies, each on its stage's device."""
+
+    def __init__(self, trainer, stages, batch, variables, trace):
+        self.trainer, self.stages, self.variables, self.trace = trainer, stages, variables, trace
+        count = len(stages)
+        self.parts = [tf.split(t, trainer.microbatches) for t in batch]  # inputs, targets, example ids
+        # Whether a stage's input needs a gradient: some stage before it trains.
+        self.input_needs_grad = [any(variables[:k]) for k in range(count)]
+        self.outputs, self.input_grads, self.tapes = {}, {}, {}
+        self.last = [[] for _ in range(count)]
+        self.grads = [[] for _ in range(count)]
+        self.sums, self.times = None, {}  # times: (stage, kind, micro-batch) -> [start, end]
+
+    def can_do(self, k, kind, m):
+        """Whether what (k, kind, m) reads has been computed."""
+        if kind == FORWARD:
+            return k == 0 or (k - 1, m) in self.outputs
+        return k == len(self.stages) - 1 or (k + 1, m) in self.input_grads
+
+    def do(self, k, kind, m):
+        """Lay out stage k's forward or backward of micro-batch m, after its previous work."""
+        with tf.device(self.stages[k].device), tf.control_dependencies(self.last[k]):
+            start = [tf.timestamp()] if self.trace else []
+            with tf.control_dependencies(start):
+                done = self._forward(k, m) if kind == FORWARD else self._backward(k, m)
+            if self.trace:
+                with tf.control_dependencies(done):
+                    self.times[(k, kind, m)] = tf.stack([start[0], tf.timestamp()])
+        self.last[k] = done
+
+    def _forward(self, k, m):
+        inputs, targets, example_ids = (part[m] for part in self.parts)
+        x = inputs if k == 0 else self.outputs.pop((k - 1, m))
+        with tf.GradientTape() as tape:
+            if self.input_needs_grad[k]:
+                tape.watch(x)
+            y = self.stages[k].forward[True](x, inputs, example_ids)
+            if k == len(self.stages) - 1:
+                y, sums = self.trainer.task.loss_and_sums(targets, y)
+                self.sums = sums if self.sums is None else self.sums + sums
+        self.tapes[(k, m)] = (tape, x, y)
+        self.outputs[(k, m)] = y
+        return [y]
+
+    def _backward(self, k, m):
+        tape, x, y = self.tapes.pop((k, m))
+        self.outputs.pop((k, m), None)
+        upstream = None if k == len(self.stages) - 1 else self.input_grads.pop((k + 1, m))
+        sources = ([x] if self.input_needs_grad[k] else []) + self.variables[k]
+        grads = tape.gradient(y, sources, output_gradients=upstream,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO) if sources else []
+        if self.input_needs_grad[k]:
+            self.input_grads[(k, m)], grads = grads[0], grads[1:]
+        else:
+            self.input_grads[(k, m)] = None
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        self.grads[k] = grads if not self.grads[k] else [a + b for a, b in zip(self.grads[k], grads)]
+        return grads or [y]
+
+
+def device_of(variable):
+    """The device a (Keras or TensorFlow) variable lives on."""
+    return getattr(variable, "value", variable).device
+
+
+def canonical(device):
+    """A device's name without job and task, the same on every worker ("/device:GPU:1")."""
+    spec = tf.DeviceSpec.from_string(device)
+    return f"/device:{spec.device_type}:{spec.device_index}"
+
+
+def group_key(device):
+    """The collective group of the workers' same device."""
+    spec = tf.DeviceSpec.from_string(device)
+    return GROUP_KEY_BASE + (4096 if spec.device_type == "GPU" else 0) + (spec.device_index or 0)
