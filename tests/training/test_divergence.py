@@ -21,9 +21,10 @@ from tflm.training.optimizer import make_optimizer
 
 
 @pytest.mark.slow
-def test_a_diverging_run_stops_with_exit_4_and_saves_nothing_non_finite(tmp_path):
+@pytest.mark.parametrize("runtime", [{}, {"pipeline_stages": 2, "logical_cpus": 2}], ids=["one_device", "two_stages"])
+def test_a_diverging_run_stops_with_exit_4_and_saves_nothing_non_finite(tmp_path, runtime):
     config = small_config(train={"steps": 40, "eval_every": 2, "eval_batches": 1, "learning_rate": 1e9,
-                                 "warmup_steps": 0})
+                                 "warmup_steps": 0}, runtime=runtime)
     run_dir = str(tmp_path / "run")
     result = run_tflm("train", "--config", write_config(tmp_path / "c.yaml", config), "--run-dir", run_dir)
     assert result.returncode == 4, result.stderr[-3000:]

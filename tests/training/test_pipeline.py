@@ -7,8 +7,10 @@ in their own processes (a process splits its CPU once).
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -176,10 +178,30 @@ def test_four_microbatches_train_as_one_batch(tmp_path, references):
 @pytest.mark.parametrize("model_type,schedule,microbatches", [
     ("transformer", "gpipe", 4), ("transformer", "1f1b", 2), ("lstm", "gpipe", 2), ("lstm", "1f1b", 4)])
 def test_two_stages_train_as_one_device(tmp_path, references, model_type, schedule, microbatches):
-    config = staged(pipeline_config(model_type), microbatches=microbatches, schedule=schedule)
+    config = staged(pipeline_config(model_type, runtime={"pipeline_trace_steps": 2}), microbatches=microbatches,
+                    schedule=schedule)
     run_dir, out = train_subprocess(tmp_path, "staged", config)
     assert "pipeline of 2 stages" in out and "stage 1 on /device:CPU:1" in out
-    assert_same_run(run_dir, references(model_type))
+    assert_same_run(run_dir, references(model_type))  # the traced steps too
+    assert_trace_follows_the_schedule(run_dir, schedule, microbatches)
+
+
+def assert_trace_follows_the_schedule(run_dir, schedule, microbatches):
+    """Each traced step holds every stage's work in its schedule's order, and (once compiled) no
+    work starts before what it receives from the other stage is done, within the few milliseconds
+    a time stamp may lag behind the work it follows."""
+    from tflm.runs.pipeline_trace import read_traces
+
+    traces = read_traces(run_dir)
+    assert [t["step"] for t in traces] == [1, 2]
+    for trace in traces:
+        events = {(e["stage"], e["kind"], e["microbatch"]): e for e in trace["events"]}
+        for k, order in enumerate(stage_orders(schedule, 2, microbatches)):
+            starts = [events[(k, kind, m)]["start_s"] for kind, m in order]
+            assert starts == sorted(starts)
+    for m in range(microbatches):  # the last traced step: the first one also times compilation
+        assert events[(1, FORWARD, m)]["start_s"] >= events[(0, FORWARD, m)]["end_s"] - 5e-3
+        assert events[(0, BACKWARD, m)]["start_s"] >= events[(1, BACKWARD, m)]["end_s"] - 5e-3
 
 
 @pytest.mark.slow
@@ -202,6 +224,29 @@ def test_two_workers_of_two_stages_train_as_one_device(tmp_path, references):
 
 
 @pytest.mark.slow
+def test_two_workers_of_two_stages_preempted_save_exit_42_and_resume_to_the_uninterrupted_run(tmp_path):
+    config = staged(pipeline_config(train={"steps": 12}), microbatches=2)
+    reference = train_in_process(pipeline_config(train={"steps": 12}), tmp_path / "one_device")
+    run_dir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "tflm.launch", "--workers", "2", "--", "--config",
+               write_config(tmp_path / "c.yaml", config), "--run-dir", run_dir]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not any(r["step"] >= 3 for r in runs.read_history(run_dir)):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[0][-3000:]
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    out, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 42, out[-3000:]
+    assert "checkpoint saved at step" in out
+    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "resuming from" in resumed.stdout
+    assert_same_run(run_dir, reference)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
 def test_a_checkpoint_resumes_with_another_number_of_stages(tmp_path, references, first, then):
     def with_stages(stages, steps):
@@ -214,19 +259,40 @@ def test_a_checkpoint_resumes_with_another_number_of_stages(tmp_path, references
 
 
 @pytest.mark.slow
-def test_a_two_stage_classifier_with_a_frozen_start_trains_as_one_device_and_classifies(tmp_path):
+def test_a_pipeline_run_scores_generates_and_exports_as_its_one_device_twin(tmp_path, references):
+    from tflm.serving.decoding import generate
+    from tflm.serving.export import export_run
+    from tflm.serving.loading import load_run
+    from tflm.serving.scoring import score_texts
+
+    run_dir, _ = train_subprocess(tmp_path, "staged", staged(pipeline_config()))
+    staged_run, reference = load_run(run_dir), load_run(references("transformer"))
+    texts = ["def main():\n    return 0", "x = 1\n" * 10]
+    for got, expected in zip(score_texts(staged_run, texts), score_texts(reference, texts)):
+        assert got["mean_nll"] == pytest.approx(expected["mean_nll"], rel=TOLERANCE)
+    assert generate(staged_run, ["import "], 12, temperature=0.0) == generate(reference, ["import "], 12,
+                                                                              temperature=0.0)
+    exported = export_run(run_dir, base=str(tmp_path / "saved_models"), name="staged")
+    assert os.path.exists(os.path.join(exported, "saved_model.pb"))
+
+
+@pytest.mark.slow
+def test_a_two_stage_classifier_from_a_two_stage_language_model_trains_as_one_device_and_classifies(tmp_path):
     from tflm.serving.classifying import classify_texts
     from tflm.serving.loading import load_run
 
+    source, _ = train_subprocess(tmp_path, "source", staged(pipeline_config("lstm", train={"steps": 3})))
     train_path = write_csv(tmp_path / "train.csv", labelled_rows(64, 0))
     val_path = write_jsonl(tmp_path / "val.jsonl", labelled_rows(16, 1))
     config = pipeline_config("lstm", data={"source": "files", "paths": [train_path], "validation_paths": [val_path]},
-                             task={"type": "classify", "freeze_backbone_steps": 2})
+                             task={"type": "classify", "freeze_backbone_steps": 2}, train={"init_from": source})
     reference = train_in_process(config, tmp_path / "one_device")
     run_dir, _ = train_subprocess(tmp_path, "staged", staged(config))
     assert_same_run(run_dir, reference)
     texts = ["abc de", "fgh ij", "klm no"]
-    assert classify_texts(load_run(run_dir), texts) == classify_texts(load_run(reference), texts)
+    for got, expected in zip(classify_texts(load_run(run_dir), texts), classify_texts(load_run(reference), texts)):
+        assert got["label"] == expected["label"]
+        assert got["probabilities"] == pytest.approx(expected["probabilities"], rel=TOLERANCE)
 
 
 PLACEMENT_CHECK = """

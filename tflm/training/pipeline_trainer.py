@@ -65,6 +65,11 @@ class PipelineTrainer(Trainer):
                         zip(stage_pieces(replica_model, cut), devices)]
                        for (replica_model, _), devices in zip(replicas, layout.devices)]
         self.trace_steps_left, self.on_trace = runtime.pipeline_trace_steps, on_trace
+        self.clocks = []  # a counter per stage device: see `stamp`
+        for device in layout.devices[0]:
+            with tf.device(device):
+                self.clocks.append(tf.Variable(0, dtype=tf.int64, trainable=False, name="trace_clock"))
+        self._stamp = tf.function(stamp)
         self._instance_keys = itertools.count(INSTANCE_KEY_BASE)
         self._eval_loop = tf.function(self._pipeline_eval_loop_fn)
         self._loops = {}  # phase -> (compiled loop, compiled traced step)
@@ -218,6 +223,14 @@ class PipelineTrainer(Trainer):
             held[device] = held.get(device, 0) + variable.numpy().nbytes
         return [held.get(canonical(device), 0) for device in self.layout.devices[0]]
 
+    def stamp(self, k):
+        """The time now, as stage k's work sees it (a traced step's start or end of a piece of work).
+
+        tf.function runs stateful ops that use no resource (tf.timestamp) in program order, across
+        devices, which would make the traced stages take turns; a call that uses the stage's
+        own counter is ordered only with that stage's other uses of it."""
+        return self._stamp(self.clocks[k])
+
     def _work(self):
         """Every (stage, kind, micro-batch) of a step, stage by stage in schedule order."""
         return [(k, kind, m) for k, order in enumerate(self.orders) for kind, m in order]
@@ -262,14 +275,21 @@ class PipelineRun:
 
     def do(self, k, kind, m):
         """Lay out stage k's forward or backward of micro-batch m, after its previous work."""
-        with tf.device(self.stages[k].device), tf.control_dependencies(self.last[k]):
-            start = [tf.timestamp()] if self.trace else []
+        with tf.device(self.stages[k].device), tf.control_dependencies(self.last[k] + self._received(k, kind, m)):
+            start = [self.trainer.stamp(k)] if self.trace else []
             with tf.control_dependencies(start):
                 done = self._forward(k, m) if kind == FORWARD else self._backward(k, m)
             if self.trace:
                 with tf.control_dependencies(done):
-                    self.times[(k, kind, m)] = tf.stack([start[0], tf.timestamp()])
+                    self.times[(k, kind, m)] = tf.stack([start[0], self.trainer.stamp(k)])
         self.last[k] = done
+
+    def _received(self, k, kind, m):
+        """What (k, kind, m) receives from the next stage or the one before (its start waits for it)."""
+        if kind == FORWARD:
+            return [self.outputs[(k - 1, m)]] if k > 0 else []
+        upstream = self.input_grads.get((k + 1, m))
+        return [upstream] if upstream is not None else []
 
     def _forward(self, k, m):
         inputs, targets, example_ids = (part[m] for part in self.parts)
@@ -316,3 +336,9 @@ def group_key(device):
     """The collective group of the workers' same device."""
     spec = tf.DeviceSpec.from_string(device)
     return GROUP_KEY_BASE + (4096 if spec.device_type == "GPU" else 0) + (spec.device_index or 0)
+
+
+def stamp(clock):
+    """tf.timestamp(), ordered by the resource `clock` (see PipelineTrainer.stamp)."""
+    clock.assign_add(1)
+    return tf.timestamp()

@@ -23,10 +23,13 @@ class Trainer:
     runtime.jit_compile: forward, backward, clipping, and the AdamW update or its skip. Under
     MirroredStrategy and MultiWorkerMirroredStrategy each replica runs its forward/backward as an
     XLA program on its share of the global batch, then the gradients are all-reduced and the
-    update applied to every replica. Either way, `train_steps(iterator, n)` runs n steps in one
-    call (a loop inside one tf.function, as Keras' steps_per_execution and Orbit do it), so
-    Python runs only between loops; each phase of the task (e.g. a classifier's frozen backbone)
-    has its own compiled loop over the variables it trains.
+    update applied to every replica. A replica's batch can be run as train.microbatches parts,
+    one after another in a loop, whose gradients are summed before the one update (gradient
+    accumulation: less memory for activations, the same step). Either way,
+    `train_steps(iterator, n)` runs n steps in one call (a loop inside one tf.function, as
+    Keras' steps_per_execution and Orbit do it), so Python runs only between loops; each phase
+    of the task (e.g. a classifier's frozen backbone) has its own compiled loop over the
+    variables it trains.
 
     A step whose (all-reduced) gradient norm is NaN or inf is skipped: no update, and
     `nonfinite_steps` counts it (the loop stops past train.max_nonfinite_steps). The optimizer's
