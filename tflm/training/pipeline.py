@@ -14,6 +14,7 @@ activations). The trainer that runs them is tflm/training/pipeline_trainer.py.
 """
 
 import dataclasses
+import math
 
 from tflm.errors import TflmError
 from tflm.lazy import keras, tf
@@ -46,7 +47,7 @@ def balanced_cut(sizes, stages):
 
 def gpipe_order(stage, stages, microbatches):
     """GPipe: every micro-batch's forward, then every backward."""
-    return ([(FORWARD, m) for m in range(microbatches)] + [(BACKWARD, m) for m in range(microbatches)])
+    return [(FORWARD, m) for m in range(microbatches)] + [(BACKWARD, m) for m in range(microbatches)]
 
 
 def one_f_one_b_order(stage, stages, microbatches):
@@ -125,7 +126,7 @@ def pipeline_layout(runtime, worker):
 
 def piece_weights(model):
     """The number of weights in each of `model`'s pieces (a built model)."""
-    return [sum(int(v.numpy().size) for v in unique_variables(piece.layers)) for piece in model.pieces()]
+    return [sum(math.prod(v.shape) for v in unique_variables(piece.layers)) for piece in model.pieces()]
 
 
 def unique_variables(layers, trainable=False):

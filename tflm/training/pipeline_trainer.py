@@ -22,6 +22,7 @@ take their values before the first step.
 
 import functools
 import itertools
+import math
 import time
 
 from tflm.lazy import tf
@@ -174,19 +175,16 @@ class PipelineTrainer(Trainer):
             totals = [t[0] if len(t) == 1 else tf.add_n(t) for t in zip(*per_replica)]
             return self._across_workers(totals, self.layout.devices[0][k])
 
-    def _across_workers(self, tensors, device, merge="Add"):
-        """`tensors` summed over the workers' same `device`: one collective of them packed."""
+    def _across_workers(self, tensors, device):
+        """`tensors` (of one dtype) summed over the workers' same `device`: one collective of them packed."""
         if self.layout.workers == 1 or not tensors:
             return tensors
-        dtypes = [t.dtype for t in tensors]
-        packed = tf.concat([tf.reshape(tf.cast(t, tf.float32 if t.dtype != tf.float64 else tf.float64), [-1])
-                            for t in tensors], 0)
         summed = tf.raw_ops.CollectiveReduceV2(
-            input=packed, group_size=self.layout.workers, group_key=group_key(device),
-            instance_key=next(self._instance_keys), ordering_token=[], merge_op=merge, final_op="Id",
-            communication_hint="auto", timeout_seconds=0)
+            input=tf.concat([tf.reshape(t, [-1]) for t in tensors], 0), group_size=self.layout.workers,
+            group_key=group_key(device), instance_key=next(self._instance_keys), ordering_token=[], merge_op="Add",
+            final_op="Id", communication_hint="auto", timeout_seconds=0)
         parts = tf.split(summed, tf.stack([tf.size(t) for t in tensors]))  # an embedding's gradient has no static shape
-        return [tf.cast(tf.reshape(p, tf.shape(t)), dtype) for p, t, dtype in zip(parts, tensors, dtypes)]
+        return [tf.reshape(part, tf.shape(t)) for part, t in zip(parts, tensors)]
 
     # --- evaluation, tracing, replicas ---------------------------------------------------------
 
@@ -220,7 +218,7 @@ class PipelineTrainer(Trainer):
         held = {}
         for variable in self._replica_state(0):
             device = canonical(device_of(variable))
-            held[device] = held.get(device, 0) + variable.numpy().nbytes
+            held[device] = held.get(device, 0) + math.prod(variable.shape) * tf.as_dtype(variable.dtype).size
         return [held.get(canonical(device), 0) for device in self.layout.devices[0]]
 
     def stamp(self, k):
