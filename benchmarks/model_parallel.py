@@ -23,7 +23,6 @@ Compilation dominates each run: about a minute per configuration on 2 busy cores
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # this checkout's tflm
 
+from machine import cpu_line  # noqa: E402  (benchmarks/machine.py, beside this script)
 from tflm.runs import run_dir as runs  # noqa: E402
 from tflm.runs.pipeline_trace import measured_bubble, read_traces  # noqa: E402
 from tflm.training.pipeline import bubble_fraction  # noqa: E402
@@ -41,14 +41,6 @@ MODEL = ["model.type=transformer", "model.num_layers=8", "model.embed_dim=128", 
          "model.num_heads=4", "data.tokenizer=char", f"data.seq_len={SEQ_LEN}",
          f"train.global_batch_size={BATCH}", "train.eval_batches=1"]
 GOAL = 1.25  # largest stage <= GOAL x total / S
-
-
-def cpu_line():
-    """Cores, the CPU's AVX-512 and AMX flags, and the load: what the figures depend on."""
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        flags = sorted(set(re.findall(r"\b(?:avx512\w*|amx\w*)", f.read())))
-    return (f"CPU: {os.cpu_count()} cores, AVX-512/AMX: {' '.join(flags) or 'none'}; "
-            f"load average {os.getloadavg()[0]:.2f}")
 
 
 def train(run_dir, store, stages, microbatches, schedule, trace_steps):

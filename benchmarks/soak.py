@@ -17,16 +17,10 @@ import tempfile
 import threading
 import time
 
+from machine import cpu_line  # benchmarks/machine.py, beside this script
+
 TINY = ["model.embed_dim=8", "model.num_layers=1", "model.num_heads=1", "model.ff_dim=16", "data.seq_len=8",
         "train.eval_batches=1", "train.warmup_steps=5"]
-
-
-def cpu_line():
-    """Cores, the CPU's AVX-512 and AMX flags, and the load: what the figures depend on."""
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        flags = sorted(set(re.findall(r"\b(?:avx512\w*|amx\w*)", f.read())))
-    return (f"CPU: {os.cpu_count()} cores, AVX-512/AMX: {' '.join(flags) or 'none'}; "
-            f"load average {os.getloadavg()[0]:.2f}")
 
 
 def worker_pids(launcher_pid):

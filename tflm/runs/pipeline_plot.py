@@ -6,9 +6,9 @@ holding its micro-batch's number; the pale band behind each row is the stage's i
 bubble. The last traced step is drawn by default: the first one's boxes mostly time XLA and
 tf.function compiling. `bubble_line` compares the measured bubble with GPipe's (S-1)/(M+S-1).
 
-On logical CPUs every stage runs on the same cores, so the stages take turns and the measured
-bubble stays near (S-1)/S whatever M; on GPUs the stages work at the same time and it approaches
-GPipe's figure. Builds a `matplotlib.figure.Figure` without pyplot, as tflm.runs.plot does.
+On logical CPUs the stages share the same cores: they work at once, and the measured bubble
+follows GPipe's figure, but overlapping work takes longer; on GPUs each stage has its own device.
+Builds a `matplotlib.figure.Figure` without pyplot, as tflm.runs.plot does.
 """
 
 from matplotlib.figure import Figure

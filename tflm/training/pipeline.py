@@ -164,9 +164,8 @@ def placed_model(new_model, like, cut, devices, seq_len):
     return model
 
 
-def describe_cut(model, cut, devices):
-    """One line per stage: its device, pieces and share of the weights."""
-    sizes = piece_weights(model)
+def describe_cut(model, sizes, cut, devices):
+    """One line per stage: its device, pieces and share of the weights (`sizes`: piece_weights(model))."""
     names = [piece.name for piece in model.pieces()]
     total = sum(sizes) or 1
     return [f"stage {k} on {device}: {', '.join(names[first:end])} "

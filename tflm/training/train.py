@@ -27,10 +27,10 @@ from tflm.lazy import keras, tf
 from tflm.runs import run_dir as runs
 from tflm.runs.checkpoint import Checkpointer, checkpoint_dir, list_checkpoints
 from tflm.runs.init_from import check_not_itself, check_source, restore_source, with_source_settings
+from tflm.runs.pipeline_trace import append_trace
 from tflm.tasks import task_for
 from tflm.training.cluster import current_worker, use_cluster
 from tflm.training.controller import Controller
-from tflm.runs.pipeline_trace import append_trace
 from tflm.training.pipeline import balanced_cut, describe_cut, piece_weights, pipeline_layout, placed_model
 from tflm.training.progress import Progress
 from tflm.training.rendezvous import startup_watchdog, wait_for_peers
@@ -203,7 +203,8 @@ def pipeline_trainer(config, task, layout, worker, run_dir, prefix):
     vocabulary_size, seed = task.tokenizer.vocabulary_size, config.train.seed
     with tf.device("/device:CPU:0"):
         whole = task.build_model(vocabulary_size, seed)
-    cut = balanced_cut(piece_weights(whole), layout.stages)
+    sizes = piece_weights(whole)
+    cut = balanced_cut(sizes, layout.stages)
     replicas = []
     for devices in layout.devices:
         model = placed_model(lambda: task.new_model(vocabulary_size, seed), whole, cut, devices, config.data.seq_len)
@@ -213,7 +214,7 @@ def pipeline_trainer(config, task, layout, worker, run_dir, prefix):
     microbatches = config.train.microbatches
     print(f"{prefix}tflm: pipeline of {layout.stages} stages ({config.runtime.pipeline_schedule}, {microbatches} "
           f"micro-batch{'es' if microbatches > 1 else ''} per replica), cut for equal weights per stage:", flush=True)
-    for line in describe_cut(whole, cut, layout.devices[0]):
+    for line in describe_cut(whole, sizes, cut, layout.devices[0]):
         print(f"{prefix}tflm:   {line}", flush=True)
     on_trace = (lambda record: append_trace(run_dir, record)) if worker.is_chief else None
     return PipelineTrainer(replicas, layout, cut, task, config.train, config.runtime, worker, on_trace)
