@@ -1,6 +1,9 @@
-"""Model (pipeline) parallelism on this machine: for S in {1, 2, 4} stages and M in {1, 2, 4, 8}
+"""Model parallelism on this machine. Pipeline: for S in {1, 2, 4} stages and M in {1, 2, 4, 8}
 micro-batches, the bytes of weights + optimizer state per device, the measured pipeline bubble
-against GPipe's (S - 1) / (M + S - 1), and the step time.
+against GPipe's (S - 1) / (M + S - 1), and the step time. Tensor: for T in {1, 2, 4} shards (one
+stage), each block's weights + optimizer state on each device against 1/T of the block (goal:
+<= 1.1 x), the sums over devices per step and the bytes they move against Megatron-LM's 4
+all-reduces per layer per step, and the step time.
 
 Each configuration is one `python -m tflm.train` (TensorFlow must see runtime.logical_cpus before
 it starts) of an 8-block char Transformer (embed_dim 128, ff_dim 512: the blocks outweigh the
@@ -15,10 +18,11 @@ column), so the measured bubble follows GPipe's (S - 1) / (M + S - 1), but overl
 takes longer, and the step is no faster than on one device (the step s column).
 On a machine with GPUs the same runs (without runtime.logical_cpus) would put stage k on GPU k;
 the lent GPU machine has no TensorFlow installed, so every figure printed is a logical-CPU figure.
-Compilation dominates each run: about a minute per configuration on 2 busy cores (12 runs;
---quick: 6; --schedule both adds 8 gpipe runs, 4 with --quick).
+Compilation dominates each run: about a minute per configuration on 2 busy cores (12 pipeline
+runs, --quick: 6; --schedule both adds 8 gpipe runs, 4 with --quick; 3 tensor runs).
 
-    python benchmarks/model_parallel.py [--quick] [--schedule 1f1b|gpipe|both] [--keep DIR]
+    python benchmarks/model_parallel.py [--quick] [--schedule 1f1b|gpipe|both] [--only pipeline|tensor]
+                                        [--keep DIR]
 """
 
 import argparse
@@ -43,14 +47,15 @@ MODEL = ["model.type=transformer", "model.num_layers=8", "model.embed_dim=128", 
 GOAL = 1.25  # largest stage <= GOAL x total / S
 
 
-def train(run_dir, store, stages, microbatches, schedule, trace_steps):
+def train(run_dir, store, stages, microbatches, schedule, trace_steps, shards=1):
     """Train one configuration in a subprocess; its stdout and wall seconds."""
     period = 2 * (trace_steps + 1)  # the first holds the traced steps and the untraced loop's compilation
     settings = MODEL + [f"data.store={store}", f"train.microbatches={microbatches}",
                         f"train.steps={2 * period}", f"train.eval_every={period}"]
-    if stages > 1:
-        settings += [f"runtime.pipeline_stages={stages}", f"runtime.logical_cpus={stages}",
-                     f"runtime.pipeline_schedule={schedule}", f"runtime.pipeline_trace_steps={trace_steps}"]
+    if stages * shards > 1:
+        settings += [f"runtime.pipeline_stages={stages}", f"runtime.tensor_parallel={shards}",
+                     f"runtime.logical_cpus={stages * shards}", f"runtime.pipeline_schedule={schedule}",
+                     f"runtime.pipeline_trace_steps={trace_steps}"]
     command = [sys.executable, "-m", "tflm.train", "--run-dir", run_dir]
     for setting in settings:
         command += ["--set", setting]
@@ -76,6 +81,43 @@ def measure(run_dir, store, stages, microbatches, schedule, trace_steps):
         result["span_s"] = sum(span(r) for r in timed) / len(timed)
         result["overlap"] = sum(overlap_s(r) / span(r) for r in timed) / len(timed)
     return result
+
+
+def measure_tensor(run_dir, store, shards, trace_steps):
+    """One tensor-parallel configuration's figures: block bytes per lane, sums per step, step time."""
+    stdout, wall_s = train(run_dir, store, 1, 1, "1f1b", trace_steps, shards)
+    last = runs.read_history(run_dir)[-1]
+    result = {"shards": shards, "step_s": SEQ_LEN * BATCH / last["tokens_per_sec"], "wall_s": wall_s}
+    if shards > 1:
+        trace = read_traces(run_dir)[-1]
+        result.update(block_bytes=trace["block_bytes"], lane_bytes=trace["lane_bytes"][0],
+                      sums=trace["lane_sums"], moved=trace["lane_bytes_moved"])
+    return result
+
+
+def print_tensor(results):
+    """Each T's bytes per device (a block's, and all), the sums per step, and the step time."""
+    layers = int(next(s for s in MODEL if s.startswith("model.num_layers=")).split("=")[1])
+    print(f"\nTensor parallelism: T shards of every block, one stage, one replica (micro-batches M = 1; "
+          f"{layers} blocks; MB = 10^6 bytes)")
+    print(f"{'T':>2} {'largest block share':>19} {'goal':>5} {'per device, all (MB)':<28} {'sums/step':>9} "
+          f"{'Megatron 4/layer':>16} {'MB moved/step':>13} {'step s':>7} {'vs T=1':>6}")
+    one = next(r for r in results if r["shards"] == 1)
+    for r in results:
+        t = r["shards"]
+        if t == 1:
+            row = f"{'1.000':>19} {'-':>5} {'(all on one device)':<28} {0:>9} {0:>16} {0:>13}"
+        else:
+            ratio = max(max(held) / (sum(held) / t) for held in r["block_bytes"].values())
+            row = (f"{ratio:>19.3f} {'PASS' if ratio <= 1.1 else 'FAIL':>5} "
+                   f"{' '.join(f'{b / 1e6:.3f}' for b in r['lane_bytes']):<28} {r['sums']:>9} {4 * layers:>16} "
+                   f"{r['moved'] / 1e6:>13.3f}")
+        print(f"{t:>2} {row} {r['step_s']:>7.3f} {one['step_s'] / r['step_s']:>5.2f}x")
+    print("largest block share: the most any device holds of one block's weights + AdamW state, over 1/T of "
+          "the block (the first device also holds the block's norms and output biases); all: every weight on the "
+          "device (the first holds the embedding and head too); sums/step: sums of the devices' parts (forward "
+          "outputs, backward input gradients), Megatron's all-reduces; MB moved: the parts and copies between "
+          "devices, per step. Logical CPUs share 2 cores, so T > 1 is not faster here (see the module docstring).")
 
 
 def span(record):
@@ -144,6 +186,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="M in {1, 4} and one traced step fewer")
     parser.add_argument("--schedule", choices=("1f1b", "gpipe", "both"), default="1f1b")
+    parser.add_argument("--only", choices=("pipeline", "tensor"), help="one sweep (default: both)")
     parser.add_argument("--keep", metavar="DIR", help="keep the run directories in DIR (default: a temp dir)")
     args = parser.parse_args()
     if args.keep and os.path.isdir(args.keep) and os.listdir(args.keep):
@@ -159,8 +202,11 @@ def main():
         root = args.keep or tmp
         os.makedirs(root, exist_ok=True)
         store = os.path.join(root, "store")  # prepared by the first run, shared by the others
-        results = []
-        for stages in (1, 2, 4):
+        results, tensor = [], []
+        for shards in ((1, 2, 4) if args.only != "pipeline" else ()):
+            tensor.append(measure_tensor(os.path.join(root, f"t{shards}"), store, shards, trace_steps))
+            print(f"  done T={shards}: {tensor[-1]['wall_s']:.0f} s", flush=True)
+        for stages in ((1, 2, 4) if args.only != "tensor" else ()):
             for m in microbatches:
                 for schedule in (schedules if stages > 1 else schedules[:1]):
                     run_dir = os.path.join(root, f"s{stages}_m{m}_{schedule}")
@@ -171,9 +217,12 @@ def main():
         if r["stages"] > 1 and r["cut"] and r["microbatches"] == microbatches[0] and r["schedule"] == schedules[0]:
             print(f"\nthe cut for S = {r['stages']} (as tflm.train prints it):")
             print("\n".join(f"  {line}" for line in r["cut"]))
-    print_bytes(results)
-    print_times(results)
-    print(f"sweep: {len(results)} runs in {(time.perf_counter() - started) / 60:.1f} min")
+    if results:
+        print_bytes(results)
+        print_times(results)
+    if tensor:
+        print_tensor(tensor)
+    print(f"sweep: {len(results) + len(tensor)} runs in {(time.perf_counter() - started) / 60:.1f} min")
     print(cpu_line())
 
 

@@ -128,6 +128,7 @@ class RuntimeConfig:
     pipeline_stages: Annotated[int, Range(1, 1024)] = 1  # > 1: the model cut into this many stages, one device each (pipeline parallelism)
     pipeline_schedule: Annotated[str, OneOf("gpipe", "1f1b")] = "1f1b"  # gpipe: all forwards, then all backwards; 1f1b: at most pipeline_stages micro-batches held
     pipeline_trace_steps: Annotated[int, Range(0, 10**4)] = 0  # record each stage's work for this many steps: RUN/pipeline_trace.jsonl, tflm.plot --pipeline
+    tensor_parallel: Annotated[int, Range(1, 1024)] = 1  # > 1: each Transformer block's heads and feed-forward columns split over this many devices per stage
     precision: Annotated[str, OneOf("float32", "mixed_bfloat16")] = "float32"  # mixed_bfloat16: bf16 compute, fp32 weights
     cluster_timeout_s: Annotated[int, Range(1, 7 * 86400)] = 120  # multi_worker: how long an unreachable peer is waited for
     intra_op_threads: Annotated[int, Range(0, 4096)] = 0  # 0 = TensorFlow's default (all cores)
@@ -183,7 +184,8 @@ ADDED_SINCE_0_1 = ("train.max_nonfinite_steps", "runtime.cluster", "data.validat
                    "data.sentencepiece_model", "data.store", "train.steps_per_loop", "train.init_from",
                    "task.type", "task.text_field", "task.label_field", "task.pooling",
                    "task.freeze_backbone_steps", "task.class_weights", "train.microbatches",
-                   "runtime.pipeline_stages", "runtime.pipeline_schedule", "runtime.pipeline_trace_steps")  # saved configs without them take the defaults
+                   "runtime.pipeline_stages", "runtime.pipeline_schedule", "runtime.pipeline_trace_steps",
+                   "runtime.tensor_parallel")  # saved configs without them take the defaults
 RENAMED = {"data.max_vocab_size": "data.vocab_size"}
 RETIRED = {"data.shuffle_buffer": "windows are shuffled over the whole token store, with no buffer",
            "data.shard_policy": "every worker reads the token store by window index"}
@@ -255,6 +257,7 @@ def validate(config):
             check()
     task_class(config.task.type).check_config(config)
     check_pipeline(config)
+    check_tensor_parallel(config)
 
 
 def check_pipeline(config):
@@ -267,6 +270,21 @@ def check_pipeline(config):
     if stages > layers + 2:
         raise TflmError(f"runtime.pipeline_stages={stages} is more than the {layers + 2} pieces the model can be "
                         f"cut into (the embedding, model.num_layers={layers} layers, the head)")
+
+
+def check_tensor_parallel(config):
+    """Raise unless runtime.tensor_parallel splits the model's heads and feed-forward columns evenly;
+    the LSTM is not split: its gates split by units would need every unit's state from every
+    device at every time step (an all-gather per token), which pipeline stages avoid."""
+    shards, model = config.runtime.tensor_parallel, config.model
+    if shards == 1:
+        return
+    if model.type != "transformer":
+        raise TflmError(f"runtime.tensor_parallel={shards} splits Transformer blocks; model.type={model.type} is "
+                        "not split (use runtime.pipeline_stages or data parallelism for it)")
+    for key, value in (("model.num_heads", model.num_heads), ("model.ff_dim", model.ff_dim)):
+        if value % shards:
+            raise TflmError(f"runtime.tensor_parallel={shards} does not divide {key}={value}")
 
 
 def load_config(path=None, overrides=(), saved=False):

@@ -83,6 +83,13 @@ def staged(config, stages=2, replicas=1, microbatches=2, schedule="1f1b"):
                    train={"microbatches": microbatches})
 
 
+def split(config, shards=2, stages=1, replicas=1, microbatches=1):
+    """`config` with each stage's blocks split over `shards` logical CPUs (runtime.tensor_parallel)."""
+    return updated(config, runtime={"tensor_parallel": shards, "pipeline_stages": stages,
+                                    "logical_cpus": shards * stages * replicas},
+                   train={"microbatches": microbatches})
+
+
 # --- the plan: cut and schedules (fast) -----------------------------------------------------------
 
 def test_the_cut_balances_weights_and_keeps_the_chain_in_order():
@@ -128,11 +135,17 @@ def test_1f1b_holds_at_most_stages_microbatches_and_gpipe_holds_all():
     ("runtime.pipeline_schedule=zigzag", "runtime.pipeline_schedule"),
 ])
 def test_impossible_pipeline_settings_are_one_line_errors(tmp_path, setting, message):
+    assert_refused(tmp_path, [setting], message)
+
+
+def assert_refused(tmp_path, settings, message):
+    """Training small_config() with `settings` fails with `message` alone, exit 2, nothing written."""
     config = write_config(tmp_path / "c.yaml", small_config())
-    result = run_tflm("train", "--config", config, "--set", setting, "--run-dir", str(tmp_path / "run"))
-    assert result.returncode == 2
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    result = run_tflm("train", "--config", config, *args, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert not os.path.exists(tmp_path / "run")
+    assert sorted(os.listdir(tmp_path)) == ["c.yaml"]
 
 
 @pytest.mark.slow
@@ -144,12 +157,7 @@ def test_impossible_pipeline_settings_are_one_line_errors(tmp_path, setting, mes
 ])
 def test_too_few_devices_or_microbatches_past_a_replica_share_stop_before_anything_is_written(
         tmp_path, settings, message):
-    config = write_config(tmp_path / "c.yaml", small_config())
-    args = [arg for setting in settings for arg in ("--set", setting)]
-    result = run_tflm("train", "--config", config, *args, "--run-dir", str(tmp_path / "run"))
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert sorted(os.listdir(tmp_path)) == ["c.yaml"]
+    assert_refused(tmp_path, settings, message)
 
 
 # --- equal to one device -----------------------------------------------------------------------------
@@ -176,7 +184,7 @@ def test_four_microbatches_train_as_one_batch(tmp_path, references):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type,schedule,microbatches", [
-    ("transformer", "gpipe", 4), ("transformer", "1f1b", 2), ("lstm", "gpipe", 2), ("lstm", "1f1b", 4)])
+    ("transformer", "gpipe", 4), ("lstm", "gpipe", 2), ("lstm", "1f1b", 4)])  # Transformer 1F1B: test_tensor_parallel
 def test_two_stages_train_as_one_device(tmp_path, references, model_type, schedule, microbatches):
     config = staged(pipeline_config(model_type, runtime={"pipeline_trace_steps": 2}), microbatches=microbatches,
                     schedule=schedule)
@@ -205,25 +213,6 @@ def assert_trace_follows_the_schedule(run_dir, schedule, microbatches):
 
 
 @pytest.mark.slow
-def test_two_replicas_of_two_stages_on_four_logical_cpus_train_as_one_device(tmp_path, references):
-    config = staged(pipeline_config(), replicas=2, microbatches=2)
-    run_dir, out = train_subprocess(tmp_path, "2x2", config)
-    assert "(pipelines of 2 stages, 2 replica(s))" in out
-    assert_same_run(run_dir, references("transformer"))
-
-
-@pytest.mark.slow
-def test_two_workers_of_two_stages_train_as_one_device(tmp_path, references):
-    config = staged(pipeline_config(), microbatches=2)
-    run_dir = str(tmp_path / "run")
-    result = run_tflm("launch", "--workers", "2", "--", "--config", write_config(tmp_path / "c.yaml", config),
-                      "--run-dir", run_dir, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert "[worker 1] tflm: run directory" in result.stdout and "2 replica(s)" in result.stdout
-    assert_same_run(run_dir, references("transformer"))
-
-
-@pytest.mark.slow
 def test_two_workers_of_two_stages_preempted_save_exit_42_and_resume_to_the_uninterrupted_run(tmp_path):
     config = staged(pipeline_config(train={"steps": 12}), microbatches=2)
     reference = train_in_process(pipeline_config(train={"steps": 12}), tmp_path / "one_device")
@@ -247,47 +236,18 @@ def test_two_workers_of_two_stages_preempted_save_exit_42_and_resume_to_the_unin
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
-def test_a_checkpoint_resumes_with_another_number_of_stages(tmp_path, references, first, then):
-    def with_stages(stages, steps):
-        config = updated(pipeline_config(), train={"steps": steps})
-        return staged(config) if stages > 1 else config
-
-    run_dir, _ = train_subprocess(tmp_path, "run", with_stages(first, 3))
-    train_subprocess(tmp_path, "run", with_stages(then, 6))
-    assert_same_run(run_dir, references("transformer"))
-
-
-@pytest.mark.slow
-def test_a_pipeline_run_scores_generates_and_exports_as_its_one_device_twin(tmp_path, references):
-    from tflm.serving.decoding import generate
-    from tflm.serving.export import export_run
-    from tflm.serving.loading import load_run
-    from tflm.serving.scoring import score_texts
-
-    run_dir, _ = train_subprocess(tmp_path, "staged", staged(pipeline_config()))
-    staged_run, reference = load_run(run_dir), load_run(references("transformer"))
-    texts = ["def main():\n    return 0", "x = 1\n" * 10]
-    for got, expected in zip(score_texts(staged_run, texts), score_texts(reference, texts)):
-        assert got["mean_nll"] == pytest.approx(expected["mean_nll"], rel=TOLERANCE)
-    assert generate(staged_run, ["import "], 12, temperature=0.0) == generate(reference, ["import "], 12,
-                                                                              temperature=0.0)
-    exported = export_run(run_dir, base=str(tmp_path / "saved_models"), name="staged")
-    assert os.path.exists(os.path.join(exported, "saved_model.pb"))
-
-
-@pytest.mark.slow
-def test_a_two_stage_classifier_from_a_two_stage_language_model_trains_as_one_device_and_classifies(tmp_path):
+def test_a_classifier_in_two_stages_of_two_shards_from_a_split_language_model_trains_as_one_device(tmp_path):
     from tflm.serving.classifying import classify_texts
     from tflm.serving.loading import load_run
 
-    source, _ = train_subprocess(tmp_path, "source", staged(pipeline_config("lstm", train={"steps": 3})))
+    source, _ = train_subprocess(tmp_path, "source", split(pipeline_config(train={"steps": 3})))
     train_path = write_csv(tmp_path / "train.csv", labelled_rows(64, 0))
     val_path = write_jsonl(tmp_path / "val.jsonl", labelled_rows(16, 1))
-    config = pipeline_config("lstm", data={"source": "files", "paths": [train_path], "validation_paths": [val_path]},
+    config = pipeline_config(data={"source": "files", "paths": [train_path], "validation_paths": [val_path]},
                              task={"type": "classify", "freeze_backbone_steps": 2}, train={"init_from": source})
     reference = train_in_process(config, tmp_path / "one_device")
-    run_dir, _ = train_subprocess(tmp_path, "staged", staged(config))
+    run_dir, out = train_subprocess(tmp_path, "split", split(config, stages=2))
+    assert "pipeline of 2 stages x 2 shards" in out
     assert_same_run(run_dir, reference)
     texts = ["abc de", "fgh ij", "klm no"]
     for got, expected in zip(classify_texts(load_run(run_dir), texts), classify_texts(load_run(reference), texts)):
@@ -295,42 +255,49 @@ def test_a_two_stage_classifier_from_a_two_stage_language_model_trains_as_one_de
         assert got["probabilities"] == pytest.approx(expected["probabilities"], rel=TOLERANCE)
 
 
-PLACEMENT_CHECK = """
+WITH_A_TRAINER = """
 import json, sys
 from tflm.training.strategy import split_cpu
-split_cpu(2)
-from tflm.config import Config, updated
+from tflm.config import Config
+config = Config.from_dict(json.loads(sys.argv[1]))
+split_cpu(config.runtime.logical_cpus)
 from tflm.data.tokenizers.char import CharTokenizer
 from tflm.tasks import task_for
 from tflm.training.cluster import Worker
 from tflm.training.pipeline import pipeline_layout
 from tflm.training.train import pipeline_trainer
 
-config = Config.from_dict(json.loads(sys.argv[1]))
 task = task_for(config)
 task.tokenizer = CharTokenizer(list("abcdefgh"))
 task.byte_lengths = None
 trainer = pipeline_trainer(config, task, pipeline_layout(config.runtime, Worker()), Worker(), None, "")
-model, optimizer = trainer.replicas[0]
+replica = trainer.replicas[0]
+"""
+
+
+def inspect_trainer(config, script):
+    """What `script` prints (JSON, its last line), run in a fresh process after WITH_A_TRAINER has
+    built `trainer`, the PipelineTrainer of `config`, and `replica`, its replica 0."""
+    result = subprocess.run([sys.executable, "-c", WITH_A_TRAINER + script, json.dumps(config.to_dict())], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+PLACEMENT_CHECK = """
 placed = []
 for k, stage in enumerate(trainer.stages[0]):
     for layer in (layer for piece in stage.pieces for layer in piece.layers):
-        for variable in layer.variables:
-            slots = [optimizer._momentums[optimizer._get_variable_index(variable)],
-                     optimizer._velocities[optimizer._get_variable_index(variable)]] if variable.trainable else []
-            placed += [(k, v.path, v.value.device) for v in [variable] + slots]
-print(json.dumps({"placed": placed, "count": len(model.variables), "bytes": trainer.device_bytes()}))
+        placed += [(k, v.path, v.value.device) for v in replica.layer_state(layer)]
+print(json.dumps({"placed": placed, "count": len(replica.model.variables), "bytes": trainer.device_bytes()}))
 """
 
 
 @pytest.mark.slow
 def test_every_weight_and_optimizer_slot_of_stage_k_lives_on_device_k():
     config = pipeline_config(model={"num_layers": 4}, runtime={"pipeline_stages": 2, "logical_cpus": 2})
-    result = subprocess.run([sys.executable, "-c", PLACEMENT_CHECK, json.dumps(config.to_dict())], cwd=REPO,
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO})
-    assert result.returncode == 0, result.stderr[-3000:]
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    found = inspect_trainer(config, PLACEMENT_CHECK)
     placed = found["placed"]
     assert len({path for _, path, _ in placed if "momentum" not in path and "velocity" not in path}) == found["count"]
     assert {k for k, _, _ in placed} == {0, 1}

@@ -42,13 +42,26 @@ def silent_peers():
         sock.close()
 
 
+def port_free_on_every_address():
+    """A port no socket holds on any address: the task listens on all of them, and a port free on
+    127.0.0.1 may be a silent peer's on 127.0.0.4."""
+    while True:
+        port = reserve_ports(0, 1)[0]
+        with socket.socket() as listener:
+            try:
+                listener.bind(("", port))
+                return port
+            except OSError:
+                continue
+
+
 def test_the_deadline_is_kept_with_100_peers_that_never_answer(silent_peers):
     with socket.socket() as probe:  # the fixture does what it says
         probe.settimeout(0.5)
         host, port = silent_peers[0].split(":")
         with pytest.raises(socket.timeout):
             probe.connect((host, int(port)))
-    own = f"127.0.0.1:{reserve_ports(0, 1)[0]}"
+    own = f"127.0.0.1:{port_free_on_every_address()}"
     started = time.monotonic()
     with pytest.raises(ClusterError) as error:
         wait_for_peers(cluster_task(0, [own, *silent_peers]), timeout_s=1)

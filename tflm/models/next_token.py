@@ -12,11 +12,15 @@ import keras
 
 class Piece(NamedTuple):
     """One link of a model's chain: `run(x, token_ids, example_ids, training)` maps the previous
-    link's output (the token ids, for the first) to the next one's input, with the weights of `layers`."""
+    link's output (the token ids, for the first) to the next one's input, with the weights of `layers`.
+    A Transformer block's link names it as `block` (tensor parallelism splits it), and what runs
+    after it, if anything, as `after` (a layer)."""
 
     name: str
     layers: tuple
     run: Callable
+    block: object = None
+    after: object = None
 
 
 def run_pieces(pieces, token_ids, example_ids=None, training=False):

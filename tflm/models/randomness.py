@@ -26,9 +26,11 @@ def _fmix32(h):
     return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, tf.constant(16, tf.uint32)))
 
 
-def example_uniforms(seed, site, example_ids, row_shape):
+def example_uniforms(seed, site, example_ids, row_shape, first=0):
     """Uniform floats in [0, 1) of shape [batch, *row_shape], a pure function of (seed, dropout
-    site, example id, position in the row): counter-based, like JAX's or Philox's generators."""
+    site, example id, position in the row): counter-based, like JAX's or Philox's generators.
+    `first`: the row's index along its first axis in a larger row it is a slice of (a tensor-parallel
+    shard's first head), whose uniforms these are."""
     ids = tf.cast(example_ids, tf.int64)
     low = tf.cast(tf.bitwise.bitwise_and(ids, 0xFFFFFFFF), tf.uint32)
     high = tf.cast(tf.bitwise.right_shift(ids, 32), tf.uint32)
@@ -37,7 +39,9 @@ def example_uniforms(seed, site, example_ids, row_shape):
     size = 1
     for dim in row_shape:
         size *= dim
-    counters = tf.reshape(tf.cast(tf.range(size), tf.uint32) * tf.constant(GOLDEN, tf.uint32), row_shape)
+    start = first * (size // row_shape[0]) if first else 0
+    counters = tf.reshape(tf.cast(tf.range(start, start + size), tf.uint32) * tf.constant(GOLDEN, tf.uint32),
+                          row_shape)
     keys = tf.reshape(keys, [-1] + [1] * len(row_shape))
     bits = _fmix32(_fmix32(keys + counters))
     return tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) * (1.0 / (1 << 24))
@@ -54,14 +58,15 @@ class ExampleDropout(keras.layers.Layer):
         shared_axes: axes (of the input, batch excluded) along which one mask is shared; e.g.
             (1,) on [batch, time, features] drops the same features at every time step.
 
-    Call it as `dropout(x, example_ids, training=True)`, `example_ids` int [batch].
+    Call it as `dropout(x, example_ids, training=True)`, `example_ids` int [batch]; `first=i` when x
+    is the slice from index i (of axis 1) of what the mask is drawn for (a tensor-parallel shard).
     """
 
     def __init__(self, rate, seed=0, site=0, shared_axes=(), **kwargs):
         super().__init__(**kwargs)
         self.rate, self.seed, self.site, self.shared_axes = float(rate), int(seed), int(site), tuple(shared_axes)
 
-    def call(self, inputs, example_ids=None, training=False):
+    def call(self, inputs, example_ids=None, training=False, first=0):
         if not training or self.rate == 0:
             return inputs
         if example_ids is None:
@@ -69,7 +74,7 @@ class ExampleDropout(keras.layers.Layer):
         row_shape = [1 if axis in self.shared_axes else inputs.shape[axis] for axis in range(1, inputs.shape.rank)]
         if None in row_shape:
             raise ValueError(f"{self.name}: dropout needs static shapes (except batch), got {inputs.shape}")
-        keep = example_uniforms(self.seed, self.site, example_ids, row_shape) >= self.rate
+        keep = example_uniforms(self.seed, self.site, example_ids, row_shape, first) >= self.rate
         return tf.where(keep, inputs / tf.cast(1.0 - self.rate, inputs.dtype), tf.zeros_like(inputs))
 
     def get_config(self):

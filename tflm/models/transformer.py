@@ -13,7 +13,14 @@ its dropout must draw masks per example (tflm/models/randomness.py), and keras-n
 attention writes its cache with `keras.ops.slice_update`, an XLA-only op that stock TF Serving
 lacks. The block keeps TransformerDecoder's layers, names and variable shapes, so checkpoints of
 either load into it.
+
+Its math is written once for one device and for tensor parallelism (tflm/training/tensor_parallel.py):
+sums over attention heads and feed-forward columns (`attention_heads`, `feedforward_columns`)
+between whole-width steps (`block_segments`); a block sums over all of its heads, a `BlockShard`
+over its share of them on its device, and `BlockTrunk` holds the rest of a split block.
 """
+
+from typing import NamedTuple
 
 import keras
 import keras_nlp
@@ -22,6 +29,87 @@ import tensorflow as tf
 from tflm.models.next_token import NextTokenModel, Piece
 from tflm.models.randomness import ExampleDropout
 from tflm.models.scatter import scatter_update
+
+
+ATTENTION, FEEDFORWARD = "attention", "feedforward"  # a block's two sums over heads / columns
+
+
+class HeadWeights(NamedTuple):
+    """The projections of some of a block's attention heads: kernels [embed, heads, head_dim] and
+    biases [heads, head_dim] of queries, keys and values; the output kernel [heads, head_dim, embed]."""
+
+    query_kernel: object
+    key_kernel: object
+    value_kernel: object
+    query_bias: object
+    key_bias: object
+    value_bias: object
+    output_kernel: object
+
+
+def attention_heads(x, weights, head_dim, dropout, example_ids, training, first_head=0):
+    """The causal attention output [batch, time, embed] of the heads in `weights` (HeadWeights),
+    summed over them, without the output bias: all of a block's heads, or a tensor-parallel
+    shard's (`first_head`: its first head's index, for the dropout mask)."""
+    kernel = tf.concat([weights.query_kernel, weights.key_kernel, weights.value_kernel], axis=1)
+    bias = tf.concat([weights.query_bias, weights.key_bias, weights.value_bias], axis=0)
+    qkv = tf.einsum("btc,cnh->btnh", x, tf.cast(kernel, x.dtype)) + tf.cast(bias, x.dtype)  # one fused matmul
+    query, keys, values = tf.split(qkv, 3, axis=2)
+    scores = tf.einsum("bqnh,bknh->bnqk", query, keys) * tf.cast(head_dim ** -0.5, query.dtype)
+    length = tf.shape(x)[1]
+    causal = tf.range(length)[:, None] >= tf.range(length)[None, :]
+    scores = tf.where(causal[None, None], tf.cast(scores, tf.float32), -1e9)
+    probabilities = tf.cast(tf.nn.softmax(scores, axis=-1), query.dtype)
+    probabilities = dropout(probabilities, example_ids, training=training, first=first_head)
+    attended = tf.einsum("bnqk,bknh->bqnh", probabilities, values)
+    return tf.einsum("bqnh,nhe->bqe", attended, tf.cast(weights.output_kernel, x.dtype))
+
+
+def feedforward_columns(x, kernel_in, bias_in, kernel_out, activation):
+    """activation(x W_in + b_in) W_out over some columns of the feed-forward layer (all of them, or
+    a tensor-parallel shard's), without the output bias."""
+    hidden = activation(tf.einsum("btc,cf->btf", x, tf.cast(kernel_in, x.dtype)) + tf.cast(bias_in, x.dtype))
+    return tf.einsum("btf,fc->btc", hidden, tf.cast(kernel_out, x.dtype))
+
+
+class Trunk(NamedTuple):
+    """A block's weights and dropouts outside its heads and columns: what tensor parallelism keeps
+    whole (on a stage's first device)."""
+
+    attention_norm: object
+    feedforward_norm: object
+    attention_bias: object
+    feedforward_bias: object
+    attention_dropout: object
+    feedforward_dropout: object
+
+
+def block_segments(trunk):
+    """A pre-layer-norm block as the steps between its two sums over heads and columns: whole-width
+    steps (`trunk`'s norms, biases, dropouts and residuals; `step(state, example_ids, training)` over
+    a tuple of tensors), and the markers ATTENTION and FEEDFORWARD, each replacing the state's last
+    tensor by the sum over heads (or columns) that tensor parallelism splits over devices."""
+    def enter(state, example_ids, training):
+        (x,) = state
+        return x, trunk.attention_norm(x)
+
+    def after_attention(state, example_ids, training):
+        x, attended = state
+        attended = attended + tf.cast(trunk.attention_bias, attended.dtype)
+        x = x + trunk.attention_dropout(attended, example_ids, training=training)
+        return x, trunk.feedforward_norm(x)
+
+    def after_feedforward(state, example_ids, training):
+        x, fed = state
+        fed = fed + tf.cast(trunk.feedforward_bias, fed.dtype)
+        return (x + trunk.feedforward_dropout(fed, example_ids, training=training),)
+
+    return [enter, ATTENTION, after_attention, FEEDFORWARD, after_feedforward]
+
+
+def dropout_sites(site):
+    """The dropout sites of block number `site`: attention probabilities, attention output, feed-forward output."""
+    return 3 * site, 3 * site + 1, 3 * site + 2
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -52,27 +140,16 @@ class CausalSelfAttention(keras.layers.Layer):
         self.probabilities_dropout = ExampleDropout(self.dropout_rate, self.seed, self.site,
                                                     name="probabilities_dropout")
 
-    def _qkv(self, x):
-        """Queries, keys and values [batch, time, heads, head_dim] from one fused matmul."""
-        kernel = tf.concat([self._query_dense.kernel, self._key_dense.kernel, self._value_dense.kernel], axis=1)
-        bias = tf.concat([self._query_dense.bias, self._key_dense.bias, self._value_dense.bias], axis=0)
-        qkv = tf.einsum("btc,cnh->btnh", x, tf.cast(kernel, x.dtype)) + tf.cast(bias, x.dtype)
-        return tf.split(qkv, 3, axis=2)
-
-    def _attend(self, query, keys, values, mask, example_ids, training):
-        """Softmax(q k^T / sqrt(d)) v over the keys `mask` allows; [batch, time, embed]."""
-        scores = tf.einsum("bqnh,bknh->bnqk", query, keys) * tf.cast(self.head_dim ** -0.5, query.dtype)
-        scores = tf.where(mask, tf.cast(scores, tf.float32), -1e9)
-        probabilities = tf.cast(tf.nn.softmax(scores, axis=-1), query.dtype)
-        probabilities = self.probabilities_dropout(probabilities, example_ids, training=training)
-        return self._output_dense(tf.einsum("bnqk,bknh->bqnh", probabilities, values))
+    def head_weights(self):
+        """The weights of all its heads as HeadWeights."""
+        dense = (self._query_dense, self._key_dense, self._value_dense)
+        return HeadWeights(*(d.kernel for d in dense), *(d.bias for d in dense), self._output_dense.kernel)
 
     def call(self, x, example_ids=None, training=False):
         """Attention of each position to itself and the positions before it."""
-        query, keys, values = self._qkv(x)
-        length = tf.shape(x)[1]
-        causal = tf.range(length)[:, None] >= tf.range(length)[None, :]
-        return self._attend(query, keys, values, causal[None, None], example_ids, training)
+        attended = attention_heads(x, self.head_weights(), self.head_dim, self.probabilities_dropout,
+                                   example_ids, training)
+        return attended + tf.cast(self._output_dense.bias, attended.dtype)
 
     def call_with_cache(self, x, cache, slots):
         """Attention for `x` [batch, time, embed] to the cached positions up to each token's own;
@@ -132,14 +209,15 @@ class DecoderBlock(keras.layers.Layer):
     def build(self, input_shape):
         embed_dim = input_shape[-1]
         policy = self.dtype_policy
+        probabilities_site, attention_site, feedforward_site = dropout_sites(self.site)
         self._self_attention_layer = CausalSelfAttention(self.num_heads, embed_dim // self.num_heads,
-                                                         self.dropout_rate, self.seed, 3 * self.site,
+                                                         self.dropout_rate, self.seed, probabilities_site,
                                                          name="self_attention", dtype=policy)
         self._self_attention_layer.build(input_shape)
         self._self_attention_layer_norm = keras.layers.LayerNormalization(
             epsilon=1e-5, name="self_attention_layer_norm", dtype=policy)
         self._self_attention_layer_norm.build(input_shape)
-        self._self_attention_dropout = ExampleDropout(self.dropout_rate, self.seed, 3 * self.site + 1,
+        self._self_attention_dropout = ExampleDropout(self.dropout_rate, self.seed, attention_site,
                                                       name="self_attention_dropout")
         self._feedforward_intermediate_dense = keras.layers.Dense(
             self.ff_dim, activation="gelu", name="feedforward_intermediate_dense", dtype=policy)
@@ -149,18 +227,34 @@ class DecoderBlock(keras.layers.Layer):
         self._feedforward_layer_norm = keras.layers.LayerNormalization(
             epsilon=1e-5, name="feedforward_layer_norm", dtype=policy)
         self._feedforward_layer_norm.build(input_shape)
-        self._feedforward_dropout = ExampleDropout(self.dropout_rate, self.seed, 3 * self.site + 2,
+        self._feedforward_dropout = ExampleDropout(self.dropout_rate, self.seed, feedforward_site,
                                                    name="feedforward_dropout")
 
-    def _feedforward(self, x, example_ids, training):
-        y = self._feedforward_output_dense(self._feedforward_intermediate_dense(self._feedforward_layer_norm(x)))
-        return x + self._feedforward_dropout(y, example_ids, training=training)
+    def trunk(self):
+        """This block's weights and dropouts outside its heads and columns (see block_segments)."""
+        return Trunk(self._self_attention_layer_norm, self._feedforward_layer_norm,
+                     self._self_attention_layer._output_dense.bias, self._feedforward_output_dense.bias,
+                     self._self_attention_dropout, self._feedforward_dropout)
+
+    def partial(self, kind, h, example_ids=None, training=False):
+        """The ATTENTION or FEEDFORWARD sum over all of the block's heads or columns."""
+        attention = self._self_attention_layer
+        if kind == ATTENTION:
+            return attention_heads(h, attention.head_weights(), attention.head_dim, attention.probabilities_dropout,
+                                   example_ids, training)
+        intermediate = self._feedforward_intermediate_dense
+        return feedforward_columns(h, intermediate.kernel, intermediate.bias, self._feedforward_output_dense.kernel,
+                                   intermediate.activation)
 
     def call(self, x, example_ids=None, training=False):
         """The block over a whole sequence (causal)."""
-        y = self._self_attention_layer(self._self_attention_layer_norm(x), example_ids, training=training)
-        x = x + self._self_attention_dropout(y, example_ids, training=training)
-        return self._feedforward(x, example_ids, training)
+        state = (x,)
+        for step in block_segments(self.trunk()):
+            if step in (ATTENTION, FEEDFORWARD):
+                state = (*state[:-1], self.partial(step, state[-1], example_ids, training))
+            else:
+                state = step(state, example_ids, training)
+        return state[0]
 
     def call_with_cache(self, x, cache, slots):
         """The block for `x` [batch, time, embed] with its (keys, values) cache (see
@@ -176,6 +270,92 @@ class DecoderBlock(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "ff_dim": self.ff_dim,
                 "dropout": self.dropout_rate, "seed": self.seed, "site": self.site}
+
+
+class BlockTrunk(keras.layers.Layer):
+    """A DecoderBlock's Trunk as a layer of its own: its norms and output biases on one device (a
+    stage's first), for tensor parallelism (tflm/training/tensor_parallel.py)."""
+
+    def __init__(self, block, **kwargs):
+        super().__init__(name=f"{block.name}_trunk", dtype=block.dtype_policy, **kwargs)
+        self.block_config = block.get_config()
+
+    def build(self, input_shape):
+        config, embed_dim, policy = self.block_config, input_shape[-1], self.dtype_policy
+        _, attention_site, feedforward_site = dropout_sites(config["site"])
+        self.attention_norm, self.feedforward_norm = (
+            keras.layers.LayerNormalization(epsilon=1e-5, name=name, dtype=policy)
+            for name in ("self_attention_layer_norm", "feedforward_layer_norm"))
+        self.attention_norm.build(input_shape)
+        self.feedforward_norm.build(input_shape)
+        self.attention_bias = self.add_weight((embed_dim,), initializer="zeros", name="attention_output_bias")
+        self.feedforward_bias = self.add_weight((embed_dim,), initializer="zeros", name="feedforward_output_bias")
+        self.attention_dropout, self.feedforward_dropout = (
+            ExampleDropout(config["dropout"], config["seed"], site, name=name)
+            for site, name in ((attention_site, "self_attention_dropout"), (feedforward_site, "feedforward_dropout")))
+
+    def trunk(self):
+        """The Trunk these weights make."""
+        return Trunk(self.attention_norm, self.feedforward_norm, self.attention_bias, self.feedforward_bias,
+                     self.attention_dropout, self.feedforward_dropout)
+
+
+class BlockShard(keras.layers.Layer):
+    """Shard `shard` of `shards` of a DecoderBlock's heads and feed-forward columns (Megatron's
+    column-parallel query/key/value and feed-forward input, row-parallel attention output and
+    feed-forward output), for tensor parallelism (tflm/training/tensor_parallel.py)."""
+
+    def __init__(self, block, shard, shards, **kwargs):
+        super().__init__(name=f"{block.name}_shard_{shard}", dtype=block.dtype_policy, **kwargs)
+        config = block.get_config()
+        self.heads, self.columns = config["num_heads"] // shards, config["ff_dim"] // shards
+        self.first_head, self.first_column = shard * self.heads, shard * self.columns
+        self.num_heads, self.dropout_rate, self.seed, self.site = (config["num_heads"], config["dropout"],
+                                                                    config["seed"], config["site"])
+
+    def build(self, input_shape):
+        embed_dim = input_shape[-1]
+        self.head_dim = embed_dim // self.num_heads
+        heads = (embed_dim, self.heads, self.head_dim)
+        for name in ("query", "key", "value"):
+            setattr(self, f"{name}_kernel", self.add_weight(heads, name=f"{name}_kernel"))
+            setattr(self, f"{name}_bias", self.add_weight(heads[1:], initializer="zeros", name=f"{name}_bias"))
+        self.output_kernel = self.add_weight((self.heads, self.head_dim, embed_dim), name="attention_output_kernel")
+        self.intermediate_kernel = self.add_weight((embed_dim, self.columns), name="feedforward_intermediate_kernel")
+        self.intermediate_bias = self.add_weight((self.columns,), initializer="zeros",
+                                                 name="feedforward_intermediate_bias")
+        self.feedforward_kernel = self.add_weight((self.columns, embed_dim), name="feedforward_output_kernel")
+        self.probabilities_dropout = ExampleDropout(self.dropout_rate, self.seed, dropout_sites(self.site)[0],
+                                                    name="probabilities_dropout")
+
+    def partial(self, kind, h, example_ids=None, training=False):
+        """This shard's part of the ATTENTION or FEEDFORWARD sum (see DecoderBlock.partial)."""
+        if kind == ATTENTION:
+            weights = HeadWeights(self.query_kernel, self.key_kernel, self.value_kernel, self.query_bias,
+                                  self.key_bias, self.value_bias, self.output_kernel)
+            return attention_heads(h, weights, self.head_dim, self.probabilities_dropout, example_ids, training,
+                                   self.first_head)
+        return feedforward_columns(h, self.intermediate_kernel, self.intermediate_bias, self.feedforward_kernel,
+                                   keras.activations.gelu)
+
+
+def block_sources(block, trunk, shards):
+    """[(a weight of `block`, [(its part, axis the parts are concatenated on, or None: whole)])] for
+    the BlockTrunk and BlockShards that hold it split over devices."""
+    attention, intermediate = block._self_attention_layer, block._feedforward_intermediate_dense
+    whole = [(block._self_attention_layer_norm.gamma, trunk.attention_norm.gamma),
+             (block._self_attention_layer_norm.beta, trunk.attention_norm.beta),
+             (block._feedforward_layer_norm.gamma, trunk.feedforward_norm.gamma),
+             (block._feedforward_layer_norm.beta, trunk.feedforward_norm.beta),
+             (attention._output_dense.bias, trunk.attention_bias),
+             (block._feedforward_output_dense.bias, trunk.feedforward_bias)]
+    split = [(getattr(attention, f"_{name}_dense").kernel, f"{name}_kernel", 1) for name in ("query", "key", "value")]
+    split += [(getattr(attention, f"_{name}_dense").bias, f"{name}_bias", 0) for name in ("query", "key", "value")]
+    split += [(attention._output_dense.kernel, "output_kernel", 0), (intermediate.kernel, "intermediate_kernel", 1),
+              (intermediate.bias, "intermediate_bias", 0),
+              (block._feedforward_output_dense.kernel, "feedforward_kernel", 0)]
+    return ([(weight, [(part, None)]) for weight, part in whole]
+            + [(weight, [(getattr(shard, name), axis) for shard in shards]) for weight, name, axis in split])
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -225,8 +405,9 @@ class TransformerLM(NextTokenModel):
 
         blocks = self.blocks
         return [Piece("embedding", (self.embedding,), lambda x, *_: self.embedding(x)),
-                *(Piece(block.name, (block,), block_run(block)) for block in blocks[:-1]),
-                Piece(blocks[-1].name, (blocks[-1], self.final_norm), block_run(blocks[-1], self.final_norm))]
+                *(Piece(block.name, (block,), block_run(block), block=block) for block in blocks[:-1]),
+                Piece(blocks[-1].name, (blocks[-1], self.final_norm), block_run(blocks[-1], self.final_norm),
+                      block=blocks[-1], after=self.final_norm)]
 
     def call_with_cache(self, token_ids, cache, cache_index, lengths=None):
         """Logits for `token_ids` [batch, time] placed at positions cache_index... of each row

@@ -118,9 +118,10 @@ def write_failure(error):
 class Checkpointer:
     """A tf.train.CheckpointManager per task over tf.train.Checkpoint(model, optimizer)."""
 
-    def __init__(self, run_dir, task, model, optimizer, max_to_keep, extra=None):
+    def __init__(self, run_dir, task, model, optimizer, max_to_keep, extra=None, before_save=None):
         """`extra`: more {name: variable} to save beside the model and optimizer; a checkpoint
-        written before one of them existed still restores (it keeps its initial value)."""
+        written before one of them existed still restores (it keeps its initial value).
+        `before_save()`: called first by every save (a model-parallel trainer gathers its shards)."""
         # Keras keeps dropout's RNG state in SeedGenerator variables that tf.train.Checkpoint does
         # not reach through the model; saving them makes a resumed run draw the same masks.
         rng_states = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
@@ -135,6 +136,7 @@ class Checkpointer:
         self._private_dir = None if task.is_chief else tempfile.mkdtemp(prefix=f"tflm-{task.type}{task.index}-")
         # No AutoGraph (plain Python): it cannot always find a lambda's source and warns about it.
         self._finite = tf.function(lambda: all_finite(self.variables), autograph=False)
+        self._before_save = before_save or (lambda: None)
         self.manager = None
 
     def restore_latest(self):
@@ -210,6 +212,7 @@ class Checkpointer:
         error instead if any weight is not finite, so no NaN checkpoint rotates good ones out; a
         TflmError if the chief lost its run directory's lock, or the files cannot be written (a
         full disk): the checkpoints before it are kept, what it wrote of this one is removed."""
+        self._before_save()
         if not bool(self._finite()):
             raise Diverged(f"the weights are not finite at step {step}; not saving a checkpoint "
                            f"(the last finite one is {self.latest() or 'none'})")

@@ -4,7 +4,12 @@ chief; `python -m tflm.plot --pipeline RUN` draws it). A record:
 
     {"step": 1, "time": <unix time>, "stages": 2, "microbatches": 4, "schedule": "1f1b",
      "devices": ["/device:CPU:0", ...], "device_bytes": [<weights + optimizer state on each>, ...],
+     "lanes": [[<stage 0's devices>], ...], "lane_bytes": [[<weights + optimizer state on each>], ...],
+     "block_bytes": {"decoder_0": [<on each lane>], ...}, "lane_sums": <sums over lanes per step>,
+     "lane_bytes_moved": <bytes they copy between lanes per step>,
      "events": [{"stage": 0, "kind": "forward", "microbatch": 0, "start_s": 0.0, "end_s": 0.012}, ...]}
+
+A stage's lanes are its devices with runtime.tensor_parallel (one without; device_bytes sums them).
 
 Times are seconds from the step's first start. The measured bubble is the share of the stages'
 time, over the step's span, in which they did no work: 1 - busy / (stages x span).

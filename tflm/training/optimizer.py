@@ -49,3 +49,9 @@ def make_optimizer(train_config):
     optimizer = PreReducedAdamW(learning_rate=schedule, weight_decay=t.weight_decay, beta_2=0.99)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
+
+
+def slots(optimizer, variable):
+    """The optimizer state of one of its variables (AdamW's: first and second moments)."""
+    index = optimizer._get_variable_index(variable)
+    return [optimizer._momentums[index], optimizer._velocities[index]]

@@ -75,20 +75,31 @@ def bubble_fraction(stages, microbatches):
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where a worker's pipelines run: devices[r][k] is stage k of local replica r."""
+    """Where a worker's pipelines run: lanes[r][k] are the devices of stage k of local replica r
+    (one, or runtime.tensor_parallel of them: tflm/training/tensor_parallel.py)."""
 
-    devices: tuple
+    lanes: tuple
     workers: int = 1
+
+    @property
+    def devices(self):
+        """devices[r][k]: the first device of stage k of local replica r."""
+        return tuple(tuple(stage[0] for stage in replica) for replica in self.lanes)
 
     @property
     def stages(self):
         """Stages per pipeline."""
-        return len(self.devices[0])
+        return len(self.lanes[0])
+
+    @property
+    def shards(self):
+        """Devices per stage (tensor parallelism)."""
+        return len(self.lanes[0][0])
 
     @property
     def local_replicas(self):
         """Pipelines on this worker."""
-        return len(self.devices)
+        return len(self.lanes)
 
     @property
     def replicas(self):
@@ -112,15 +123,21 @@ def is_local(device_name, worker):
 
 
 def pipeline_layout(runtime, worker):
-    """The Layout of runtime.pipeline_stages on this worker's devices; a TflmError if there are
-    too few, or they are not a multiple of the stages."""
-    stages = runtime.pipeline_stages
+    """The Layout of runtime.pipeline_stages x runtime.tensor_parallel on this worker's devices
+    (replica r's stage k on devices (r S + k) T ... (r S + k) T + T - 1, so a stage's lanes are
+    neighbours, as tensor parallelism wants them: on one node's fastest links); a TflmError if
+    there are too few devices, or they are not a multiple of S x T."""
+    stages, shards = runtime.pipeline_stages, runtime.tensor_parallel
+    per_replica = stages * shards
     kind, devices = local_devices(worker)
-    if len(devices) < stages or len(devices) % stages:
+    if len(devices) < per_replica or len(devices) % per_replica:
         hint = "; on a CPU, runtime.logical_cpus splits it into that many" if kind == "CPU" else ""
-        raise TflmError(f"runtime.pipeline_stages={stages} needs a multiple of {stages} devices per worker "
-                        f"(replicas x stages), found {len(devices)} {kind}(s){hint}")
-    return Layout(tuple(tuple(devices[r * stages:(r + 1) * stages]) for r in range(len(devices) // stages)),
+        asked = " x ".join(f"runtime.{name}={value}" for name, value in
+                           (("pipeline_stages", stages), ("tensor_parallel", shards)) if value > 1)
+        raise TflmError(f"{asked} needs a multiple of {per_replica} devices per worker (replicas x stages x "
+                        f"shards), found {len(devices)} {kind}(s){hint}")
+    lanes = [tuple(devices[i:i + shards]) for i in range(0, len(devices), shards)]
+    return Layout(tuple(tuple(lanes[r * stages:(r + 1) * stages]) for r in range(len(lanes) // stages)),
                   worker.num_workers)
 
 

@@ -9,62 +9,48 @@ program with runtime.jit_compile) under a tape of its own, and its backward is t
 gradient, placed on the same device, fed the gradient of its output by stage k + 1
 (`output_gradients`): one tape around everything would run the whole backward where it was called.
 Each stage's work follows its schedule through control dependencies, and work on different
-devices overlaps where the data allow. Gradients are summed over micro-batches on the stage's
-device, over local replicas on replica 0's device of that stage, and over workers with one
-collective all-reduce per stage (CollectiveReduceV2, what MultiWorkerMirroredStrategy runs
+devices overlaps where the data allow. Gradients are summed over micro-batches on their weight's
+device, over local replicas on replica 0's device of that weight, and over workers with one
+collective all-reduce per device (CollectiveReduceV2, what MultiWorkerMirroredStrategy runs
 underneath, in groups of the workers' same devices); then clipped by the global norm, as on one
 device, and every replica applies the same update to its own copy, each variable on its device.
 
-Replica 0's model and optimizer are the ones the run's checkpoints hold: they have the one-device
-model's structure, so checkpoints do not depend on the layout. The other replicas (and workers)
-take their values before the first step.
+With runtime.tensor_parallel, a stage runs on several devices (tflm/training/stage.py says how).
+The run's checkpoints hold a one-device model and optimizer in host memory (tensor_parallel's host
+mirror): before each save replica 0's weights and optimizer state are gathered into it, and
+before the first step every replica (and worker) takes its values, restored or initial, so
+checkpoints do not depend on the layout.
 """
 
-import functools
 import itertools
 import math
 import time
 
 from tflm.lazy import tf
-from tflm.training.pipeline import FORWARD, stage_orders, stage_pieces, unique_variables
+from tflm.training.pipeline import FORWARD, stage_orders, stage_pieces
+from tflm.training.stage import Stage, Traffic
+from tflm.training.tensor_parallel import HOST, gather, scatter
 from tflm.training.trainer import Trainer
 
 GROUP_KEY_BASE = 1 << 20  # collective groups of this module (MultiWorkerMirroredStrategy numbers its own from 1)
 INSTANCE_KEY_BASE = 1 << 24
 
 
-class Stage:
-    """One stage of one replica: its pieces of the model, its device, its compiled forwards."""
-
-    def __init__(self, pieces, device, jit_compile):
-        self.pieces, self.device = pieces, device
-        self.forward = {training: tf.function(functools.partial(self._run, training=training), jit_compile=jit_compile)
-                        for training in (True, False)}
-
-    def _run(self, x, token_ids, example_ids, training):
-        for piece in self.pieces:
-            x = piece.run(x, token_ids, example_ids, training)
-        return x
-
-    def trained(self, trained_ids):
-        """The stage's trainable variables among those whose ids are `trained_ids`."""
-        return [v for v in unique_variables([layer for p in self.pieces for layer in p.layers], trainable=True)
-                if id(v) in trained_ids]
-
-
 class PipelineTrainer(Trainer):
-    """A Trainer (same interface, same checkpoints) for local replicas [(model, optimizer)] laid
-    out by a pipeline.Layout and cut at `cut` (pipeline.balanced_cut's bounds)."""
+    """A Trainer (same interface, same checkpoints) for local replicas (tensor_parallel.Replica)
+    laid out by a pipeline.Layout and cut at `cut` (pipeline.balanced_cut's bounds); `host` is the
+    one-device (model, optimizer) the checkpoints hold (tensor_parallel's host mirror)."""
 
-    def __init__(self, replicas, layout, cut, task, train_config, runtime, worker, on_trace=None):
-        model, optimizer = replicas[0]
+    def __init__(self, host, replicas, layout, cut, task, train_config, runtime, worker, on_trace=None):
+        model, optimizer = host
         super().__init__(tf.distribute.get_strategy(), model, optimizer, task, train_config, runtime.jit_compile)
-        self.replicas, self.layout, self.worker = replicas, layout, worker
+        self.replicas, self.layout, self.worker, self.train_config = replicas, layout, worker, train_config
         self.schedule = runtime.pipeline_schedule
         self.orders = stage_orders(self.schedule, layout.stages, self.microbatches)
-        self.stages = [[Stage(pieces, device, runtime.jit_compile) for pieces, device in
-                        zip(stage_pieces(replica_model, cut), devices)]
-                       for (replica_model, _), devices in zip(replicas, layout.devices)]
+        self.stages = [[Stage(pieces, lanes, replica.splits, runtime.jit_compile) for pieces, lanes in
+                        zip(stage_pieces(replica.model, cut), replica_lanes)]
+                       for replica, replica_lanes in zip(replicas, layout.lanes)]
+        self.traffic = Traffic()  # what one step's split sums move between lanes (counted when traced)
         self.trace_steps_left, self.on_trace = runtime.pipeline_trace_steps, on_trace
         self.clocks = []  # a counter per stage device: see `stamp`
         for device in layout.devices[0]:
@@ -106,31 +92,35 @@ class PipelineTrainer(Trainer):
         return super().evaluate(iterator, batches)
 
     def skip(self):
-        """A non-finite step: counted, every replica's step counter advanced, no weight changed."""
+        """A non-finite step: counted, every step counter advanced, no weight changed."""
         super().skip()
-        for _, optimizer in self.replicas[1:]:
-            optimizer.iterations.assign_add(1)
+        for replica in self.replicas:
+            replica.optimizer.iterations.assign_add(1)
 
     def sync_replicas(self):
-        """Once, before the first step: every replica and worker takes replica 0's (the chief's)
+        """Once, before the first step: every replica and worker takes the chief's one-device
         weights and optimizer state, restored or freshly initialised."""
         if self._synced:
             return
         self._synced = True
         if self.layout.workers > 1:
             tf.function(self._broadcast_from_chief)()
-        source = self._replica_state(0)
-        for r in range(1, len(self.replicas)):
-            for target, value in zip(self._replica_state(r), source):
-                target.assign(value)
+        for replica in self.replicas:
+            scatter(self.optimizer, replica)
+
+    def before_save(self):
+        """The one-device model and optimizer take replica 0's values (what a checkpoint saves)."""
+        if self._synced:
+            gather(self.replicas[0], self.optimizer)
 
     # --- one step ----------------------------------------------------------------------------
 
     def _phase(self, phase):
         """The compiled loop and traced single step of a phase of the task."""
         if phase not in self._loops:
-            trained = [{id(v) for v in self.task.trained_variables(m, phase)} for m, _ in self.replicas]
-            variables = [[stage.trained(ids) for stage in stages] for stages, ids in zip(self.stages, trained)]
+            trained = self.task.trained_variables(self.model, phase)
+            variables = [[stage.trained(replica.trained_ids(trained)) for stage in stages]
+                         for stages, replica in zip(self.stages, self.replicas)]
 
             def loop(iterator, steps):
                 for _ in tf.range(steps):
@@ -142,23 +132,27 @@ class PipelineTrainer(Trainer):
 
     def _step(self, iterator, variables, trace=False):
         """One training step of every local replica; the traced times of replica 0's work [n, 2]."""
+        self.traffic = Traffic()
         results = [self._pipeline(r, next(iterator), variables[r], trace and r == 0)
                    for r in range(len(self.replicas))]
-        grads = [self._summed([result[0][k] for result in results], k) for k in range(self.layout.stages)]
-        sums = self._summed([[result[1]] for result in results], self.layout.stages - 1)[0]
-        grads, finite = self.clipped([g for stage in grads for g in stage])
+        replica_variables = [v for stage in variables[0] for v in stage]
+        grads = self._summed([[g for stage in result[0] for g in stage] for result in results],
+                             [device_of(v) for v in replica_variables])
+        sums = self._summed([[result[1]] for result in results], [self.layout.devices[0][-1]])[0]
+        grads, finite = self.clipped(grads)
         tf.cond(finite, lambda: self._apply(grads, variables), self.skip)
         self.train_metrics.update(tf.where(finite, sums, tf.zeros_like(sums)))
         return tf.stack([results[0][2][work] for work in self._work()]) if trace else None
 
     def _apply(self, grads, variables):
-        for (_, optimizer), stages in zip(self.replicas, variables):
-            optimizer.apply_gradients(zip(grads, [v for stage in stages for v in stage]))
+        for replica, stages in zip(self.replicas, variables):
+            replica.optimizer.apply_gradients(zip(grads, [v for stage in stages for v in stage]))
+        self.optimizer.iterations.assign_add(1)  # the host's counter is the run's step
 
     def _pipeline(self, r, batch, variables, trace):
         """Replica r's schedule over the micro-batches of `batch`: ([summed gradients of each
         stage's `variables`], metric sums, {(stage, kind, micro-batch): [start, end]} if traced)."""
-        run = PipelineRun(self, self.stages[r], batch, variables, trace)
+        run = PipelineRun(self, self.stages[r], batch, variables, trace, self.traffic if r == 0 else None)
         pending = [list(order) for order in self.orders]
         while any(pending):
             ready = [k for k, work in enumerate(pending) if work and run.can_do(k, *work[0])]
@@ -168,12 +162,21 @@ class PipelineTrainer(Trainer):
                 run.do(k, *pending[k].pop(0))
         return run.grads, run.sums, run.times
 
-    def _summed(self, per_replica, k):
-        """The sums over local replicas (on replica 0's device of stage k) and over workers of
-        per_replica[r] (lists of tensors)."""
-        with tf.device(self.layout.devices[0][k]):
-            totals = [t[0] if len(t) == 1 else tf.add_n(t) for t in zip(*per_replica)]
-            return self._across_workers(totals, self.layout.devices[0][k])
+    def _summed(self, per_replica, devices):
+        """The sums over local replicas and over workers of per_replica[r] (lists of tensors),
+        the i-th on devices[i] (replica 0's device of its weight) with one collective per device."""
+        totals = []
+        for tensors, device in zip(zip(*per_replica), devices):
+            with tf.device(device):
+                totals.append(tensors[0] if len(tensors) == 1 else tf.add_n(tensors))
+        by_device = {}
+        for i, device in enumerate(devices):
+            by_device.setdefault(canonical(device), []).append(i)
+        for device, indices in sorted(by_device.items()):
+            with tf.device(device):
+                for i, total in zip(indices, self._across_workers([totals[i] for i in indices], device)):
+                    totals[i] = total
+        return totals
 
     def _across_workers(self, tensors, device):
         """`tensors` (of one dtype) summed over the workers' same `device`: one collective of them packed."""
@@ -195,11 +198,10 @@ class PipelineTrainer(Trainer):
                 inputs, targets = next(iterator)
                 x = inputs
                 for stage in stages:
-                    with tf.device(stage.device):
-                        x = stage.forward[False](x, inputs, None)
+                    x = stage.run(x, inputs, None, False)
                 with tf.device(stages[-1].device):
                     sums.append([self.task.loss_and_sums(targets, x)[1]])
-            self.eval_metrics.update(self._summed(sums, self.layout.stages - 1)[0])
+            self.eval_metrics.update(self._summed(sums, [self.layout.devices[0][-1]])[0])
 
     def _trace_record(self, step, started, times):
         """A step's trace (pipeline_trace.jsonl): each piece of work's stage, kind, micro-batch,
@@ -210,16 +212,31 @@ class PipelineTrainer(Trainer):
         return {"step": step + 1, "time": started, "stages": self.layout.stages, "microbatches": self.microbatches,
                 "schedule": self.schedule,
                 "devices": list(self.layout.devices[0]), "device_bytes": self.device_bytes(),
+                "lanes": [list(lanes) for lanes in self.layout.lanes[0]], "lane_bytes": self.lane_bytes(),
+                "block_bytes": self.block_bytes(), "lane_sums": self.traffic.sums, "lane_bytes_moved": self.traffic.row_bytes * self._microbatch_rows(),
                 "events": [{"stage": k, "kind": kind, "microbatch": m, "start_s": start, "end_s": end}
                            for start, end, k, kind, m in events]}
 
     def device_bytes(self):
-        """Bytes of weights and optimizer state on each of replica 0's stage devices."""
+        """Bytes of weights and optimizer state of replica 0 on each of its stages' devices (all lanes)."""
+        return [sum(lanes) for lanes in self.lane_bytes()]
+
+    def lane_bytes(self):
+        """Bytes of weights and optimizer state of replica 0 on each lane of each stage."""
         held = {}
-        for variable in self._replica_state(0):
+        for variable in self.replicas[0].state():
             device = canonical(device_of(variable))
-            held[device] = held.get(device, 0) + math.prod(variable.shape) * tf.as_dtype(variable.dtype).size
-        return [held.get(canonical(device), 0) for device in self.layout.devices[0]]
+            held[device] = held.get(device, 0) + bytes_of([variable])
+        return [[held.get(canonical(lane), 0) for lane in lanes] for lanes in self.layout.lanes[0]]
+
+    def block_bytes(self):
+        """{name of a split block: bytes of its weights and optimizer state on each lane} of replica 0
+        (its trunk on the first lane, shard t on lane t)."""
+        replica, held = self.replicas[0], {}
+        for name, (trunk, shards) in replica.splits.items():
+            held[name] = [bytes_of(replica.layer_state(shard)) for shard in shards]
+            held[name][0] += bytes_of(replica.layer_state(trunk))
+        return held
 
     def stamp(self, k):
         """The time now, as stage k's work sees it (a traced step's start or end of a piece of work).
@@ -229,38 +246,36 @@ class PipelineTrainer(Trainer):
         own counter is ordered only with that stage's other uses of it."""
         return self._stamp(self.clocks[k])
 
+    def _microbatch_rows(self):
+        """Examples in one micro-batch of one replica."""
+        return self.train_config.global_batch_size // self.layout.replicas // self.microbatches
+
     def _work(self):
         """Every (stage, kind, micro-batch) of a step, stage by stage in schedule order."""
         return [(k, kind, m) for k, order in enumerate(self.orders) for kind, m in order]
 
-    def _replica_state(self, r):
-        model, optimizer = self.replicas[r]
-        return list(model.variables) + list(optimizer.variables)
-
     def _broadcast_from_chief(self):
-        """Every worker's replica 0 takes the chief's values: one collective per device."""
-        by_device = {}
-        for variable in self._replica_state(0):
-            by_device.setdefault(canonical(device_of(variable)), []).append(variable)
+        """Every worker's one-device model and optimizer take the chief's values: one collective."""
+        variables = list(self.model.variables) + list(self.optimizer.variables)
         chief = self.worker.rank == 0
-        for device, variables in sorted(by_device.items()):
-            with tf.device(device):
-                values = [tf.cast(v, tf.float64) * (1.0 if chief else 0.0) for v in variables]
-                for variable, value in zip(variables, self._across_workers(values, device)):
-                    variable.assign(tf.cast(value, variable.dtype))
+        with tf.device(HOST):
+            values = [tf.cast(v, tf.float64) * (1.0 if chief else 0.0) for v in variables]
+            for variable, value in zip(variables, self._across_workers(values, HOST)):
+                variable.assign(tf.cast(value, variable.dtype))
 
 
 class PipelineRun:
     """The tensors of one replica's step while its schedule is laid out: each stage's work in
-    order, chained by control dependencies, each on its stage's device."""
+    order, chained by control dependencies, on its stage's devices."""
 
-    def __init__(self, trainer, stages, batch, variables, trace):
+    def __init__(self, trainer, stages, batch, variables, trace, traffic=None):
         self.trainer, self.stages, self.variables, self.trace = trainer, stages, variables, trace
+        self.traffic = traffic
         count = len(stages)
         self.parts = [tf.split(t, trainer.microbatches) for t in batch]  # inputs, targets, example ids
         # Whether a stage's input needs a gradient: some stage before it trains.
         self.input_needs_grad = [any(variables[:k]) for k in range(count)]
-        self.outputs, self.input_grads, self.tapes = {}, {}, {}
+        self.outputs, self.input_grads, self.records = {}, {}, {}
         self.last = [[] for _ in range(count)]
         self.grads = [[] for _ in range(count)]
         self.sums, self.times = None, {}  # times: (stage, kind, micro-batch) -> [start, end]
@@ -292,31 +307,32 @@ class PipelineRun:
     def _forward(self, k, m):
         inputs, targets, example_ids = (part[m] for part in self.parts)
         x = inputs if k == 0 else self.outputs.pop((k - 1, m))
-        with tf.GradientTape() as tape:
-            if self.input_needs_grad[k]:
-                tape.watch(x)
-            y = self.stages[k].forward[True](x, inputs, example_ids)
-            if k == len(self.stages) - 1:
-                y, sums = self.trainer.task.loss_and_sums(targets, y)
-                self.sums = sums if self.sums is None else self.sums + sums
-        self.tapes[(k, m)] = (tape, x, y)
+        last = k == len(self.stages) - 1
+        finish = (lambda y: self.trainer.task.loss_and_sums(targets, y)) if last else None
+        y, records = self.stages[k].forward(x, inputs, example_ids, self.input_needs_grad[k], finish, self.traffic)
+        if last:
+            y, sums = y
+            self.sums = sums if self.sums is None else self.sums + sums
+        self.records[(k, m)] = (records, y)
         self.outputs[(k, m)] = y
         return [y]
 
     def _backward(self, k, m):
-        tape, x, y = self.tapes.pop((k, m))
+        records, y = self.records.pop((k, m))
         self.outputs.pop((k, m), None)
         upstream = None if k == len(self.stages) - 1 else self.input_grads.pop((k + 1, m))
-        sources = ([x] if self.input_needs_grad[k] else []) + self.variables[k]
-        grads = tape.gradient(y, sources, output_gradients=upstream,
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO) if sources else []
-        if self.input_needs_grad[k]:
-            self.input_grads[(k, m)], grads = grads[0], grads[1:]
-        else:
+        if not self.input_needs_grad[k] and not self.variables[k]:
             self.input_grads[(k, m)] = None
-        grads = [tf.convert_to_tensor(g) for g in grads]
+            return [y]
+        input_grad, grads = self.stages[k].backward(records, upstream, self.variables[k], self.traffic)
+        self.input_grads[(k, m)] = input_grad if self.input_needs_grad[k] else None
         self.grads[k] = grads if not self.grads[k] else [a + b for a, b in zip(self.grads[k], grads)]
-        return grads or [y]
+        return grads or [input_grad]
+
+
+def bytes_of(variables):
+    """The bytes `variables` hold."""
+    return sum(math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in variables)
 
 
 def device_of(variable):

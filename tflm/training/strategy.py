@@ -71,6 +71,11 @@ _cluster_started = False  # whether this process joined a multi-worker cluster (
 _leave_at_once = False  # whether a command asked to end as soon as its work in a cluster is done
 
 
+def uses_model_parallelism(runtime):
+    """Whether the model is split over devices (pipeline stages or tensor-parallel shards)."""
+    return runtime.pipeline_stages > 1 or runtime.tensor_parallel > 1
+
+
 def make_strategy(runtime):
     """Build the strategy named by runtime.strategy (call once, early, after current_worker()
     has validated TF_CONFIG)."""
@@ -97,7 +102,7 @@ def make_strategy(runtime):
                 bytes_per_pack=25 * 1024 * 1024,
             )
         )
-    if runtime.pipeline_stages > 1:  # the pipeline trainer runs its own replicas (tflm.training.pipeline)
+    if uses_model_parallelism(runtime):  # the pipeline trainer runs its own replicas (tflm.training.pipeline)
         return tf.distribute.get_strategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")

@@ -31,10 +31,11 @@ from tflm.runs.pipeline_trace import append_trace
 from tflm.tasks import task_for
 from tflm.training.cluster import current_worker, use_cluster
 from tflm.training.controller import Controller
-from tflm.training.pipeline import balanced_cut, describe_cut, piece_weights, pipeline_layout, placed_model
+from tflm.training.pipeline import balanced_cut, describe_cut, piece_weights, pipeline_layout
 from tflm.training.progress import Progress
 from tflm.training.rendezvous import startup_watchdog, wait_for_peers
-from tflm.training.strategy import exit_if_a_peer_is_lost, leave_when_done, make_strategy, resolve_strategy_name
+from tflm.training.strategy import (exit_if_a_peer_is_lost, leave_when_done, make_strategy, resolve_strategy_name,
+                                   uses_model_parallelism)
 
 
 def train(config, run_dir=None, restart=False, command=None):
@@ -60,7 +61,7 @@ def train(config, run_dir=None, restart=False, command=None):
             wait_for_peers(worker, config.runtime.cluster_timeout_s)
         with startup_watchdog(worker, config.runtime.cluster_timeout_s, prefix):
             strategy = make_strategy(config.runtime)
-        layout = pipeline_layout(config.runtime, worker) if config.runtime.pipeline_stages > 1 else None
+        layout = pipeline_layout(config.runtime, worker) if uses_model_parallelism(config.runtime) else None
         check_batch_split(config.train, layout.replicas if layout else strategy.num_replicas_in_sync)
         with exit_if_a_peer_is_lost(worker, prefix, lambda: None):
             return train_in(config, run_dir, worker, strategy, resuming, prefix, source, resume, layout)
@@ -143,7 +144,8 @@ def train_in(config, run_dir, worker, strategy, resuming, prefix, source=None, r
         trainer = data_parallel_trainer(config, task, strategy)
     model, optimizer = trainer.model, trainer.optimizer
     replicas = layout.replicas if layout else strategy.num_replicas_in_sync
-    checkpointer = Checkpointer(run_dir, worker, model, optimizer, config.train.keep_checkpoints, trainer.state())
+    checkpointer = Checkpointer(run_dir, worker, model, optimizer, config.train.keep_checkpoints, trainer.state(),
+                                trainer.before_save)
     try:
         with exit_if_a_peer_is_lost(worker, prefix, lambda: trainer.step):
             restored = checkpointer.restore_latest()
@@ -155,7 +157,7 @@ def train_in(config, run_dir, worker, strategy, resuming, prefix, source=None, r
                                 "restore the checkpoint files, or start over with --restart")
             if worker.is_chief and resuming:
                 runs.replace_config(run_dir, config)
-            shape = f"pipelines of {layout.stages} stages" if layout else strategy_name(strategy)
+            shape = layout_name(layout) if layout else strategy_name(strategy)
             print(f"{prefix}tflm: run directory {run_dir} ({shape}, {replicas} replica(s))", flush=True)
             step = trainer.step
             progress = Progress(config.train.steps, task.units_per_step, prefix, unit=task.unit_shown)
@@ -192,32 +194,41 @@ def data_parallel_trainer(config, task, strategy):
 
 
 def pipeline_trainer(config, task, layout, worker, run_dir, prefix):
-    """The PipelineTrainer of the layout's replicas, each cut into balanced stages and placed.
+    """The PipelineTrainer of the layout's replicas, each cut into balanced stages and placed
+    (its blocks split over each stage's devices with runtime.tensor_parallel).
 
     The model is first built whole in host memory, as one device would build it, so that every
-    layout starts from the same weights (and the cut is measured on it); each replica's stages are
-    then built on their devices and take those weights."""
+    layout starts from the same weights (and the cut is measured on it); it and an optimizer of
+    its own are what checkpoints hold. Each replica's stages are then built on their devices and
+    take its weights."""
     from tflm.training.optimizer import make_optimizer  # these define Keras classes, so they load Keras
     from tflm.training.pipeline_trainer import PipelineTrainer
+    from tflm.training.tensor_parallel import HOST, placed_replica
 
     vocabulary_size, seed = task.tokenizer.vocabulary_size, config.train.seed
-    with tf.device("/device:CPU:0"):
+    with tf.device(HOST):
         whole = task.build_model(vocabulary_size, seed)
+        host_optimizer = make_optimizer(config.train)
+        host_optimizer.build(whole.trainable_variables)
     sizes = piece_weights(whole)
     cut = balanced_cut(sizes, layout.stages)
-    replicas = []
-    for devices in layout.devices:
-        model = placed_model(lambda: task.new_model(vocabulary_size, seed), whole, cut, devices, config.data.seq_len)
-        optimizer = make_optimizer(config.train)
-        optimizer.build(model.trainable_variables)
-        replicas.append((model, optimizer))
+    replicas = [placed_replica(lambda: task.new_model(vocabulary_size, seed), whole, cut, lanes, config.data.seq_len,
+                               lambda: make_optimizer(config.train))
+                for lanes in layout.lanes]
     microbatches = config.train.microbatches
-    print(f"{prefix}tflm: pipeline of {layout.stages} stages ({config.runtime.pipeline_schedule}, {microbatches} "
+    print(f"{prefix}tflm: {layout_name(layout, 'pipeline')} ({config.runtime.pipeline_schedule}, {microbatches} "
           f"micro-batch{'es' if microbatches > 1 else ''} per replica), cut for equal weights per stage:", flush=True)
-    for line in describe_cut(whole, sizes, cut, layout.devices[0]):
+    for line in describe_cut(whole, sizes, cut, [", ".join(lanes) for lanes in layout.lanes[0]]):
         print(f"{prefix}tflm:   {line}", flush=True)
     on_trace = (lambda record: append_trace(run_dir, record)) if worker.is_chief else None
-    return PipelineTrainer(replicas, layout, cut, task, config.train, config.runtime, worker, on_trace)
+    return PipelineTrainer((whole, host_optimizer), replicas, layout, cut, task, config.train, config.runtime, worker,
+                           on_trace)
+
+
+def layout_name(layout, noun="pipelines"):
+    """How a model-parallel layout is shown: "pipelines of 2 stages", "... x 2 shards"."""
+    shards = f" x {layout.shards} shards" if layout.shards > 1 else ""
+    return (f"{noun} of {layout.stages} stages" if layout.stages > 1 else "one stage") + shards
 
 
 def strategy_name(strategy):

@@ -61,6 +61,9 @@ class Trainer:
         """Variables a checkpoint must hold beside the model and optimizer."""
         return {"nonfinite_steps": self.nonfinite_steps, "first_nonfinite_step": self.first_nonfinite_step}
 
+    def before_save(self):
+        """Make the model and optimizer hold what a checkpoint must save (they always do here)."""
+
     def iterator(self, dataset_fn):
         """An iterator over the batches of `dataset_fn(input_context)`, one per replica each step."""
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
