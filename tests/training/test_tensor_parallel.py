@@ -29,7 +29,8 @@ def reference(tmp_path_factory):
 def test_the_shards_parts_sum_to_the_whole_block_dropout_masks_included():
     import tensorflow as tf
 
-    from tflm.models.transformer import ATTENTION, FEEDFORWARD, BlockShard, BlockTrunk, DecoderBlock, block_sources
+    from tflm.models.block_shards import BlockShard, BlockTrunk, block_sources
+    from tflm.models.transformer import ATTENTION, FEEDFORWARD, DecoderBlock
     from tflm.training.tensor_parallel import split as split_value
 
     block = DecoderBlock(num_heads=4, ff_dim=16, dropout=0.5, seed=3, site=1, name="decoder_1")
@@ -127,6 +128,7 @@ def test_two_shards_train_as_one_device_resume_on_one_device_and_serve_as_it(tmp
 
 
 PLACEMENT_CHECK = """
+from tflm.training.tensor_parallel import unsplit_layers
 placed = []  # (path, the device it belongs on, its device)
 for stage, lanes in zip(trainer.stages[0], trainer.layout.lanes[0]):
     for piece in stage.pieces:
@@ -134,7 +136,7 @@ for stage, lanes in zip(trainer.stages[0], trainer.layout.lanes[0]):
             trunk, shards = replica.splits[piece.name]
             owned = [(trunk, lanes[0])] + list(zip(shards, lanes))
         else:
-            owned = [(layer, lanes[0]) for layer in piece.layers if layer is not piece.block]
+            owned = [(layer, lanes[0]) for layer in unsplit_layers(piece)]
         placed += [(v.path, lane, v.value.device) for layer, lane in owned for v in replica.layer_state(layer)]
 covered = {id(h) for h, _ in replica.sources}
 print(json.dumps({"placed": placed, "block_bytes": trainer.block_bytes(),

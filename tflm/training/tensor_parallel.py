@@ -60,17 +60,17 @@ def placed_replica(new_model, host, cut, lanes, seq_len, new_optimizer):
         model = placed_model(new_model, host, cut, [stage[0] for stage in lanes], seq_len)
         splits, sources = {}, [(h, [(v, None)]) for h, v in zip(host.variables, model.variables)]
     else:
-        model, splits = split_model(new_model, host, cut, lanes, seq_len)
+        model, splits = split_model(new_model, cut, lanes, seq_len)
         sources = split_sources(host, model, splits)
     optimizer = new_optimizer()
     optimizer.build([part for _, parts in sources for part, _ in parts if part.trainable])
     return Replica(model, optimizer, splits, sources)
 
 
-def split_model(new_model, host, cut, lanes, seq_len):
+def split_model(new_model, cut, lanes, seq_len):
     """(a model from `new_model()` whose layers outside its blocks are built on their stage's first
     lane, {block name: (BlockTrunk on that lane, [BlockShard t on lane t])}); its blocks stay unbuilt."""
-    from tflm.models.transformer import BlockShard, BlockTrunk
+    from tflm.models.block_shards import BlockShard, BlockTrunk
 
     model = new_model()
     token_ids = keras.ops.zeros((1, seq_len), dtype="int32")
@@ -96,22 +96,23 @@ def split_model(new_model, host, cut, lanes, seq_len):
 
 def split_sources(host, model, splits):
     """Replica.sources of a split model: its blocks' from block_sources, every other layer's weight by weight."""
-    from tflm.models.transformer import block_sources
+    from tflm.models.block_shards import block_sources
 
     sources, seen = [], set()
     for host_piece, piece in zip(host.pieces(), model.pieces()):
-        if piece.name in splits:
-            found = block_sources(host_piece.block, *splits[piece.name])
-        else:
-            found = []
-        others = [layer for layer in host_piece.layers if layer is not host_piece.block]
-        found += [(h, [(v, None)]) for h, v in zip(unique_variables(others),
-                                                  unique_variables([l for l in piece.layers if l is not piece.block]))]
+        found = block_sources(host_piece.block, *splits[piece.name]) if piece.name in splits else []
+        found += [(h, [(v, None)]) for h, v in zip(unique_variables(unsplit_layers(host_piece)),
+                                                  unique_variables(unsplit_layers(piece)))]
         for host_variable, parts in found:
             if id(host_variable) not in seen:
                 seen.add(id(host_variable))
                 sources.append((host_variable, parts))
     return sources
+
+
+def unsplit_layers(piece):
+    """A piece's layers other than its block (the final norm after the last block; all, elsewhere)."""
+    return [layer for layer in piece.layers if layer is not piece.block]
 
 
 HOST = "/device:CPU:0"  # where the one-device model and its optimizer live
