@@ -131,31 +131,32 @@ def scatter(host_optimizer, replica):
 
 
 def _gather(replica, host_optimizer):
-    from tflm.training.optimizer import slots
-
     for host, parts in replica.sources:
         axis = parts[0][1]
         host.assign(joined([part for part, _ in parts], axis))
-        if host.trainable:
-            for host_slot, part_slots in zip(slots(host_optimizer, host),
-                                             zip(*(slots(replica.optimizer, part) for part, _ in parts))):
-                host_slot.assign(joined(part_slots, axis))
+        for host_slot, part_slots in slot_pairs(host_optimizer, replica.optimizer, host, parts):
+            host_slot.assign(joined(part_slots, axis))
     host_optimizer.iterations.assign(replica.optimizer.iterations)
 
 
 def _scatter(host_optimizer, replica):
-    from tflm.training.optimizer import slots
-
     for host, parts in replica.sources:
         axis = parts[0][1]
         for (part, _), value in zip(parts, split(host, len(parts), axis)):
             part.assign(value)
-        if host.trainable:
-            for host_slot, part_slots in zip(slots(host_optimizer, host),
-                                             zip(*(slots(replica.optimizer, part) for part, _ in parts))):
-                for part_slot, value in zip(part_slots, split(host_slot, len(parts), axis)):
-                    part_slot.assign(value)
+        for host_slot, part_slots in slot_pairs(host_optimizer, replica.optimizer, host, parts):
+            for part_slot, value in zip(part_slots, split(host_slot, len(parts), axis)):
+                part_slot.assign(value)
     replica.optimizer.iterations.assign(host_optimizer.iterations)
+
+
+def slot_pairs(host_optimizer, optimizer, host, parts):
+    """[(an optimizer slot of the one-device weight `host`, the same slot of each of its `parts`)]."""
+    from tflm.training.optimizer import slots
+
+    if not host.trainable:
+        return []
+    return list(zip(slots(host_optimizer, host), zip(*(slots(optimizer, part) for part, _ in parts))))
 
 
 def joined(tensors, axis):
