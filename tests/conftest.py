@@ -50,8 +50,10 @@ def model_weights(run_dir):
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints"))
+    # A checkpoint keeps each variable under the shortest path to it: some weights (all of a
+    # KerasHub preset's) are reached through the optimizer's list of the variables it trains.
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name.startswith("model/") and name.endswith("VARIABLE_VALUE")}
+            if name.startswith(("model/", "optimizer/_trainable_variables/")) and name.endswith("VARIABLE_VALUE")}
 
 
 def max_weight_difference(run_a, run_b):
@@ -112,3 +114,11 @@ def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_presets(tmp_path_factory):
+    """{family: directory} of tiny KerasHub presets (GPT-2, Llama) built offline (tests/tiny_presets.py)."""
+    from tiny_presets import build_presets
+
+    return build_presets(str(tmp_path_factory.mktemp("presets")))

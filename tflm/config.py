@@ -27,6 +27,7 @@ import yaml
 
 from tflm.atomic import read_bytes
 from tflm.bounded_yaml import TooLarge, safe_load
+from tflm.config_checks import check_pipeline, check_preset, check_tensor_parallel
 from tflm.errors import TflmError
 from tflm.tasks import task_class
 from tflm.typed_fields import PATHS, OneOf, Range, convert, field_types, shown
@@ -57,7 +58,7 @@ class DataConfig:
     tfds_data_dir: str = ""               # tfds: where prepared datasets live ("" = TFDS's default)
     validation_fraction: Annotated[float, Range(0, 1, open_low=True)] = 0.1  # without validation_paths: share held out
     seq_len: Annotated[int, Range(1, 2**20)] = 64  # tokens of context the model sees
-    tokenizer: Annotated[str, OneOf("char", "byte", "wordpiece", "sentencepiece")] = "char"  # text -> token ids
+    tokenizer: Annotated[str, OneOf("char", "byte", "wordpiece", "sentencepiece", "preset")] = "char"  # text -> token ids; preset: model.preset's (implied by it)
     vocab_size: Annotated[int, Range(3, INT32_MAX)] = 1000  # char: at most this many ids; subword: exactly; byte: 257
     sentencepiece_model: Annotated[str, OneOf("unigram", "bpe")] = "unigram"  # sentencepiece: the algorithm
     store: str = ""                       # the prepared token store ("" = RUN_DIR/store); a path runs can share
@@ -76,9 +77,10 @@ class DataConfig:
 # the fields it reads below, and their checks to `check`.
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The network: a Transformer decoder or a stacked LSTM."""
+    """The network: a Transformer decoder, a stacked LSTM, or a pretrained KerasHub model."""
 
-    type: Annotated[str, OneOf("transformer", "lstm")] = "transformer"  # the architecture
+    type: Annotated[str, OneOf("transformer", "lstm", "preset")] = "transformer"  # the architecture; preset: model.preset's (implied by it)
+    preset: str = ""                      # a KerasHub preset: a local directory, or a kaggle:// or hf:// handle ("" = none)
     embed_dim: Annotated[int, Range(1, 65536)] = 128  # width of token embeddings (and of the Transformer)
     num_layers: Annotated[int, Range(1, 1024)] = 4  # decoder blocks or LSTM layers
     num_heads: Annotated[int, Range(1, 1024)] = 4  # transformer: attention heads (divide embed_dim)
@@ -90,6 +92,12 @@ class ModelConfig:
         """Raise for values that are wrong together (or past bounds a field's Range cannot say)."""
         if self.dropout >= 1:
             raise TflmError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if (self.type == "preset") != bool(self.preset):
+            raise TflmError("model.type=preset needs model.preset (a KerasHub preset directory or handle)"
+                            if self.preset == "" else f"model.preset is set, so model.type must be preset, not {self.type}")
+        if self.preset and self.dropout:
+            raise TflmError("model.dropout applies to tflm's own models; a preset fine-tunes without dropout "
+                            "(KerasHub's dropout draws no per-example masks, so N devices would not equal one)")
         if self.type == "transformer" and self.embed_dim % self.num_heads:
             raise TflmError(f"model.embed_dim ({self.embed_dim}) must be divisible by "
                             f"model.num_heads ({self.num_heads})")
@@ -115,6 +123,7 @@ class TrainConfig:
     microbatches: Annotated[int, Range(1, 2**16)] = 1  # each replica's batch in this many parts, gradients summed: less memory, same results
     max_nonfinite_steps: Annotated[int, Range(0, 10**6)] = 0  # steps with a NaN/inf gradient skipped before stopping (exit 4)
     init_from: str = ""                   # a run directory: start from its latest weights and tokenizer ("" = random)
+    lora_rank: Annotated[int, Range(0, 65536)] = 0  # preset: > 0 trains only LoRA adapters of this rank (and a classifier head); 0 = every weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +194,7 @@ ADDED_SINCE_0_1 = ("train.max_nonfinite_steps", "runtime.cluster", "data.validat
                    "task.type", "task.text_field", "task.label_field", "task.pooling",
                    "task.freeze_backbone_steps", "task.class_weights", "train.microbatches",
                    "runtime.pipeline_stages", "runtime.pipeline_schedule", "runtime.pipeline_trace_steps",
-                   "runtime.tensor_parallel")  # saved configs without them take the defaults
+                   "runtime.tensor_parallel", "model.preset", "train.lora_rank")  # saved configs without them take the defaults
 RENAMED = {"data.max_vocab_size": "data.vocab_size"}
 RETIRED = {"data.shuffle_buffer": "windows are shuffled over the whole token store, with no buffer",
            "data.shard_policy": "every worker reads the token store by window index"}
@@ -226,6 +235,7 @@ def updated(config, origin="--set", **sections):
     """`config` with {key: value} changes per section, checked as a config file is: unknown
     names get a suggestion, values are converted to the field's type and range-checked."""
     changes, given = {}, set()
+    sections = with_preset_implied(config, sections)
     for section, values in sections.items():
         if section not in SECTIONS:
             raise TflmError(f"{origin}: unknown section {shown(section)}{suggest(section, SECTIONS)}")
@@ -249,6 +259,26 @@ def updated(config, origin="--set", **sections):
     return config
 
 
+# What a preset brings: its network (model.type: preset) and its tokenizer (data.tokenizer: preset).
+PRESET_IMPLIES = {"model.type": "preset", "data.tokenizer": "preset"}
+
+
+def with_preset_implied(config, sections):
+    """`sections` with what a newly set model.preset implies (PRESET_IMPLIES) in place of defaults
+    (a config file that lists every key names model.type: transformer); another value stays, and
+    validate says it cannot go with a preset."""
+    if not isinstance(sections.get("model"), dict) or not sections["model"].get("preset"):
+        return sections
+    sections = {name: dict(values) if isinstance(values, dict) else values for name, values in sections.items()}
+    for key, value in PRESET_IMPLIES.items():
+        section, name = key.split(".")
+        values = sections.setdefault(section, {})
+        default = getattr(SECTIONS[section](), name)
+        if isinstance(values, dict) and values.get(name, getattr(getattr(config, section), name)) == default:
+            values[name] = value
+    return sections
+
+
 def validate(config):
     """Raise a TflmError for the first impossible value (fields are checked as they are set)."""
     for section in SECTIONS:
@@ -258,33 +288,7 @@ def validate(config):
     task_class(config.task.type).check_config(config)
     check_pipeline(config)
     check_tensor_parallel(config)
-
-
-def check_pipeline(config):
-    """Raise for micro-batches that do not divide the batch, or more pipeline stages than the model
-    has pieces to cut between (its embedding, each block or LSTM layer, and its head)."""
-    microbatches, batch = config.train.microbatches, config.train.global_batch_size
-    if batch % microbatches:
-        raise TflmError(f"train.microbatches={microbatches} does not divide train.global_batch_size={batch}")
-    stages, layers = config.runtime.pipeline_stages, config.model.num_layers
-    if stages > layers + 2:
-        raise TflmError(f"runtime.pipeline_stages={stages} is more than the {layers + 2} pieces the model can be "
-                        f"cut into (the embedding, model.num_layers={layers} layers, the head)")
-
-
-def check_tensor_parallel(config):
-    """Raise unless runtime.tensor_parallel splits the model's heads and feed-forward columns evenly;
-    the LSTM is not split: its gates split by units would need every unit's state from every
-    device at every time step (an all-gather per token), which pipeline stages avoid."""
-    shards, model = config.runtime.tensor_parallel, config.model
-    if shards == 1:
-        return
-    if model.type != "transformer":
-        raise TflmError(f"runtime.tensor_parallel={shards} splits Transformer blocks; model.type={model.type} is "
-                        "not split (use runtime.pipeline_stages or data parallelism for it)")
-    for key, value in (("model.num_heads", model.num_heads), ("model.ff_dim", model.ff_dim)):
-        if value % shards:
-            raise TflmError(f"runtime.tensor_parallel={shards} does not divide {key}={value}")
+    check_preset(config)
 
 
 def load_config(path=None, overrides=(), saved=False):

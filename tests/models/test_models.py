@@ -80,13 +80,23 @@ def test_a_ragged_batch_in_one_call_gives_each_row_what_it_gives_alone(model_typ
         np.testing.assert_allclose(after[row], alone_after[0], atol=1e-4)
 
 
+def model_of_type(model_type, presets, seq_len=32):
+    """A built model of `model_type` (a preset's: the tiny GPT-2) and its vocabulary size."""
+    if model_type != "preset":
+        return build_model(small_config(model_type).model, 40, seq_len), 40
+    from tflm.data.tokenizers.preset import PresetTokenizer
+
+    vocabulary = PresetTokenizer.from_preset(presets["gpt2"]).vocabulary_size
+    config = load_config(None, [f"model.preset={presets['gpt2']}", f"data.seq_len={seq_len}"])
+    return build_model(config.model, vocabulary, seq_len), vocabulary
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_every_model_type_the_config_accepts_is_built_from_its_own_file(model_type):
-    config = small_config(model_type)
-    model = build_model(config.model, 40, config.data.seq_len)
+def test_every_model_type_the_config_accepts_is_built_from_its_own_file(model_type, tiny_presets):
+    model, vocabulary = model_of_type(model_type, tiny_presets)
     assert type(model) is model_class(model_type)
     assert type(model).__module__ == f"tflm.models.{model_type}"
-    assert model(tf.ones((2, 5), tf.int32)).shape == (2, 5, 40)
+    assert model(tf.ones((2, 5), tf.int32)).shape == (2, 5, vocabulary)
 
 
 def test_an_unknown_model_type_is_a_one_line_error_of_the_config():
@@ -96,9 +106,9 @@ def test_an_unknown_model_type_is_a_one_line_error_of_the_config():
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_weight_shape_keys_name_what_outside_the_model_section_changes_the_weights(model_type):
+def test_weight_shape_keys_name_what_outside_the_model_section_changes_the_weights(model_type, tiny_presets):
     def shapes(seq_len):
-        return [tuple(w.shape) for w in build_model(small_config(model_type).model, 40, seq_len).weights]
+        return [tuple(w.shape) for w in model_of_type(model_type, tiny_presets, seq_len)[0].weights]
 
     assert (shapes(16) != shapes(32)) == ("data.seq_len" in weight_shape_keys(model_type))
 
@@ -115,9 +125,8 @@ def assert_caches_equal(actual, expected):
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_rows_taken_from_a_cache_go_on_as_in_the_whole_batch_and_write_back_in_place(model_type):
-    config = small_config(model_type)
-    model = build_model(config.model, 40, config.data.seq_len)
+def test_rows_taken_from_a_cache_go_on_as_in_the_whole_batch_and_write_back_in_place(model_type, tiny_presets):
+    model, _ = model_of_type(model_type, tiny_presets)
     tokens = tf.random.stateless_uniform((4, 8), seed=(11, 12), minval=1, maxval=40, dtype=tf.int32)
     _, cache = model.call_with_cache(tokens[:, :6], model.initial_cache(4), 0)
     whole, _ = model.call_with_cache(tokens[:, 6:], cache, 6)

@@ -436,7 +436,10 @@ def test_what_a_killed_start_left_is_removed_by_the_next_start(tmp_path):
     first = subprocess.Popen(train_command(config_path, run_dir), cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: os.path.exists(runs.lock_path(runs.reservation_path(run_dir))), first)
+        # Killed once it has written more than its lock (its store's staging): a start killed
+        # between taking the lock and writing anything left only the lock, a stale lock, not leftovers.
+        reservation = runs.reservation_path(run_dir)
+        wait_until(lambda: os.path.exists(runs.lock_path(reservation)) and len(os.listdir(reservation)) > 1, first)
     finally:
         first.kill()
         first.wait()

@@ -97,7 +97,7 @@ CONFIG_ERRORS = [
     (["--set", "model.tpye=lstm"], "did you mean 'model.type'?"),
     (["--set", "train.steps=-5"], "train.steps must be positive, got -5"),
     (["--set", "train.steps=ten"], "train.steps must be int, got 'ten'"),
-    (["--set", "model.type=gru"], "model.type must be one of transformer, lstm, got 'gru'"),
+    (["--set", "model.type=gru"], "model.type must be one of transformer, lstm, preset, got 'gru'"),
     (["--set", "steps=5"], "--set expects section.key=value"),
     (["--set", "data.seq_len=1000000"], "data.seq_len=1000000 is larger than the training split"),
     (["--config", "/nonexistent.yaml"], "cannot read config /nonexistent.yaml"),

@@ -13,7 +13,9 @@ without asking which model it is (`Model` is the class, `model` an instance):
     model.features(token_ids, training, example_ids)   what the head reads (a classifier's backbone)
     model.feature_pieces() / model.pieces()   the network as a chain of Pieces (next_token.py), which
                                 pipeline parallelism cuts into stages
-    model.head                  the Dense layer over the vocabulary (a classifier keeps it, untrained)
+    model.head                  the Dense layer over the vocabulary (a classifier keeps it, untrained:
+                                model.freeze_head())
+    model.frozen_weights()      weights checkpoints leave out (a preset's under LoRA: `checkpointed`)
     model.context               the most tokens it conditions on; None: any length, the cache carries the past
     cache = model.initial_cache(batch_size)
     logits, cache = model.call_with_cache(token_ids, cache, cache_index, lengths=None)
@@ -45,14 +47,33 @@ def weight_shape_keys(model_type):
     return tuple(model_class(model_type).weight_shape_keys)
 
 
-def new_model(model_config, vocabulary_size, seq_len, seed=0):
-    """The model named by `model.type`, with its sizes and dropout seed, not built yet."""
-    return model_class(model_config.type).configured(model_config, vocabulary_size, seq_len, seed)
+def new_model(model_config, vocabulary_size, seq_len, seed=0, lora_rank=0):
+    """The model named by `model.type`, with its sizes and dropout seed, not built yet (a preset's
+    comes built, with LoRA adapters of `lora_rank` if > 0)."""
+    model = model_class(model_config.type).configured(model_config, vocabulary_size, seq_len, seed)
+    if lora_rank:
+        model.enable_lora(lora_rank)
+    return model
 
 
 def build_model(model_config, vocabulary_size, seq_len, seed=0):
     """The model named by `model.type`, with its sizes and dropout seed, built on a dummy batch."""
     return built(new_model(model_config, vocabulary_size, seq_len, seed), seq_len)
+
+
+def checkpointed(model):
+    """What checkpoints of `model` (a language model or a classifier) hold: the model, or, when
+    some of its weights come from elsewhere (`frozen_weights`: a preset's under LoRA), a module
+    of the others by path."""
+    import tensorflow as tf
+
+    frozen = {id(v) for v in getattr(model, "frozen_weights", list)()}
+    if not frozen:
+        return model
+    module = tf.Module()
+    # By path below the model: the model's own name is numbered per process (classifier_2/...).
+    module.weights = {v.path.removeprefix(f"{model.name}/"): v for v in model.variables if id(v) not in frozen}
+    return module
 
 
 def built(model, seq_len):

@@ -32,7 +32,7 @@ class Classifier(keras.Model):
         if pooling not in ("last", "mean"):
             raise ValueError(f"`pooling` must be 'last' or 'mean', received {pooling!r}")
         self.backbone, self.num_classes, self.pooling = backbone, num_classes, pooling
-        backbone.head.trainable = False  # the next-token head: kept for checkpoints, never trained here
+        backbone.freeze_head()  # the next-token head: kept for checkpoints, never trained here
         self.classifier_head = keras.layers.Dense(num_classes, dtype="float32", name="classifier_head")
 
     def build(self, input_shape):
@@ -43,6 +43,10 @@ class Classifier(keras.Model):
     def call(self, token_ids, training=False, example_ids=None):
         """Logits [batch, num_classes] of padded token ids [batch, time]."""
         return run_pieces(self.pieces(), token_ids, example_ids, training)
+
+    def frozen_weights(self):
+        """The backbone's weights that stay out of checkpoints (a preset's under LoRA)."""
+        return self.backbone.frozen_weights()
 
     def pieces(self):
         """The chain from token ids to logits (see tflm.models.next_token): the backbone's
@@ -65,7 +69,7 @@ def pool(features, real, pooling):
 def new_classifier(config, vocabulary_size, num_classes, seed=0):
     """The configured backbone (its dropout seeded with `seed`) with a head for `num_classes`
     labels, not built yet."""
-    backbone = new_model(config.model, vocabulary_size, config.data.seq_len, seed)
+    backbone = new_model(config.model, vocabulary_size, config.data.seq_len, seed, config.train.lora_rank)
     return Classifier(backbone, num_classes, config.task.pooling)
 
 

@@ -51,6 +51,14 @@ class NextTokenModel(keras.Model):
         """The whole chain from token ids to logits: the feature pieces, then the head."""
         return self.feature_pieces() + [Piece("head", (self.head,), lambda x, *_: self.head(x))]
 
+    def freeze_head(self):
+        """Leave the next-token head untrained (a classifier keeps it only for checkpoints)."""
+        self.head.trainable = False
+
+    def frozen_weights(self):
+        """Weights that come from elsewhere and stay out of checkpoints (a preset's under LoRA)."""
+        return []
+
     def stacked(self, name, count):
         """The layers `name`_0 ... `name`_(count - 1), bottom first."""
         return [getattr(self, f"{name}_{i}") for i in range(count)]

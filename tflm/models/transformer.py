@@ -112,6 +112,26 @@ def dropout_sites(site):
     return 3 * site, 3 * site + 1, 3 * site + 2
 
 
+def attention_with_cache(attention, x, cache, slots, head_dim):
+    """Attention for `x` [batch, time, embed] to the cached positions up to each token's own;
+    `cache` is this block's (keys, values), each [batch, heads, capacity + 1, head_dim], and
+    `slots` (CacheSlots) says where these tokens go. Returns the output and the cache with
+    x's keys and values written in. `attention` is tflm's CausalSelfAttention or keras-hub's
+    CachedMultiHeadAttention (the same projections). Written for few ops per token: without XLA
+    each op costs executor time, whatever its size."""
+    def project(dense):  # [batch, time, heads, head_dim]
+        return tf.einsum("btc,cnh->btnh", x, tf.cast(dense.kernel, x.dtype)) + tf.cast(dense.bias, x.dtype)
+
+    keys, values = (slots.write(c, project(d)) for c, d in zip(cache, (attention._key_dense, attention._value_dense)))
+    query = project(attention._query_dense) * tf.cast(head_dim ** -0.5, x.dtype)
+    scores = tf.cast(tf.einsum("btnh,bnsh->bnts", query, keys), tf.float32)
+    probabilities = tf.nn.softmax(tf.where(slots.visible, scores, -1e9), axis=-1)
+    attended = tf.einsum("bnts,bnsh->btnh", tf.cast(probabilities, x.dtype), values)
+    output = attention._output_dense
+    return (tf.einsum("btnh,nhe->bte", attended, tf.cast(output.kernel, x.dtype)) + tf.cast(output.bias, x.dtype),
+            (keys, values))
+
+
 @keras.saving.register_keras_serializable(package="tflm")
 class CausalSelfAttention(keras.layers.Layer):
     """Multi-head causal self-attention with a key/value cache written with core TF ops.
@@ -152,22 +172,8 @@ class CausalSelfAttention(keras.layers.Layer):
         return attended + tf.cast(self._output_dense.bias, attended.dtype)
 
     def call_with_cache(self, x, cache, slots):
-        """Attention for `x` [batch, time, embed] to the cached positions up to each token's own;
-        `cache` is this block's (keys, values), each [batch, heads, capacity + 1, head_dim], and
-        `slots` (CacheSlots) says where these tokens go. Returns the output and the cache with
-        x's keys and values written in. Written for few ops per token: without XLA each op costs
-        executor time, whatever its size."""
-        def project(dense):  # [batch, time, heads, head_dim]
-            return tf.einsum("btc,cnh->btnh", x, tf.cast(dense.kernel, x.dtype)) + tf.cast(dense.bias, x.dtype)
-
-        keys, values = (slots.write(c, project(d)) for c, d in zip(cache, (self._key_dense, self._value_dense)))
-        query = project(self._query_dense) * tf.cast(self.head_dim ** -0.5, x.dtype)
-        scores = tf.cast(tf.einsum("btnh,bnsh->bnts", query, keys), tf.float32)
-        probabilities = tf.nn.softmax(tf.where(slots.visible, scores, -1e9), axis=-1)
-        attended = tf.einsum("bnts,bnsh->btnh", tf.cast(probabilities, x.dtype), values)
-        output = self._output_dense
-        return (tf.einsum("btnh,nhe->bte", attended, tf.cast(output.kernel, x.dtype)) + tf.cast(output.bias, x.dtype),
-                (keys, values))
+        """Attention for `x` with this block's (keys, values) cache: see attention_with_cache."""
+        return attention_with_cache(self, x, cache, slots, self.head_dim)
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "head_dim": self.head_dim,
@@ -195,6 +201,20 @@ class CacheSlots:
         if self.real is not None:
             updates = tf.where(self.real[:, :, None, None], updates, tf.zeros([], updates.dtype))
         return scatter_update(cache, self.indices, updates)
+
+
+def block_with_cache(block, x, cache, slots, head_dim):
+    """A pre-layer-norm block for `x` [batch, time, embed] with its (keys, values) cache (see
+    attention_with_cache); (output, cache). `block` is tflm's DecoderBlock or keras-hub's
+    TransformerDecoder with normalize_first (the same sublayers). The feed-forward runs on
+    [batch * time, embed], where each Dense is one MatMul (on 3-D input it is a Tensordot: a dozen ops)."""
+    y, cache = attention_with_cache(block._self_attention_layer, block._self_attention_layer_norm(x), cache, slots,
+                                    head_dim)
+    x = x + y
+    flat = tf.reshape(x, [-1, x.shape[-1]])
+    flat = flat + block._feedforward_output_dense(
+        block._feedforward_intermediate_dense(block._feedforward_layer_norm(flat)))
+    return tf.reshape(flat, tf.shape(x)), cache
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -257,23 +277,29 @@ class DecoderBlock(keras.layers.Layer):
         return state[0]
 
     def call_with_cache(self, x, cache, slots):
-        """The block for `x` [batch, time, embed] with its (keys, values) cache (see
-        CausalSelfAttention's); (output, cache). The feed-forward runs on [batch * time, embed], where each Dense is one
-        MatMul (on 3-D input it is a Tensordot: a dozen ops)."""
-        y, cache = self._self_attention_layer.call_with_cache(self._self_attention_layer_norm(x), cache, slots)
-        x = x + y
-        flat = tf.reshape(x, [-1, x.shape[-1]])
-        flat = flat + self._feedforward_output_dense(
-            self._feedforward_intermediate_dense(self._feedforward_layer_norm(flat)))
-        return tf.reshape(flat, tf.shape(x)), cache
+        """The block for `x` with its (keys, values) cache: see block_with_cache."""
+        return block_with_cache(self, x, cache, slots, self._self_attention_layer.head_dim)
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "ff_dim": self.ff_dim,
                 "dropout": self.dropout_rate, "seed": self.seed, "site": self.site}
 
 
+class KeyValueCacheRows:
+    """Rows of a cache that is a tuple of tensors [batch, ...] (each block's keys and values)."""
+
+    def cache_rows(self, cache, rows):
+        """The keys and values of the batch rows `rows` (int [n]): a cache for a batch of n."""
+        return tuple(tf.gather(tensor, rows) for tensor in cache)
+
+    def with_cache_rows(self, cache, rows, row_cache):
+        """`cache` with the keys and values of rows `rows` replaced by `row_cache` (as `cache_rows` gives them)."""
+        return tuple(tf.tensor_scatter_nd_update(tensor, rows[:, None], row_tensor)
+                     for tensor, row_tensor in zip(cache, row_cache))
+
+
 @keras.saving.register_keras_serializable(package="tflm")
-class TransformerLM(NextTokenModel):
+class TransformerLM(KeyValueCacheRows, NextTokenModel):
     """TokenAndPositionEmbedding -> N x DecoderBlock (causal, pre-LN) -> LayerNorm -> Dense."""
 
     def __init__(self, vocabulary_size, seq_len, embed_dim, num_layers, num_heads, ff_dim,
@@ -354,15 +380,6 @@ class TransformerLM(NextTokenModel):
         head_dim = self.embed_dim // self.num_heads
         return tuple(tf.zeros([batch_size, self.num_heads, self.seq_len + 1, head_dim], self.compute_dtype)
                      for _ in range(2 * self.num_layers))
-
-    def cache_rows(self, cache, rows):
-        """The keys and values of the batch rows `rows` (int [n]): a cache for a batch of n."""
-        return tuple(tf.gather(tensor, rows) for tensor in cache)
-
-    def with_cache_rows(self, cache, rows, row_cache):
-        """`cache` with the keys and values of rows `rows` replaced by `row_cache` (as `cache_rows` gives them)."""
-        return tuple(tf.tensor_scatter_nd_update(tensor, rows[:, None], row_tensor)
-                     for tensor, row_tensor in zip(cache, row_cache))
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size,

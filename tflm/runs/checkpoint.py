@@ -24,6 +24,7 @@ import numpy as np
 from tflm import atomic
 from tflm.errors import Diverged, TflmError
 from tflm.lazy import tf
+from tflm.models.build import checkpointed
 from tflm.runs import run_dir as runs
 
 CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
@@ -125,9 +126,10 @@ class Checkpointer:
         # Keras keeps dropout's RNG state in SeedGenerator variables that tf.train.Checkpoint does
         # not reach through the model; saving them makes a resumed run draw the same masks.
         rng_states = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
-        self._required = tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states)
+        saved = checkpointed(model)
+        self._required = tf.train.Checkpoint(model=saved, optimizer=optimizer, rng_states=rng_states)
         self._optional = tf.train.Checkpoint(**(extra or {}))
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, rng_states=rng_states,
+        self.checkpoint = tf.train.Checkpoint(model=saved, optimizer=optimizer, rng_states=rng_states,
                                               **(extra or {}))
         self.variables = list(model.variables) + list(optimizer.variables)
         self.run_dir, self.shared_dir = run_dir, checkpoint_dir(run_dir)

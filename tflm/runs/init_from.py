@@ -100,6 +100,9 @@ def check_source(config, run_dir, resuming):
     source_config = runs.read_config(path)
     if not task_class(source_config.task.type).makes_language_model:
         raise TflmError(f"--init-from {path}: a {source_config.task.type} run; start from a language-model run")
+    if source_config.train.lora_rank:
+        raise TflmError(f"--init-from {path}: a LoRA run (train.lora_rank={source_config.train.lora_rank}) keeps only "
+                        f"its adapters; start from its preset (model.preset={source_config.model.preset}) instead")
     check_same_model(path, source_config, config)
     return Source(path, usable_checkpoint(path, checkpoints))
 

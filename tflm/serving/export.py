@@ -118,7 +118,7 @@ def describe(loaded, stride, ops, limits=Limits()):
         "run_dir": loaded.run_dir,
         "checkpoint": os.path.basename(loaded.checkpoint),
         "model": {"type": loaded.config.model.type, "context": loaded.context,
-                  "vocabulary_size": loaded.tokenizer.vocabulary_size, **loaded.config.to_dict()["model"]},
+                  "vocabulary_size": loaded.tokenizer.vocabulary_size, **model_fields(loaded.config)},
         "tokenizer": describe_tokenizer(loaded.tokenizer),
         "signatures": {name: describe_signature(kind) for name, kind in kinds.items()},
         **kind_sections(loaded, stride),
@@ -128,6 +128,14 @@ def describe(loaded, stride, ops, limits=Limits()):
         "allowed_non_core_ops": list(loaded.tokenizer.non_core_ops),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
+
+
+def model_fields(config):
+    """The model section as tflm_export.json lists it: a preset's name and LoRA rank (its sizes
+    are the preset's), or every field of tflm's own models."""
+    if config.model.preset:
+        return {"preset": config.model.preset, "lora_rank": config.train.lora_rank}
+    return config.to_dict()["model"]
 
 
 def describe_signature(kind):

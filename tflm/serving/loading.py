@@ -19,6 +19,8 @@ from tflm.config import Config
 from tflm.data.tokenizers import CharTokenizer
 from tflm.errors import TflmError
 from tflm.lazy import keras, tf
+from tflm.models.build import checkpointed
+from tflm.presets import check_recorded_preset
 from tflm.runs import run_dir as runs
 from tflm.runs.checkpoint import trained_checkpoints
 from tflm.runs.fingerprints import check_recorded_tokenizer
@@ -71,6 +73,7 @@ def load_run(run_dir):
     config = runs.read_config(run_dir)
     tokenizer = runs.load_tokenizer(run_dir)
     check_recorded_tokenizer(run_dir, config, tokenizer)
+    check_recorded_preset(run_dir, config.model.preset)
     task = task_for(config)
     task.load_for_inference(run_dir)
     # Inference runs in float32 whatever the run trained with: the variables are float32 either
@@ -106,7 +109,7 @@ def restore_newest_readable(model, checkpoints):
 def restore_weights(model, checkpoint):
     """Restore every weight of `model` from a training checkpoint (the optimizer's state is
     not needed, hence expect_partial); a TflmError if the checkpoint is of another model."""
-    status = tf.train.Checkpoint(model=model).restore(checkpoint)
+    status = tf.train.Checkpoint(model=checkpointed(model)).restore(checkpoint)
     try:
         status.expect_partial().assert_existing_objects_matched()
     except AssertionError as error:

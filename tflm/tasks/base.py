@@ -10,6 +10,29 @@ from tflm.lazy import tf
 from tflm.models.build import built
 
 
+def starting_tokenizer(config, source=None):
+    """The tokenizer a new run starts with when it is not learned: the source run's
+    (train.init_from), or the preset's (model.preset); None: learn one."""
+    if source:
+        return source.tokenizer()
+    if config.model.preset:
+        from tflm.data.tokenizers.preset import PresetTokenizer
+        from tflm.presets import open_preset
+
+        return PresetTokenizer.from_preset(open_preset(config.model.preset))
+    return None
+
+
+def new_run_records(config, source=None):
+    """{file name: text} a new run directory records beside its config: the run it started from
+    (init_from.json) and the preset it fine-tunes (preset.json)."""
+    from tflm.presets import PRESET_FILE, preset_record
+    from tflm.runs.init_from import RECORD_FILE
+
+    return {**({RECORD_FILE: source.record()} if source else {}),
+            **({PRESET_FILE: preset_record(config.model.preset)} if config.model.preset else {})}
+
+
 class Task:
     """The parts of training and serving that depend on what is learned."""
 

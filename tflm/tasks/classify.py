@@ -21,9 +21,10 @@ from tflm.data.labelled import LABELS_FILE, load_labels, read_labelled, save_lab
 from tflm.data.tokenizers import learned_tokenizer
 from tflm.errors import TflmError
 from tflm.lazy import tf
+from tflm.presets import check_recorded_preset
 from tflm.runs import run_dir as runs
-from tflm.runs.init_from import RECORD_FILE
 from tflm.tasks.base import Task as BaseTask
+from tflm.tasks.base import new_run_records, starting_tokenizer
 from tflm.training.strategy import wait_for_every_worker
 
 
@@ -164,13 +165,14 @@ def open_labelled(config, run_dir, worker, strategy, resuming, source):
     labels.json once the data are known good, and the others load both from there."""
     data = read_labelled(config.data, config.task)
     if resuming:
+        check_recorded_preset(run_dir, config.model.preset)
         saved = load_labels(run_dir)
         if saved != data.labels:
             raise TflmError(f"the run was trained with the labels {', '.join(saved)} ({run_dir}/{LABELS_FILE}), "
                             f"the data now has {', '.join(data.labels)}; use a new --run-dir")
     if worker.is_chief and not resuming:
-        tokenizer = source.tokenizer() if source else learned_tokenizer(config.data, [e.text for e in data.train])
-        extra = {LABELS_FILE: save_labels(data.labels), **({RECORD_FILE: source.record()} if source else {})}
+        tokenizer = starting_tokenizer(config, source) or learned_tokenizer(config.data, [e.text for e in data.train])
+        extra = {LABELS_FILE: save_labels(data.labels), **new_run_records(config, source)}
         if runs.is_run_dir(run_dir):
             runs.replace_config(run_dir, config, tokenizer, extra)
         else:

@@ -21,10 +21,11 @@ from tflm.data.store import TokenStore
 from tflm.data.tokenizers import load_tokenizer
 from tflm.lazy import tf
 from tflm.models.build import new_model
+from tflm.presets import check_recorded_preset
 from tflm.runs import run_dir as runs
 from tflm.runs.fingerprints import check_recorded_tokenizer
-from tflm.runs.init_from import RECORD_FILE
 from tflm.tasks.base import Task as BaseTask
+from tflm.tasks.base import new_run_records, starting_tokenizer
 from tflm.training.strategy import wait_for_every_worker
 
 
@@ -63,7 +64,7 @@ class Task(BaseTask):
 
     def new_model(self, vocabulary_size, seed=0):
         """The configured language model (tflm.models)."""
-        return new_model(self.config.model, vocabulary_size, self.config.data.seq_len, seed)
+        return new_model(self.config.model, vocabulary_size, self.config.data.seq_len, seed, self.config.train.lora_rank)
 
     def loss_and_sums(self, targets, logits):
         """(summed cross-entropy / global-batch tokens, [loss sum, correct, tokens, target bytes])."""
@@ -120,7 +121,7 @@ def open_data(config, run_dir, worker, strategy, resuming, source=None):
         store = chief_store(config, run_dir, path, resuming, source)
         check_fits(store, config.data.seq_len, config.train.global_batch_size)
         if not resuming:
-            create_run_dir(config, run_dir, store, path, {RECORD_FILE: source.record()} if source else None)
+            create_run_dir(config, run_dir, store, path, new_run_records(config, source) or None)
     if worker.num_workers > 1:
         wait_for_every_worker(strategy)
     store = TokenStore.open(path)
@@ -132,9 +133,10 @@ def chief_store(config, run_dir, path, resuming, source=None):
     """The store at `path`, checked against the config (and the run's tokenizer when resuming, or
     the source run's when starting from one), or a new one: prepared in place, or, for a new
     run's own store, in the run directory's reservation (tflm.runs.run_dir.reserve)."""
-    run_tokenizer = runs.load_tokenizer(run_dir) if resuming else source.tokenizer() if source else None
+    run_tokenizer = runs.load_tokenizer(run_dir) if resuming else starting_tokenizer(config, source)
     if resuming:
         check_recorded_tokenizer(run_dir, config, run_tokenizer)  # names the swapped files, unlike the store's check
+        check_recorded_preset(run_dir, config.model.preset)
     if not TokenStore.exists(path):
         # A new local run's own store is prepared in its reservation, which becomes the run directory
         # when it is created, so the directory appears whole; elsewhere (no atomic rename) in place.

@@ -24,6 +24,7 @@ import shlex
 from tflm.config import check_resume_compatible
 from tflm.errors import TflmError
 from tflm.lazy import keras, tf
+from tflm.presets import check_preset_config
 from tflm.runs import run_dir as runs
 from tflm.runs.checkpoint import Checkpointer, checkpoint_dir, list_checkpoints
 from tflm.runs.init_from import check_not_itself, check_source, restore_source, with_source_settings
@@ -44,6 +45,8 @@ def train(config, run_dir=None, restart=False, command=None):
     use_cluster(config.runtime)
     worker = current_worker()
     check_strategy_matches_cluster(config.runtime, worker)
+    if config.model.preset:
+        check_preset_config(config)  # a bad preset, or a handle without network, before anything is written
     if worker.num_workers > 1 and not run_dir:
         raise TflmError("multi-worker training needs --run-dir, the same shared path on every worker")
     chosen = not run_dir

@@ -6,6 +6,8 @@
     wordpiece      BERT-style subwords learned from the training split with keras-hub's
                    `compute_word_piece_vocabulary` (tensorflow-text's learner), run in-graph by
                    keras-hub's `WordPieceTokenizer`. Lossy: see wordpiece.py.
+    preset         a KerasHub preset's own tokenizer (model.preset), ids shifted by one so that
+                   0 stays padding: see preset.py.
     sentencepiece  a `unigram` or `bpe` model trained with the `sentencepiece` package and run
                    in-graph by keras-hub's `SentencePieceTokenizer`. Lossless: identity
                    normalisation, whitespace kept ("▁"), a newline is its own piece, and byte
@@ -166,7 +168,10 @@ class Tokenizer:
         try:
             atomic.makedirs(directory)
             for name, data in self._files().items():
-                atomic.write_bytes(os.path.join(directory, name), data)
+                path = os.path.join(directory, name)
+                if os.path.dirname(name):
+                    atomic.makedirs(os.path.dirname(path))
+                atomic.write_bytes(path, data)
             atomic.write_json(os.path.join(directory, VOCAB_FILE), self._definition())
         except OSError as error:
             raise TflmError(f"cannot save the tokenizer in {directory}: {error.strerror}") from None

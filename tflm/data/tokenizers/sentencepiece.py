@@ -86,17 +86,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def byte_lengths(self):
         """Padding 0, unknown 3 (U+FFFD), a byte piece 1, others their text with "▁" as a space."""
-        p, lengths = self._processor, []
-        for i in range(p.vocab_size()):
-            if p.is_control(i):
-                lengths.append(0)
-            elif p.is_unknown(i):
-                lengths.append(OOV_BYTES)
-            elif p.is_byte(i):
-                lengths.append(1)
-            else:
-                lengths.append(len(p.id_to_piece(i).replace("\u2581", " ").encode("utf-8")))
-        return np.array(lengths, np.int32)
+        return piece_byte_lengths(self._processor)
 
     def _definition(self):
         return {"type": "sentencepiece", "pad_id": PAD_ID, "oov_id": OOV_ID, "model_type": self.model_type,
@@ -141,6 +131,22 @@ class SentencePieceTokenizer(Tokenizer):
         except RuntimeError as error:
             raise TflmError(_sentencepiece_error(str(error), vocab_size, sample_bytes)) from None
         return cls(model.getvalue())
+
+
+def piece_byte_lengths(processor):
+    """np.int32 [pieces]: the UTF-8 bytes each piece of a sentencepiece processor decodes to:
+    control pieces 0, unknown 3 (U+FFFD), a byte piece 1, others their text with "▁" as a space."""
+    lengths = []
+    for i in range(processor.vocab_size()):
+        if processor.is_control(i):
+            lengths.append(0)
+        elif processor.is_unknown(i):
+            lengths.append(OOV_BYTES)
+        elif processor.is_byte(i):
+            lengths.append(1)
+        else:
+            lengths.append(len(processor.id_to_piece(i).replace("\u2581", " ").encode("utf-8")))
+    return np.array(lengths, np.int32)
 
 
 def _sentencepiece_error(message, vocab_size, sample_bytes):
