@@ -70,14 +70,22 @@ def download(handle):
 
         causal_lm = keras_hub.models.CausalLM.from_preset(handle)
     except Exception as error:  # network, authentication, a name KerasHub does not know
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TflmError(f"model.preset={handle}: cannot download it ({reason[:160]}); download it once where there "
+        raise TflmError(f"model.preset={handle}: cannot download it ({download_problem(error)}); download it once where there "
                         f"is network (keras_hub.models.CausalLM.from_preset({handle!r}).save_to_preset(DIR)) and set "
                         "model.preset=DIR") from None
     staging = f"{target}.partial-{os.getpid()}"
     causal_lm.save_to_preset(staging)
     os.replace(staging, target)
     return target
+
+
+def download_problem(error):
+    """A short reason a download failed: the host it could not reach, or the error's first line."""
+    text = str(error).strip()
+    host = re.search(r"host='([^']+)'", text)
+    if host:
+        return f"cannot reach {host.group(1)}"
+    return (text.splitlines()[0][:160] if text else type(error).__name__)
 
 
 def read_json(directory, name, preset, missing):

@@ -4,6 +4,7 @@ keeps tflm's padding id, and a bad preset or setting is one line before anything
 import json
 import os
 import shutil
+import socket
 
 import numpy as np
 import pytest
@@ -117,6 +118,13 @@ def broken_presets(tiny_presets, base):
     return made
 
 
+def loopback_only(host, *args, getaddrinfo=socket.getaddrinfo, **kwargs):
+    """socket.getaddrinfo for loopback names only; any other host fails as it does offline."""
+    if host not in ("localhost", "127.0.0.1", "::1"):
+        raise socket.gaierror(socket.EAI_NONAME, f"no network in the tests (asked for {host})")
+    return getaddrinfo(host, *args, **kwargs)
+
+
 PRESET_ERRORS = [
     ("gpt2", ["model.num_layers=3"], "model.num_layers cannot be set beside model.preset"),
     ("gpt2", ["data.tokenizer=byte"], "data.tokenizer must be preset, not byte"),
@@ -129,7 +137,7 @@ PRESET_ERRORS = [
     ("no_tokenizer", [], "no tokenizer.json: the preset has no tokenizer"),
     ("encoder", [], "tflm cannot train its BertBackbone causally; supported: GPT2Backbone, LlamaBackbone"),
     ("/nonexistent/preset", [], "model.preset=/nonexistent/preset: no such directory"),
-    ("kaggle://keras/gpt2/keras/gpt2_base_en/2", [], "cannot download it"),
+    ("kaggle://keras/gpt2/keras/gpt2_base_en/2", [], "cannot download it (cannot reach api.kaggle.com); download it once"),
 ]
 
 
@@ -137,6 +145,7 @@ PRESET_ERRORS = [
 def test_bad_presets_and_settings_are_one_line_exit_2_and_write_nothing(tiny_presets, tmp_path, capsys, preset,
                                                                         settings, message, monkeypatch):
     monkeypatch.setenv("TFLM_PRESET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)  # a handle's download never leaves this machine
     presets = {**tiny_presets, **broken_presets(tiny_presets, str(tmp_path / "presets"))}
     data = tmp_path / "text.txt"
     data.write_text("the cat sat on the mat. " * 400)
