@@ -35,6 +35,11 @@ def is_handle(preset):
 def open_preset(preset):
     """The local directory of `preset` (downloaded by KerasHub for a handle), checked to be a
     KerasHub preset of a supported causal backbone with a tokenizer; a TflmError otherwise."""
+    return opened(preset)[0]
+
+
+def opened(preset):
+    """(open_preset's directory, the backbone's config from its config.json)."""
     directory = download(preset) if is_handle(preset) else preset
     if not os.path.isdir(directory):
         raise TflmError(f"model.preset={preset}: no such directory")
@@ -44,14 +49,13 @@ def open_preset(preset):
         raise TflmError(f"model.preset={preset}: tflm cannot train its {backbone} causally; "
                         f"supported: {', '.join(SUPPORTED_BACKBONES)}")
     read_json(directory, "tokenizer.json", preset, "the preset has no tokenizer")
-    return directory
+    return directory, config.get("config", {})
 
 
 def check_preset_config(config):
     """Raise a TflmError unless the run's preset is one tflm can train (open_preset) and has
     positions for data.seq_len tokens; returns its directory."""
-    directory = open_preset(config.model.preset)
-    backbone = read_json(directory, "config.json", config.model.preset, "")["config"]
+    directory, backbone = opened(config.model.preset)
     most = backbone.get("max_sequence_length")  # learned positions (GPT-2); rotary ones (Llama) have no bound
     if most is not None and config.data.seq_len > most:
         raise TflmError(f"data.seq_len={config.data.seq_len} is more than the {most} positions "

@@ -102,6 +102,20 @@ def test_lora_freezes_the_preset_and_adds_small_adapters(tiny_presets):
     assert sum(np.prod(v.shape) for v in model.trainable_variables) < 0.1 * sum(np.prod(v.shape) for v in model.variables)
 
 
+def test_a_run_refuses_a_preset_whose_files_changed(tiny_presets, tmp_path):
+    from tflm.errors import TflmError
+    from tflm.presets import PRESET_FILE, check_recorded_preset, preset_record
+
+    preset = shutil.copytree(tiny_presets["gpt2"], str(tmp_path / "gpt2"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / PRESET_FILE).write_text(preset_record(preset))
+    check_recorded_preset(str(tmp_path / "run"), preset)  # the same files: nothing to say
+    with open(os.path.join(preset, "model.weights.h5"), "ab") as f:  # other weights under the same path
+        f.write(b"\0")
+    with pytest.raises(TflmError, match="is not the preset the run was trained from: .*preset.json records"):
+        check_recorded_preset(str(tmp_path / "run"), preset)
+
+
 def broken_presets(tiny_presets, base):
     """{name: directory} of directories that are not presets tflm can train."""
     made = {"empty": os.path.join(base, "empty")}

@@ -72,7 +72,7 @@ class Llama:
     def cache_heads(block):
         """The key/value heads a block's cache holds (fewer than its query heads), and their width."""
         attention = block._self_attention_layer
-        return attention.num_key_value_heads, attention._key_dense.kernel.shape[-1]
+        return attention.num_key_value_heads, attention._key_dense.partial_output_shape[-1]  # not .kernel: LoRA merges it
 
     @staticmethod
     def block_with_cache(block, x, cache, slots, positions):
