@@ -12,12 +12,14 @@ lines varied so no two copies are equal), it prints:
   - peak RSS of a training process on the store (goal: <= 1.5 GB).
 
     python benchmarks/data_scale.py [--gigabytes 1] [--tokenizers char,byte,sentencepiece,wordpiece]
+    python benchmarks/data_scale.py --gigabytes 0.05 --parts resume     # start-up only
 """
 
 import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,12 +91,12 @@ def pipeline_tokens_per_sec(store_path, batches=3000, seq_len=64, global_batch=1
     return batches * global_batch * seq_len / (time.perf_counter() - started)
 
 
-def train_run(args, timeout=3600):
+def train_run(args, env=None, timeout=3600):
     """(seconds, stdout, peak RSS in MB) of `python -m tflm.train args` in a fresh process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "tflm.train", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"tflm.train failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -119,26 +121,38 @@ def same_data(store_path):
 
 
 def resume_seconds(store_path, work, at_step):
-    """When resuming a run at `at_step`: seconds from launch to the "resuming from" line (imports,
-    store and checkpoint opened), to the end of the first step and its evaluation (tracing and
-    XLA compilation included), and to exit; and the peak RSS of training processes so far."""
+    """When resuming a run at `at_step`, twice (the first resumption fills the compile cache,
+    tflm/training/compile_cache.py; the second, as after any later preemption, loads it): per
+    resumption, seconds from launch to the "resuming from" line (imports, store and checkpoint
+    opened), to the end of the first step and its evaluation (tracing and XLA compilation or
+    cache loading included), and to exit; and the peak RSS of training processes so far."""
     run_dir = os.path.join(work, f"resume-{at_step}")
     data = ["--set", f"data.store={store_path}", *same_data(store_path)]
-    train_run(["--run-dir", run_dir, *data, "--set", "train.steps=1", "--set", "train.eval_batches=1"])
+    env = dict(os.environ, TFLM_COMPILE_CACHE=os.path.join(work, f"compile-cache-{at_step}"))  # starts empty
+    train_run(["--run-dir", run_dir, *data, "--set", "train.steps=1", "--set", "train.eval_batches=1"], env)
     move_to_step(run_dir, at_step)
+    # The same run resumed twice at the same step with the same config, as after two preemptions
+    # (a different train.steps is another learning-rate schedule in the program, so another entry).
+    shutil.copytree(run_dir, run_dir + "-again")
+    times = [resumed_once(path, data, at_step, env) for path in (run_dir, run_dir + "-again")]
+    return times, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def resumed_once(run_dir, data, at_step, env):
+    """(seconds to "resuming from", to the end of step at_step + 1, to exit) of one resumption."""
     command = [sys.executable, "-m", "tflm.train", "--run-dir", run_dir, *data, "--set", f"train.steps={at_step + 1}",
                "--set", "train.eval_every=1", "--set", "train.eval_batches=1"]
     started = time.perf_counter()
     seen = {}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO) as proc:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+                          env=env) as proc:
         for line in proc.stdout:
             for mark in ("resuming from", f"step {at_step + 1}/"):
                 if mark in line and mark not in seen:
                     seen[mark] = time.perf_counter() - started
     if proc.returncode != 0 or len(seen) != 2:
         raise SystemExit(f"resuming at step {at_step} failed ({proc.returncode}); saw {seen}")
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return seen["resuming from"], seen[f"step {at_step + 1}/"], time.perf_counter() - started, rss
+    return seen["resuming from"], seen[f"step {at_step + 1}/"], time.perf_counter() - started
 
 
 def move_to_step(run_dir, step):
@@ -168,8 +182,11 @@ def main():
     parser.add_argument("--gigabytes", type=float, default=1.0)
     parser.add_argument("--tokenizers", default="char,byte,sentencepiece,wordpiece")
     parser.add_argument("--work", help="where to write the corpus and stores (default: a temporary directory)")
+    parser.add_argument("--parts", default="prepare,pipeline,resume",
+                        help="comma-separated: prepare (every --tokenizers store), pipeline (vs the trainer), resume")
     args = parser.parse_args()
-    flags = subprocess.run("grep -o 'avx512[a-z]*' /proc/cpuinfo | sort -u | tr '\\n' ' '", shell=True,
+    parts = set(args.parts.split(","))
+    flags = subprocess.run("grep -o 'avx512[a-z_0-9]*\\|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\\n' ' '", shell=True,
                            capture_output=True, text=True).stdout.strip()
     print(f"CPU: {os.cpu_count()} cores, AVX-512: {flags or 'none'}; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(dir=args.work) as work:
@@ -178,7 +195,7 @@ def main():
         pattern, text_bytes = write_corpus(corpus, args.gigabytes)
         print(f"corpus: {text_bytes / 1e9:.2f} GB in {len(os.listdir(corpus))} files")
         stores = {}
-        for tokenizer in args.tokenizers.split(","):
+        for tokenizer in args.tokenizers.split(",") if "prepare" in parts else ["char"]:
             path, seconds = prepare(pattern, tokenizer, os.path.join(work, "stores"))
             stores[tokenizer] = path
             store = TokenStore.open(path)
@@ -186,15 +203,17 @@ def main():
                   f"{store.tokens('train') + store.tokens('validation'):,} tokens, store {directory_bytes(path) / 1e9:.2f} GB, "
                   f"index {os.path.getsize(os.path.join(path, 'index.json')) / 1e3:.1f} kB", flush=True)
         store_path = stores.get("char") or next(iter(stores.values()))
-        pipeline = pipeline_tokens_per_sec(store_path)
-        trainer = trainer_tokens_per_sec(store_path, work)
-        print(f"input pipeline {pipeline:,.0f} tokens/s; trainer {trainer:,.0f} tokens/s: {pipeline / trainer:.1f}x "
-              "(goal >= 10x)", flush=True)
-        for step in (10, 10**6):
-            resumed, first_step, ended, rss = resume_seconds(store_path, work, step)
-            print(f"resume at step {step:>9,}: resumed {resumed:.1f} s after launch, first step and its evaluation "
-                  f"done at {first_step:.1f} s, exit at {ended:.1f} s; peak RSS of training processes {rss:.0f} MB",
-                  flush=True)
+        if "pipeline" in parts:
+            pipeline = pipeline_tokens_per_sec(store_path)
+            trainer = trainer_tokens_per_sec(store_path, work)
+            print(f"input pipeline {pipeline:,.0f} tokens/s; trainer {trainer:,.0f} tokens/s: {pipeline / trainer:.1f}x "
+                  "(goal >= 10x)", flush=True)
+        for step in (10, 10**6) if "resume" in parts else ():
+            times, rss = resume_seconds(store_path, work, step)
+            for which, (resumed, first_step, ended) in zip(("first (compiles)", "again (cache)"), times):
+                print(f"resume at step {step:>9,}, {which}: resumed {resumed:.1f} s after launch, first step and its "
+                      f"evaluation done at {first_step:.1f} s, exit at {ended:.1f} s", flush=True)
+            print(f"  peak RSS of training processes {rss:.0f} MB", flush=True)
 
 
 if __name__ == "__main__":

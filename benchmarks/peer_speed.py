@@ -26,15 +26,23 @@ Figures (per model and framework; with --repeats R the median over R alternating
   A = 12 x layers x seq_len x d for the attention scores and weighted values (4 T d forward per
   token and layer, full T x T as both implementations compute it, x 3 with the backward), 0 for
   the LSTM.
-- MFU = model FLOPs per step / seconds per step / peak, peak = the best fp32 FLOP/s of
-  tf.linalg.matmul and torch.matmul on `--matmul-size` square matrices, each measured in its
-  framework's process with the same threads (2 n^3 FLOPs per product, best of 10).
+- MFU = model FLOPs per step / seconds per step / peak, peak = the best FLOP/s of
+  tf.linalg.matmul and torch.matmul on `--matmul-size` square matrices in the precision of the
+  run (fp32, or bf16 for bf16 runs), each measured in its framework's process with the same
+  threads (2 n^3 FLOPs per product, best of 10).
+- `--sizes default,wide`: the config's sizes, and a GPT-2-like width (4 x 512, 8 heads, ff 2048,
+  T256, B16; the Transformer only, with a tenth of --steps and --warmup). `--precision fp32,bf16`:
+  tflm's runtime.precision float32 / mixed_bfloat16 (its CPU step through XLA or oneDNN as
+  tflm/training/precision.py decides) against PyTorch fp32 / `torch.autocast` bf16 (CUDA autocast
+  on a GPU). Each model and size prints one pair per precision, then "best vs best": each
+  framework's fastest precision against the other's.
 - `--full-run`: wall time of a whole default run, start-up included (process start to exit):
   `python -m tflm.train` against `python benchmarks/torch_peer.py --run-dir` (evaluations every
   train.eval_every steps over the same validation batches, a checkpoint at each); with the final
   validation loss of each.
 
     python benchmarks/peer_speed.py                       # steady state, both models
+    python benchmarks/peer_speed.py --sizes default,wide --precision fp32,bf16 --steps 200 --warmup 30
     python benchmarks/peer_speed.py --full-run            # + whole default runs (minutes)
     python benchmarks/peer_speed.py --steps 20 --warmup 5 --models lstm --full-run --full-run-steps 20   # smoke
 """
@@ -56,6 +64,10 @@ sys.path.insert(0, ROOT)  # this checkout's tflm, not another installed one
 from tflm.config import load_config, updated  # noqa: E402  (pure Python: no TensorFlow, no PyTorch)
 
 CONFIGS = {"transformer": None, "lstm": os.path.join(ROOT, "configs", "char_lstm.yaml")}
+SIZES = {"default": [],  # the config's own sizes
+         "wide": ["model.embed_dim=512", "model.num_layers=4", "model.num_heads=8", "model.ff_dim=2048",
+                  "data.seq_len=256", "train.global_batch_size=16"]}  # GPT-2-like width; the Transformer only
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16"}  # --precision -> runtime.precision
 
 
 # ----------------------------------------------------------------------------- the machine
@@ -66,8 +78,8 @@ def machine_lines():
     with open("/proc/cpuinfo", encoding="utf-8") as f:
         cpuinfo = f.read()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
-    flags = set(re.findall(r"avx512[a-z]*", cpuinfo))
-    other = [flag for flag in ("avx2", "fma", "amx_tile") if re.search(rf"\b{flag}\b", cpuinfo)]
+    flags = set(re.findall(r"\bavx512[a-z_0-9]*", cpuinfo))
+    other = [flag for flag in ("avx2", "fma", "amx_tile", "amx_bf16") if re.search(rf"\b{flag}\b", cpuinfo)]
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return [f"CPU: {model.group(1) if model else platform.processor()}",
             f"AVX-512: {' '.join(sorted(flags)) or 'none'}; also: {' '.join(other) or 'none'}",
@@ -98,10 +110,19 @@ def model_flops_per_step(config, vocabulary_size):
 # ----------------------------------------------------------------------------- one framework, in its own process
 
 
-def model_config(model, overrides, threads):
-    """tflm's config for `model` with the --set overrides and the thread counts."""
-    config = load_config(CONFIGS[model], overrides)
-    return updated(config, runtime={"intra_op_threads": threads, "inter_op_threads": threads})
+def model_config(model, overrides, threads, size="default", precision="fp32"):
+    """tflm's config for `model` at `size` and `precision`, with the --set overrides and the thread counts."""
+    config = load_config(CONFIGS[model], [*SIZES[size], *overrides])
+    return updated(config, runtime={"intra_op_threads": threads, "inter_op_threads": threads,
+                                    "precision": PRECISIONS[precision]})
+
+
+def measured_steps(args, size):
+    """(untimed, timed) steps at `size`: a tenth of --warmup and --steps for the wide size (its steps
+    take about 20x longer)."""
+    if size == "wide":
+        return max(3, args.warmup // 10), max(10, args.steps // 10)
+    return args.warmup, args.steps
 
 
 def measure_tflm(config, warmup, steps, matmul_size):
@@ -124,15 +145,18 @@ def measure_tflm(config, warmup, steps, matmul_size):
     model = build_model(config.model, vocabulary_size, config.data.seq_len)  # to count its parameters
     return {"seconds": seconds, "steps": history[-1]["step"] - history[0]["step"],
             "parameters": sum(int(v.numpy().size) for v in model.trainable_variables),
-            "vocabulary_size": vocabulary_size, "matmul_flops_per_s": tf_matmul_flops_per_s(matmul_size),
+            "vocabulary_size": vocabulary_size,
+            "matmul_flops_per_s": tf_matmul_flops_per_s(matmul_size, precision=config.runtime.precision),
             "version": f"TensorFlow {tf.__version__}"}
 
 
-def tf_matmul_flops_per_s(size, repeats=10):
-    """Best fp32 FLOP/s of tf.linalg.matmul on two size x size matrices (eager CPU ops run synchronously)."""
+def tf_matmul_flops_per_s(size, repeats=10, precision="float32"):
+    """Best FLOP/s of tf.linalg.matmul on two size x size matrices in the compute dtype of
+    `precision` (eager: oneDNN's kernels, run synchronously on the CPU)."""
     import tensorflow as tf
 
-    a, b = tf.random.normal((size, size)), tf.random.normal((size, size))
+    dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
+    a, b = tf.random.normal((size, size), dtype=dtype), tf.random.normal((size, size), dtype=dtype)
     tf.linalg.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
@@ -150,7 +174,8 @@ def measure_torch(config, warmup, steps, matmul_size, compile_model):
 
     torch_peer.set_threads(config.runtime.intra_op_threads)
     result = torch_peer.time_training(config, warmup, steps, compile_model)
-    result["matmul_flops_per_s"] = torch_peer.matmul_flops_per_s(matmul_size)
+    dtype = torch_peer.AUTOCAST.get(config.runtime.precision, torch.float32)
+    result["matmul_flops_per_s"] = torch_peer.matmul_flops_per_s(matmul_size, dtype=dtype)
     result["version"] = f"PyTorch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
     if "tensorflow" in sys.modules:
         raise RuntimeError("the PyTorch measurement imported TensorFlow")
@@ -159,7 +184,7 @@ def measure_torch(config, warmup, steps, matmul_size, compile_model):
 
 def child_main(args):
     """The --child mode: measure one framework on one model, write the result as JSON."""
-    config = model_config(args.models[0], args.set, args.threads)
+    config = model_config(args.models[0], args.set, args.threads, args.sizes, args.precision)
     if args.child == "tflm":
         result = measure_tflm(config, args.warmup, args.steps, args.matmul_size)
     else:
@@ -176,16 +201,18 @@ def child_env(threads):
     return env
 
 
-def run_child(framework, model, args, tmp):
-    """Measure one framework on one model in a fresh process; its result dict."""
-    result_path = os.path.join(tmp, f"{framework}-{model}.json")
+def run_child(framework, model, size, precision, args, tmp):
+    """Measure one framework on one model at one size and precision in a fresh process; its result dict."""
+    result_path = os.path.join(tmp, f"{framework}-{model}-{size}-{precision}.json")
+    warmup, steps = measured_steps(args, size)
     command = [sys.executable, os.path.abspath(__file__), "--child", framework, "--models", model,
-               "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+               "--sizes", size, "--precision", precision,
+               "--steps", str(steps), "--warmup", str(warmup), "--threads", str(args.threads),
                "--matmul-size", str(args.matmul_size), "--result", result_path]
     command += [f"--set={s}" for s in args.set] + (["--torch-compile"] if args.torch_compile else [])
     finished = subprocess.run(command, cwd=ROOT, env=child_env(args.threads), capture_output=True, text=True)
     if finished.returncode:
-        sys.exit(f"peer_speed: the {framework} measurement of {model} failed:\n{finished.stdout}{finished.stderr}")
+        sys.exit(f"peer_speed: the {framework} measurement of {model} ({size}, {precision}) failed:\n{finished.stdout}{finished.stderr}")
     with open(result_path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -234,10 +261,10 @@ def summarise(results, config):
 
 
 def print_steady_state(model, config, tflm, torch, peak, torch_label):
-    """The steady-state lines of one model."""
+    """The steady-state lines of one model at one size and precision."""
     flops = model_flops_per_step(config, tflm["vocabulary_size"])
     n = matmul_parameters(config.model, tflm["vocabulary_size"])
-    print(f"\n{model}: {tflm['parameters']:,} parameters (PyTorch {torch['parameters']:,}"
+    print(f"\n{model}, {config.runtime.precision}: {tflm['parameters']:,} parameters (PyTorch {torch['parameters']:,}"
           f"{'' if tflm['parameters'] == torch['parameters'] else ', DIFFERENT'}), N = {n:,} matmul parameters, "
           f"vocabulary {tflm['vocabulary_size']}, {config.train.global_batch_size} x {config.data.seq_len} "
           f"tokens/step, {flops / 1e9:.3f} GFLOP/step")
@@ -248,7 +275,19 @@ def print_steady_state(model, config, tflm, torch, peak, torch_label):
               f"{flops_per_s / 1e9:6.1f} GFLOP/s  MFU {flops_per_s / peak:5.1%}"
               + (f"  (ms/step of each repeat: {runs})" if len(side["all_ms_per_step"]) > 1 else ""))
     ratio = tflm["tokens_per_sec"] / torch["tokens_per_sec"]
-    print(f"  tflm/{torch_label}: {ratio:.2f}x tokens/s ({'tflm' if ratio > 1 else torch_label} faster)")
+    print(f"  tflm/{torch_label}: {ratio:.2f}x tokens/s ({'tflm' if ratio > 1 else torch_label} faster); MFU "
+          f"against {peak / 1e9:.1f} GFLOP/s, the best {config.runtime.precision} matmul of either framework")
+
+
+def print_best_vs_best(label, by_precision, torch_label):
+    """The line comparing each framework's fastest precision at one model and size."""
+    def best(side):
+        precision = max(by_precision, key=lambda p: by_precision[p][side]["tokens_per_sec"])
+        return precision, by_precision[precision][side]["tokens_per_sec"]
+
+    (tflm_precision, tflm_speed), (torch_precision, torch_speed) = best(0), best(1)
+    print(f"  best vs best, {label}: tflm {tflm_precision} {tflm_speed:.0f} tokens/s, {torch_label} "
+          f"{torch_precision} {torch_speed:.0f}: {tflm_speed / torch_speed:.2f}x")
 
 
 def print_full_runs(model, tflm, torch, torch_label):
@@ -263,6 +302,10 @@ def parse_args(argv=None):
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=["transformer", "lstm"])
+    parser.add_argument("--sizes", default="default", help="comma-separated: default (the config's sizes), "
+                        "wide (4 x 512, 8 heads, ff 2048, T256, B16; the Transformer only)")
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16 (tflm mixed_bfloat16, "
+                        "PyTorch autocast bf16)")
     parser.add_argument("--steps", type=int, default=300, help="timed training steps per measurement")
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps first (tracing, compilation, caches)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating tflm/PyTorch measurement pairs; medians")
@@ -280,7 +323,17 @@ def parse_args(argv=None):
     for name in ("steps", "warmup", "repeats", "threads", "matmul_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name, known in (("sizes", SIZES), ("precision", PRECISIONS)):
+        unknown = [x for x in getattr(args, name).split(",") if x not in known]
+        if unknown:
+            parser.error(f"--{name}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     return args
+
+
+def measurements(args):
+    """(model, size) pairs to measure, each at every --precision: the wide size for the Transformer only."""
+    return [(model, size) for model in args.models for size in args.sizes.split(",")
+            if size == "default" or model == "transformer"]
 
 
 def main():
@@ -301,24 +354,31 @@ def main():
           f"{args.threads}); OMP_NUM_THREADS={args.threads})")
     print(f"steady state: {args.steps} steps timed after {args.warmup} untimed, {args.repeats} tflm/PyTorch "
           f"pair(s) per model, each in a fresh process, one after the other", flush=True)
-    measured = {}
+    measured, precisions = {}, args.precision.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
-            pairs = [(run_child("tflm", model, args, tmp), run_child("torch", model, args, tmp))
-                     for _ in range(args.repeats)]
-            measured[model] = [[pair[i] for pair in pairs] for i in (0, 1)]
-        tflm_peak = max(r["matmul_flops_per_s"] for m in measured.values() for r in m[0])
-        torch_peak = max(r["matmul_flops_per_s"] for m in measured.values() for r in m[1])
-        peak = max(tflm_peak, torch_peak)
-        any_model = next(iter(measured.values()))
-        print(f"versions: {any_model[0][0]['version']}, {any_model[1][0]['version']}")
-        print(f"fp32 matmul peak ({args.matmul_size} x {args.matmul_size}, best of 10): tf.linalg.matmul "
-              f"{tflm_peak / 1e9:.1f} GFLOP/s, torch.matmul {torch_peak / 1e9:.1f} GFLOP/s; MFU below is "
-              f"against {peak / 1e9:.1f} GFLOP/s")
-        for model, (tflm_results, torch_results) in measured.items():
-            config = model_config(model, args.set, args.threads)
-            print_steady_state(model, config, summarise(tflm_results, config), summarise(torch_results, config),
-                               peak, torch_label)
+        for model, size in measurements(args):
+            for precision in precisions:
+                pairs = [(run_child("tflm", model, size, precision, args, tmp),
+                          run_child("torch", model, size, precision, args, tmp)) for _ in range(args.repeats)]
+                measured[model, size, precision] = [[pair[i] for pair in pairs] for i in (0, 1)]
+        any_pair = next(iter(measured.values()))
+        print(f"versions: {any_pair[0][0]['version']}, {any_pair[1][0]['version']}")
+        peaks = {}
+        for precision in precisions:
+            tflm_peak, torch_peak = (max(r["matmul_flops_per_s"] for (_, _, p), m in measured.items()
+                                         if p == precision for r in m[side]) for side in (0, 1))
+            peaks[precision] = max(tflm_peak, torch_peak)
+            print(f"{precision} matmul peak ({args.matmul_size} x {args.matmul_size}, best of 10): tf.linalg.matmul "
+                  f"{tflm_peak / 1e9:.1f} GFLOP/s, torch.matmul {torch_peak / 1e9:.1f} GFLOP/s")
+        for model, size in measurements(args):
+            by_precision = {}
+            for precision in precisions:
+                config = model_config(model, args.set, args.threads, size, precision)
+                tflm_results, torch_results = measured[model, size, precision]
+                by_precision[precision] = (summarise(tflm_results, config), summarise(torch_results, config))
+                print_steady_state(f"{model} ({size})", config, *by_precision[precision], peaks[precision],
+                                   torch_label)
+            print_best_vs_best(f"{model} ({size})", by_precision, torch_label)
         if args.full_run:
             steps = args.full_run_steps or "the config's"
             print(f"\nwhole runs ({steps} steps, evaluations every train.eval_every steps over the whole "

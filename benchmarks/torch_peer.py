@@ -16,6 +16,9 @@ What is the same as tflm (`--check` compares it with tflm itself):
   CosineDecay with linear warmup from 0, as tflm.training.optimizer.make_optimizer builds it). One
   difference: Keras adds epsilon to sqrt(v) before the bias correction ("epsilon hat"), PyTorch
   after it, i.e. Keras's epsilon is PyTorch's times sqrt(1 - beta_2^t); it changes no timing.
+- Precision: runtime.precision as `torch.autocast` runs it (mixed_bfloat16: bf16 autocast on the
+  CPU or GPU; mixed_float16: fp16 autocast with a GradScaler; auto: bf16 where the CPU has AMX or
+  AVX512-BF16 or the GPU has bf16), weights in fp32 as tflm keeps them. On a GPU when there is one.
 - Data: the default corpus (`pydoc_data.topics`, every 10th topic held out), tflm's vocabulary
   (ids 0 padding, 1 out-of-vocabulary, then characters by falling frequency), windows of
   seq_len + 1 cut from the concatenated training topics, as tflm.data.pipeline cuts them. Only the order
@@ -54,6 +57,7 @@ EPSILON = 1e-7  # keras.optimizers.AdamW's default epsilon (PyTorch's default is
 LAYER_NORM_EPSILON = 1e-5  # tflm.models
 EMBEDDING_INIT = 0.05  # keras "uniform" initializer: U(-0.05, 0.05)
 PAD_ID, OOV_ID = 0, 1  # tflm.data.tokenizers
+AUTOCAST = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}  # runtime.precision -> autocast
 
 
 # ----------------------------------------------------------------------------- data
@@ -284,19 +288,26 @@ class Peer:
 
     def __init__(self, config, vocabulary_size, compile_model=False):
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config.model, vocabulary_size, config.data.seq_len)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = build_model(config.model, vocabulary_size, config.data.seq_len).to(self.device)
         self.optimizer, self.schedule = make_optimizer(self.model, config.train)
         self.forward = torch.compile(self.model) if compile_model else self.model
         self.clip_norm = config.train.clip_norm
+        self.compute_dtype = AUTOCAST.get(resolved_precision(config.runtime.precision, self.device))
+        self.scaler = torch.amp.GradScaler(self.device, enabled=self.compute_dtype == torch.float16)
 
     def train_step(self, inputs, targets):
         """One optimizer step; (summed loss, correct predictions) as tensors."""
-        logits = self.forward(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # mean over the global batch
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        with torch.autocast(self.device, dtype=self.compute_dtype, enabled=self.compute_dtype is not None):
+            logits = self.forward(inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())  # mean over the global batch
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.schedule.step()
         with torch.no_grad():
             return loss.detach() * targets.numel(), (logits.argmax(-1) == targets).sum()
@@ -307,7 +318,9 @@ class Peer:
         self.model.eval()
         loss_sum = correct = tokens = 0.0
         for inputs, targets in batches:
-            logits = self.forward(inputs)
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            with torch.autocast(self.device, dtype=self.compute_dtype, enabled=self.compute_dtype is not None):
+                logits = self.forward(inputs).float()
             loss_sum += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum"))
             correct += float((logits.argmax(-1) == targets).sum())
             tokens += targets.numel()
@@ -374,10 +387,21 @@ def time_training(config, warmup_steps, timed_steps, compile_model=False):
             "vocabulary_size": len(characters) + 2}
 
 
-def matmul_flops_per_s(size, repeats=10):
-    """Best fp32 FLOP/s of torch.matmul on two size x size matrices (2 size^3 FLOPs each)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
+def resolved_precision(precision, device):
+    """tflm's runtime.precision as PyTorch runs it: auto is bf16 where the device has it fast."""
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "mixed_bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = f.read()
+    return "mixed_bfloat16" if "amx_bf16" in flags or "avx512_bf16" in flags else "float32"
+
+
+def matmul_flops_per_s(size, repeats=10, dtype=torch.float32):
+    """Best FLOP/s of torch.matmul on two size x size matrices of `dtype` (2 size^3 FLOPs each)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    out = torch.empty(size, size, dtype=dtype)
     torch.matmul(a, b, out=out)
     best = math.inf
     for _ in range(repeats):

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TFLM_COMPILE_CACHE", "off")  # tests compile afresh, and leave ~/.cache alone
 
 from tflm.config import Config, updated  # noqa: E402
 

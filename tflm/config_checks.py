@@ -1,5 +1,5 @@
 """Checks of settings that are wrong together across sections: how the model is split over
-devices (micro-batches, pipeline stages, tensor parallelism), and what a KerasHub preset fixes.
+devices (micro-batches, pipeline stages, tensor parallelism, loss scaling), and what a KerasHub preset fixes.
 tflm/config.py's `validate` runs them after each section's own checks.
 """
 
@@ -20,6 +20,15 @@ def check_pipeline(config):
     if stages > layers + 2 and not config.model.preset:  # a preset's layers are counted when it is built
         raise TflmError(f"runtime.pipeline_stages={stages} is more than the {layers + 2} pieces the model can be "
                         f"cut into (the embedding, model.num_layers={layers} layers, the head)")
+
+
+def check_loss_scaling(config):
+    """Raise for mixed_float16 with a model split over devices: its loss scaling runs in the
+    data-parallel trainer only (mixed_bfloat16 needs none)."""
+    runtime = config.runtime
+    if runtime.precision == "mixed_float16" and (runtime.pipeline_stages > 1 or runtime.tensor_parallel > 1):
+        raise TflmError("runtime.precision=mixed_float16 is not supported with runtime.pipeline_stages or "
+                        "runtime.tensor_parallel > 1 (loss scaling is data-parallel only); use mixed_bfloat16")
 
 
 def check_tensor_parallel(config):

@@ -44,6 +44,11 @@ NOISE = re.compile("|".join([
     r".*\] computation placer already registered",
     r".*\] could not open file to read NUMA node: ",
     r".*\] Delay kernel timed out: measured time has sub-optimal accuracy",
+    # ERROR lines of TensorFlow's persistent XLA cache loading an entry it wrote (tflm keys its
+    # directory by CPU, tflm/training/compile_cache.py): a text parse before the binary one, and
+    # tuning hints the loading CPU "does not support":
+    r".*\] Error parsing text-format tensorflow\.XlaSerializedCacheEntry: ",
+    r".*\] Loading XLA:CPU AOT result\. Target machine feature \+prefer-no-(scatter|gather) is not +supported ",
     # sentencepiece's own INFO and WARNING lines ("normalizer.cc(51) LOG(INFO) ..."), e.g. from the
     # copy inside tensorflow-text, whose log level Python cannot set:
     r"\S+\.cc\(\d+\) LOG\((INFO|WARNING)\) ",

@@ -61,7 +61,10 @@ def test_export_is_a_tf_serving_model_repository(exports, runs):
         with open(os.path.join(path, "assets.extra", "tflm_export.json"), encoding="utf-8") as f:
             description = json.load(f)
         assert description["non_core_ops"] == []
-        assert set(description["signatures"]) == {"serving_default", "score", "generate"}
+        assert set(description["signatures"]) == {"serving_default", "score", "generate", "generate_xla"}
+        assert description["signatures"]["generate_xla"]["tf_serving_flags"] == ["--xla_cpu_compilation_enabled=true"]
+        assert description["signatures"]["generate_xla"]["inputs"] == description["signatures"]["generate"]["inputs"]
+        assert xla_compiled_functions(path)  # the decoding loop of generate_xla
         assert description["signatures"]["generate"]["inputs"]["top_k"] == {"dtype": "int32", "shape": []}
         assert description["signatures"]["generate"]["inputs"]["stop"] == {"dtype": "string", "shape": []}
         assert description["signatures"]["generate"]["defaults"] == {"top_p": 1.0, "stop": ""}
@@ -76,6 +79,16 @@ def test_export_is_a_tf_serving_model_repository(exports, runs):
     assert sorted(os.listdir(os.path.join(base, "lstm"))) == ["1", "2"]
 
 
+def xla_compiled_functions(path):
+    """The names of the functions of a SavedModel's graph that carry _XlaMustCompile=true."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved_model = saved_model_pb2.SavedModel.FromString(f.read())
+    return [f.signature.name for m in saved_model.meta_graphs for f in m.graph_def.library.function
+            if f.attr["_XlaMustCompile"].b]
+
+
 FRESH_PROCESS = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
@@ -85,6 +98,10 @@ FRESH_PROCESS = textwrap.dedent("""
         model = tf.saved_model.load(path)
         score = model.signatures["score"](texts=tf.constant(texts))
         generate = model.signatures["generate"](
+            prompts=tf.constant(prompts), max_new_tokens=tf.constant(40), temperature=tf.constant(0.0),
+            top_k=tf.constant(0), seed=tf.constant(0), top_p=tf.constant(1.0), stop=tf.constant(""))
+        # The decoding loop XLA-compiled: the function keeps _XlaMustCompile in the SavedModel.
+        generate_xla = model.signatures["generate_xla"](
             prompts=tf.constant(prompts), max_new_tokens=tf.constant(40), temperature=tf.constant(0.0),
             top_k=tf.constant(0), seed=tf.constant(0), top_p=tf.constant(1.0), stop=tf.constant(""))
         # The call written before top_p and stop existed, through the exported object's attribute.
@@ -99,6 +116,7 @@ FRESH_PROCESS = textwrap.dedent("""
         logits = model.signatures["serving_default"](token_ids=tf.constant([[5, 6, 7, 0, 0]]))
         out[name] = {"score": {k: v.numpy().tolist() for k, v in score.items()},
                      "completions": [c.decode("utf-8") for c in generate["completions"].numpy()],
+                     "completions_xla": [c.decode("utf-8") for c in generate_xla["completions"].numpy()],
                      "old_call": [c.decode("utf-8") for c in old_call["completions"].numpy()],
                      "signature_old_call": signature_old_call,
                      "logits": logits["logits"].numpy().tolist()}
@@ -123,6 +141,7 @@ def test_fresh_tensorflow_process_serves_all_signatures_like_tflm(exports, loade
             np.testing.assert_allclose(served[name]["score"][key], [r[key] for r in expected], atol=1e-4, rtol=1e-5)
         assert served[name]["score"]["num_tokens"] == [r["num_tokens"] for r in expected]
         assert served[name]["completions"] == generate(run, PROMPTS, 40, temperature=0.0)
+        assert served[name]["completions_xla"] == served[name]["completions"]
         assert served[name]["old_call"] == served[name]["completions"]
         # What the README says: TensorFlow's Python loader ignores SignatureDef defaults.
         assert "missing required arguments: stop, top_p" in served[name]["signature_old_call"]
@@ -185,7 +204,8 @@ def test_saved_model_cli_shows_and_runs_score(exports):
     shown = subprocess.run([cli, "show", "--dir", paths["transformer"], "--all"], capture_output=True, text=True,
                            timeout=120, env=env)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    for name in ("signature_def['score']", "signature_def['generate']", "signature_def['serving_default']",
+    for name in ("signature_def['score']", "signature_def['generate']", "signature_def['generate_xla']",
+                 "signature_def['serving_default']",
                  "inputs['texts']", "outputs['log_prob']", "inputs['max_new_tokens']", "outputs['completions']",
                  "inputs['token_ids']", "outputs['logits']"):
         assert name in shown.stdout

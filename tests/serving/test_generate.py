@@ -7,8 +7,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import small_config
-from tflm.serving.decoding import MAX_NEW_TOKENS, MASKED, completion_texts, decode, keep_top_k_top_p, prepare_prompts, sample, stop_pattern
+from tflm.serving.decoding import (MAX_NEW_TOKENS, MASKED, bucketed, completion_texts, decode, decode_function,
+                                   generate_ids, keep_top_k_top_p, prepare_prompts, sample, stop_pattern)
+from tflm.serving.loading import LoadedRun
 from tflm.models.build import build_model
+from tflm.tasks import task_for
 from tflm.data.tokenizers import PAD_ID, CharTokenizer
 
 LETTERS = CharTokenizer(list("abcdefgh"))  # ids 2..9, what the stand-in model draws
@@ -107,6 +110,26 @@ def test_ragged_prompts_read_in_one_call_decode_as_if_fed_token_by_token(model_t
             if position >= len(prompt) - 1:
                 tokens.append(int(tf.argmax(logits[0, -1, 1:])) + 1)  # greedy, padding excluded
         assert tokens[len(prompt):] == row.tolist()
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "recomputed"])
+def test_requests_of_any_batch_prompt_length_stop_and_max_new_tokens_trace_the_decoder_once(cached):
+    config = small_config("lstm")
+    run = LoadedRun("(random)", config, LETTERS, build_model(config.model, LETTERS.vocabulary_size, 32), "",
+                    task_for(config))
+    requests = [(["ab"], 3, ""), (["abcdefgh" * 5, ""], 5, "hh"), (["a", "b", "c"], 4, "abcdefgh" * 3)]
+    for prompts, max_new_tokens, stop in requests:
+        ids = generate_ids(run, prompts, max_new_tokens, temperature=0.5, seed=1, stop=stop, cached=cached,
+                           jit_compile=False)
+        assert ids.shape == (len(prompts), max_new_tokens)
+    assert decode_function(run, cached, False).experimental_get_tracing_count() == 1
+
+
+def test_xla_widths_are_bucketed_the_prompts_padded_after_and_the_stop_before():
+    tokens = bucketed(tf.ones([2, 65], tf.int32), 64, limit=100)
+    assert tokens.shape == (2, 100) and tokens.numpy()[:, 65:].max() == PAD_ID
+    assert bucketed(tf.constant([4, 5]), 16).numpy().tolist() == [-1] * 14 + [4, 5]
+    assert bucketed(tf.zeros([0], tf.int32), 16).shape == (0,)
 
 
 def test_completions_end_before_the_first_stop_and_decoding_ends_when_every_row_has_met_it():

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tflm.data.tokenizers import CharTokenizer
 from tflm.serving.export import describe_signature, exported_function
-from tflm.serving.signatures import GENERATE_REQUEST, KINDS, Limits
+from tflm.serving.signatures import GENERATE_REQUEST, KINDS, Limits, signature_kinds
 from tflm.serving.warmup import warmup_requests
 from tflm.tasks import task_class
 
@@ -45,7 +45,11 @@ def test_inputs_are_declared_once_required_ones_first_with_defaults_of_their_dty
 @pytest.mark.parametrize("name", sorted(KINDS))
 def test_warmup_request_sends_declared_inputs_and_passes_the_tightest_checks(name):
     kind = KINDS[name]
-    request = warmup_requests({name: kind}, TOKENIZER, TIGHT.max_request_chars)[name]
+    requests = warmup_requests({name: kind}, TOKENIZER, TIGHT.max_request_chars)
+    if kind.tf_serving_flags:  # TF Serving without the flag would fail the warmup and not load the version
+        assert requests == {}
+        return
+    request = requests[name]
     declared = {i.name: i for i in kind.inputs}
     assert set(request) <= set(declared)
     assert {i.name for i in kind.inputs if i.default is None} <= set(request)
@@ -61,6 +65,17 @@ def test_generate_example_request_is_a_valid_generate_request():
     assert set(GENERATE_REQUEST["inputs"]) == {i.name for i in kind.inputs}
     kind.checks(LOADED, {i.name: tf.constant(GENERATE_REQUEST["inputs"][i.name], i.dtype) for i in kind.inputs},
                 Limits())
+
+
+def test_generate_comes_with_its_xla_twin_which_names_the_tf_serving_flag_it_needs():
+    kinds = signature_kinds(types.SimpleNamespace(task=task_class("lm")))
+    assert list(kinds) == ["serving_default", "score", "generate", "generate_xla"]
+    assert kinds["generate_xla"].inputs == kinds["generate"].inputs
+    assert kinds["generate_xla"].tf_serving_flags == ("--xla_cpu_compilation_enabled=true",)
+    assert describe_signature(kinds["generate_xla"])["tf_serving_flags"] == ["--xla_cpu_compilation_enabled=true"]
+    assert "tf_serving_flags" not in describe_signature(kinds["generate"])
+    assert all(not kind.tf_serving_flags for kind in signature_kinds(types.SimpleNamespace(
+        task=task_class("classify"))).values())
 
 
 def echo(name):

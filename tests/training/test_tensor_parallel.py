@@ -58,6 +58,8 @@ def test_the_shards_parts_sum_to_the_whole_block_dropout_masks_included():
     (["runtime.tensor_parallel=2", "model.ff_dim=63"], "runtime.tensor_parallel=2 does not divide model.ff_dim=63"),
     (["runtime.tensor_parallel=2", "model.type=lstm"],
      "runtime.tensor_parallel=2 splits Transformer blocks; model.type=lstm is not split"),
+    (["runtime.tensor_parallel=2", "runtime.precision=mixed_float16"],
+     "runtime.precision=mixed_float16 is not supported with runtime.pipeline_stages or runtime.tensor_parallel > 1"),
 ])
 def test_shards_that_do_not_divide_the_model_are_one_line_errors(tmp_path, settings, message):
     assert_refused(tmp_path, settings, message)

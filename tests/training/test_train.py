@@ -8,19 +8,20 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 
 from conftest import REPO, max_weight_difference, run_tflm, small_config, write_config
 from tflm.runs import run_dir as runs
-from tflm.config import Config, load_config
+from tflm.config import Config, load_config, updated
+from tflm.serving.export import export_run
 from tflm.train import main
+from tflm.training.precision import resolve_precision
 from tflm.training.train import resume_command, train
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path, precision):
-    config = small_config(train={"steps": 150, "eval_every": 50, "learning_rate": 0.01},
-                          runtime={"precision": precision})
+def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path):
+    config = small_config(train={"steps": 150, "eval_every": 50, "learning_rate": 0.01})
     run_dir = train(config, str(tmp_path / "run"))
     history = runs.read_history(run_dir)
     assert [r["step"] for r in history] == [50, 100, 150]
@@ -32,6 +33,42 @@ def test_training_lowers_validation_loss_and_fills_the_run_dir(tmp_path, precisi
     assert load_config(os.path.join(run_dir, "config.yaml")) == config
     assert os.path.exists(os.path.join(run_dir, "checkpoints", "ckpt-150.index"))
     assert os.listdir(os.path.join(run_dir, "tensorboard"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["mixed_float16", "auto"])
+def test_mixed_precision_resumes_exactly_and_exports_float32_signatures(tmp_path, capsys, precision):
+    config = small_config(train={"steps": 6, "eval_every": 3, "checkpoint_every": 3, "eval_batches": 1},
+                          runtime={"precision": precision, "jit_compile": False})  # XLA: test_trainer.py
+    uninterrupted = train(config, str(tmp_path / "uninterrupted"))
+    resumed = train(updated(config, train={"steps": 3}), str(tmp_path / "resumed"))
+    train(config, resumed)
+    assert max_weight_difference(resumed, uninterrupted) == 0.0
+    if precision == "auto":  # the choice is printed and saved in the run's config
+        chosen, _ = resolve_precision(config.runtime, config.model, {"CPU"})
+        assert f"runtime.precision=auto: {chosen} (" in capsys.readouterr().out
+        assert load_config(os.path.join(resumed, "config.yaml")).runtime.precision == chosen
+        return  # the export builds the model in float32 whatever the run's precision: once is enough
+    served = tf.saved_model.load(export_run(resumed, base=str(tmp_path / "saved_models"), name="m"))
+    dtypes = {t.dtype for signature in served.signatures.values()
+              for t in [*signature.structured_input_signature[1].values(), *signature.structured_outputs.values()]}
+    assert tf.float32 in dtypes and not {tf.float16, tf.bfloat16} & dtypes
+
+
+@pytest.mark.slow
+def test_a_resumed_run_loads_its_compiled_programs_instead_of_compiling_them(tmp_path):
+    config = write_config(tmp_path / "config.yaml", small_config("lstm", train={"eval_every": 1, "eval_batches": 1}))
+    cache = tmp_path / "cache"
+    env = {"TFLM_COMPILE_CACHE": str(cache), "TFLM_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "0",
+           "TF_CPP_VMODULE": "device_executable_persistor=2"}  # TensorFlow logs each entry saved or loaded
+    logs = [run_tflm("train", "--config", config, "--run-dir", str(tmp_path / "run"), "--set", f"train.steps={steps}",
+                     env=env).stderr for steps in (1, 2, 3)]
+    saved = [log.count("XlaSerializedCacheEntry saved") for log in logs]
+    loaded = [log.count("Loading cached entry for") for log in logs]
+    # A new run traces its data preparation first, so its programs are numbered apart from a
+    # resumption's: the first resumption compiles, every later one loads and compiles nothing.
+    assert saved[0] >= 2 and saved[1] >= 2 and (saved[2], loaded[2]) == (0, saved[1])
+    assert len(os.listdir(cache)) == 1  # one directory: this TensorFlow on this CPU
 
 
 @pytest.mark.slow

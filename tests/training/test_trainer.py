@@ -4,13 +4,14 @@ reports reaches the history. Stand-in data, no run directory: each test in secon
 
 import json
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from conftest import small_config
 from tflm.runs import run_dir as runs
 from tflm.tasks import classify, lm, task_for
-from tflm.training.optimizer import make_optimizer
+from tflm.training.optimizer import LossScaling, make_optimizer
 from tflm.training.trainer import Trainer
 
 LABELS = ("negative", "positive")
@@ -101,3 +102,33 @@ def test_a_config_s_task_type_names_the_task_class_it_trains_with():
     assert type(task_for(small_config())) is lm.Task
     config = small_config(task={"type": "classify"}, data={"source": "files", "paths": ["x.csv"]})
     assert type(task_for(config)) is classify.Task
+
+
+def test_float16_overflows_halve_the_loss_scale_without_counting_as_divergence():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        config = small_config("lstm", data={"seq_len": 6}, train={"global_batch_size": 4, "warmup_steps": 0})
+        task = lm.Task(config)
+        tf.keras.utils.set_random_seed(0)
+        model = task.build_model(VOCABULARY)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    optimizer = make_optimizer(config.train)
+    scaling = LossScaling(optimizer, model.trainable_variables, initial_scale=2.0**40)  # fp16's max is 65504
+    trainer = Trainer(tf.distribute.get_strategy(), model, optimizer, task, config.train, True, scaling)  # XLA
+    stream = iter(tf.data.Dataset.from_tensor_slices(batches_of_ids()).repeat())
+    before = weights([model])
+    trainer.train_steps(stream, 2)
+    assert trainer.step == 2 and not changed(before, weights([model]))  # both overflowed: skipped
+    assert float(scaling.keras.dynamic_scale) == 2.0**38
+    trainer.train_steps(stream, 30)
+    assert trainer.step == 32 and changed(before, weights([model]))
+    assert 1.0 <= float(scaling.keras.dynamic_scale) < 2.0**20  # fell to where the gradients fit fp16
+    assert int(trainer.nonfinite_steps.numpy()) == 0
+    assert set(trainer.state()) >= {"loss_scale", "loss_scale_steps"}
+
+
+def batches_of_ids():
+    """(inputs, targets, example ids) of 8 batches of 4 windows of 6 tokens, for a language model."""
+    ids = tf.random.stateless_uniform((8, 4, 7), seed=(5, 6), minval=1, maxval=VOCABULARY, dtype=tf.int32)
+    return ids[:, :, :-1], ids[:, :, 1:], tf.reshape(tf.range(32, dtype=tf.int64), (8, 4))

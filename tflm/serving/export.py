@@ -21,8 +21,14 @@ they existed stay valid. TensorFlow's Python loader ignores SignatureDef default
 `tf.saved_model.load(d).signatures["generate"]` needs every input, while the exported object's
 `generate` attribute (`tf.saved_model.load(d).generate(...)`, a tf.function with the same
 defaults) takes the older calls too. The signatures trace the functions tflm's Python API runs
-(tflm.serving.scoring, decoding, classifying), without XLA: a jit-compiled function in a
-SavedModel needs an XLA-enabled TF Serving build, and each request shape would compile anew. A
+(tflm.serving.scoring, decoding, classifying). `generate` runs without XLA, as stock TF Serving
+does; its twin `generate_xla` has the decoding loop XLA-compiled (the function keeps its
+`_XlaMustCompile` attribute in the SavedModel), 3 to 8x faster on CPU, and TF Serving runs it
+only when started with --xla_cpu_compilation_enabled=true (without the flag its requests fail and
+the rest of the export serves as usual): tflm_export.json lists the flag under the signature, and
+`export_run` says so on stderr. It has no warmup request (one would stop a server without the
+flag from loading the version), so its first request of each batch size, prompt width (multiple
+of 64) and stop width (of 16) compiles, seconds each. A
 request over the limits (`Limits`: texts, prompts or rows per request; characters of all its texts
 or prompts, token ids of all its rows, characters of the stop string), text that is not valid
 UTF-8, a token id outside the vocabulary, or a bad sampling input fails with INVALID_ARGUMENT
@@ -40,6 +46,7 @@ import inspect
 import os
 import re
 import shutil
+import sys
 import tempfile
 
 from tflm import atomic
@@ -140,13 +147,14 @@ def model_fields(config):
 
 def describe_signature(kind):
     """A signature's entry in tflm_export.json: its inputs, the defaults of those a request may
-    leave out, and its outputs."""
+    leave out, its outputs, and the flags TF Serving needs to run it (if any)."""
     def spec(dtype, shape):
         return {"dtype": dtype, "shape": list(shape)}
 
-    return {"inputs": {i.name: spec(i.dtype, i.shape) for i in kind.inputs},
-            "defaults": {i.name: i.default for i in kind.inputs if i.default is not None},
-            "outputs": {name: spec(*output) for name, output in kind.outputs.items()}}
+    described = {"inputs": {i.name: spec(i.dtype, i.shape) for i in kind.inputs},
+                 "defaults": {i.name: i.default for i in kind.inputs if i.default is not None},
+                 "outputs": {name: spec(*output) for name, output in kind.outputs.items()}}
+    return {**described, "tf_serving_flags": list(kind.tf_serving_flags)} if kind.tf_serving_flags else described
 
 
 def kind_sections(loaded, stride):
@@ -257,10 +265,21 @@ def export_run(run_dir, base="saved_models", name=None, max_batch_size=MAX_BATCH
     try:
         write_export(loaded, staging, name, limits)
         if local:
-            return publish(staging, model_dir)
-        try:
-            return publish_remote(staging, model_dir)
-        except Exception as error:  # tf.errors.OpError from the remote filesystem
-            raise TflmError(f"cannot write an export under {model_dir}: {str(error).splitlines()[0]}") from None
+            version = publish(staging, model_dir)
+        else:
+            try:
+                version = publish_remote(staging, model_dir)
+            except Exception as error:  # tf.errors.OpError from the remote filesystem
+                raise TflmError(f"cannot write an export under {model_dir}: {str(error).splitlines()[0]}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when published
+    print_flags_note(version, signature_kinds(loaded))
+    return version
+
+
+def print_flags_note(version, kinds):
+    """Tell on stderr which signatures of the export need a TF Serving flag, and which one."""
+    for name, kind in kinds.items():
+        if kind.tf_serving_flags:
+            print(f"tflm: {version}: signature {name} (faster) needs TF Serving started with "
+                  f"{' '.join(kind.tf_serving_flags)}; the others run on stock TF Serving", file=sys.stderr, flush=True)

@@ -15,12 +15,14 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 def warmup_requests(kinds, tokenizer, max_chars=8):
     """{signature: {input name: numpy array}}: the warmup request of each signature's kind
     (`kinds`: {signature name: tflm.serving.signatures.Kind}) on a short sample text of at most
-    `max_chars` characters or token ids (TF Serving does not load a version whose warmup request
-    fails)."""
+    `max_chars` characters or token ids. TF Serving does not load a version whose warmup request
+    fails, so signatures that need a TF Serving flag (generate_xla) have none."""
     sample = tokenizer.detokenize(list(range(2, 10))).numpy().decode("utf-8")[:max_chars]  # 0, 1: pad, OOV
     token_ids = tokenizer.tokenize(sample).numpy()[:max_chars].tolist()
     requests = {}
     for name, kind in kinds.items():
+        if kind.tf_serving_flags:
+            continue
         dtypes = {i.name: i.dtype for i in kind.inputs}
         requests[name] = {k: as_array(v, dtypes[k]) for k, v in kind.warmup(sample, token_ids).items()}
     return requests

@@ -55,3 +55,45 @@ def slots(optimizer, variable):
     """The optimizer state of one of its variables (AdamW's: first and second moments)."""
     index = optimizer._get_variable_index(variable)
     return [optimizer._momentums[index], optimizer._velocities[index]]
+
+
+class LossScaling:
+    """Dynamic loss scaling for float16 compute, with Keras' LossScaleOptimizer's scale and rules:
+    the loss is multiplied by the scale before the backward pass; a step whose gradient overflows
+    halves the scale and is skipped; after `dynamic_growth_steps` finite steps the scale doubles.
+
+    The training step calls the inner AdamW itself rather than LossScaleOptimizer.apply, which
+    unscales and checks the gradient per replica: here the all-reduced gradient is unscaled first,
+    then clipped to train.clip_norm, and an overflow (a non-finite gradient of a finite loss) is
+    told apart from a diverged step (tflm.training.trainer). Its two variables are saved beside
+    the model and optimizer (`state`), so a run can change precision when it resumes.
+    """
+
+    def __init__(self, optimizer, variables, initial_scale=2.0**15):
+        self.keras = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
+        self.keras.build(variables)  # builds `optimizer` too
+
+    def scale_loss(self, loss):
+        """The loss times the current scale (the backward pass starts from this)."""
+        return self.keras.scale_loss(loss)
+
+    def unscale(self, grads):
+        """Gradients of the scaled loss divided by the scale (exact: the scale is a power of two)."""
+        scale = self.keras.dynamic_scale
+        return [None if g is None else g / tf.cast(scale, g.dtype) for g in grads]
+
+    def after_applied(self):
+        """A finite step: double the scale after dynamic_growth_steps of them in a row."""
+        counter, scale = self.keras.step_counter, self.keras.dynamic_scale
+        grow = tf.equal(counter, self.keras.dynamic_growth_steps - 1)
+        counter.assign(tf.where(grow, tf.zeros_like(counter), counter + 1))
+        scale.assign(tf.where(grow, scale * 2.0, scale))
+
+    def after_overflow(self):
+        """An overflowing step: halve the scale, start counting again."""
+        self.keras.step_counter.assign(tf.zeros_like(self.keras.step_counter))
+        self.keras.dynamic_scale.assign(self.keras.dynamic_scale * 0.5)
+
+    def state(self):
+        """The variables a checkpoint holds: the scale and the finite steps since it last changed."""
+        return {"loss_scale": self.keras.dynamic_scale, "loss_scale_steps": self.keras.step_counter}

@@ -21,7 +21,7 @@ run's weights and tokenizer (tflm.runs.init_from).
 
 import shlex
 
-from tflm.config import check_resume_compatible
+from tflm.config import check_resume_compatible, updated
 from tflm.errors import TflmError
 from tflm.lazy import keras, tf
 from tflm.presets import check_preset_config
@@ -31,7 +31,9 @@ from tflm.runs.init_from import check_not_itself, check_source, restore_source, 
 from tflm.runs.pipeline_trace import append_trace
 from tflm.tasks import task_for
 from tflm.training.cluster import current_worker, use_cluster
+from tflm.training.compile_cache import use_compile_cache
 from tflm.training.controller import Controller
+from tflm.training.precision import compute_note, device_kinds, resolve_precision, step_uses_xla
 from tflm.training.pipeline import balanced_cut, describe_cut, piece_weights, pipeline_layout
 from tflm.training.progress import Progress
 from tflm.training.rendezvous import startup_watchdog, wait_for_peers
@@ -59,6 +61,8 @@ def train(config, run_dir=None, restart=False, command=None):
     try:
         resuming = open_run_dir(run_dir, config, worker, restart)
         source = check_source(config, run_dir, resuming)
+        if config.runtime.jit_compile:
+            use_compile_cache()  # before TensorFlow reads TF_XLA_FLAGS
         tf.import_now()  # not under the deadlines below: it takes longer on a busy host
         if worker.num_workers > 1:
             wait_for_peers(worker, config.runtime.cluster_timeout_s)
@@ -136,15 +140,16 @@ def check_batch_split(train_config, replicas):
 
 def train_in(config, run_dir, worker, strategy, resuming, prefix, source=None, resume_command=None, layout=None):
     """Data, model, restore, then the loop (strategy started; `layout`: the pipeline's, if any)."""
+    config, compute = with_precision_chosen(config, prefix)
     task = task_for(config)
     task.open_data(run_dir, worker, strategy, resuming, source)
 
     keras.mixed_precision.set_dtype_policy(config.runtime.precision)
     keras.utils.set_random_seed(config.train.seed)
     if layout:
-        trainer = pipeline_trainer(config, task, layout, worker, run_dir, prefix)
+        trainer = pipeline_trainer(compute, task, layout, worker, run_dir, prefix)
     else:
-        trainer = data_parallel_trainer(config, task, strategy)
+        trainer = data_parallel_trainer(compute, task, strategy)
     model, optimizer = trainer.model, trainer.optimizer
     replicas = layout.replicas if layout else strategy.num_replicas_in_sync
     checkpointer = Checkpointer(run_dir, worker, model, optimizer, config.train.keep_checkpoints, trainer.state(),
@@ -184,16 +189,35 @@ def train_in(config, run_dir, worker, strategy, resuming, prefix, source=None, r
     return run_dir
 
 
+def with_precision_chosen(config, prefix):
+    """(`config` with runtime.precision=auto resolved for this machine's devices, the same with
+    runtime.jit_compile as the step uses it); the choice is printed."""
+    kinds = device_kinds()
+    precision, reason = resolve_precision(config.runtime, config.model, kinds)
+    if reason:
+        print(f"{prefix}tflm: runtime.precision=auto: {precision} ({reason})", flush=True)
+    config = updated(config, runtime={"precision": precision})
+    note = compute_note(config.runtime.jit_compile, kinds, config.model, precision)
+    if note:
+        print(f"{prefix}tflm: {note}", flush=True)
+    return config, updated(config, runtime={"jit_compile": step_uses_xla(config.runtime.jit_compile, kinds,
+                                                                         config.model, precision)})
+
+
 def data_parallel_trainer(config, task, strategy):
     """The Trainer of a model whose every replica is whole on one device of `strategy`."""
-    from tflm.training.optimizer import make_optimizer  # these define Keras classes, so they load Keras
+    from tflm.training.optimizer import LossScaling, make_optimizer  # these define Keras classes: they load Keras
     from tflm.training.trainer import Trainer
 
+    loss_scaling = None
     with strategy.scope():
         model = task.build_model(task.tokenizer.vocabulary_size, config.train.seed)
         optimizer = make_optimizer(config.train)
-        optimizer.build(model.trainable_variables)
-    return Trainer(strategy, model, optimizer, task, config.train, config.runtime.jit_compile)
+        if config.runtime.precision == "mixed_float16":
+            loss_scaling = LossScaling(optimizer, model.trainable_variables)
+        else:
+            optimizer.build(model.trainable_variables)
+    return Trainer(strategy, model, optimizer, task, config.train, config.runtime.jit_compile, loss_scaling)
 
 
 def pipeline_trainer(config, task, layout, worker, run_dir, prefix):

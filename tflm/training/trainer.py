@@ -34,11 +34,14 @@ class Trainer:
     A step whose (all-reduced) gradient norm is NaN or inf is skipped: no update, and
     `nonfinite_steps` counts it (the loop stops past train.max_nonfinite_steps). The optimizer's
     `iterations` still advances, so it counts the batches consumed, which is the step number
-    everything else (data position, checkpoints, history) uses.
+    everything else (data position, checkpoints, history) uses. Under mixed_float16 the loss is
+    scaled (tflm.training.optimizer.LossScaling) and a non-finite gradient of a finite loss is an
+    overflow: the scale halves and the step is skipped without counting as non-finite.
     """
 
-    def __init__(self, strategy, model, optimizer, task, train_config, jit_compile):
+    def __init__(self, strategy, model, optimizer, task, train_config, jit_compile, loss_scaling=None):
         self.strategy, self.model, self.optimizer, self.task = strategy, model, optimizer, task
+        self.loss_scaling = loss_scaling  # a LossScaling under mixed_float16
         self.clip_norm, self.jit_compile = train_config.clip_norm, jit_compile
         self.microbatches = train_config.microbatches
         self.train_metrics = SummedMetrics(task.metric_size, task.summarize)
@@ -59,7 +62,8 @@ class Trainer:
 
     def state(self):
         """Variables a checkpoint must hold beside the model and optimizer."""
-        return {"nonfinite_steps": self.nonfinite_steps, "first_nonfinite_step": self.first_nonfinite_step}
+        state = {"nonfinite_steps": self.nonfinite_steps, "first_nonfinite_step": self.first_nonfinite_step}
+        return {**state, **(self.loss_scaling.state() if self.loss_scaling else {})}
 
     def before_save(self):
         """Make the model and optimizer hold what a checkpoint must save (they always do here)."""
@@ -90,9 +94,30 @@ class Trainer:
         # Dense first: the norm of an embedding's IndexedSlices counts a token seen twice as two
         # rows, not their sum, so it was not the gradient's norm (and depended on the micro-batches).
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        if self.loss_scaling:
+            grads = self.loss_scaling.unscale(grads)
         norm = tf.linalg.global_norm(grads)
         grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
         return grads, tf.math.is_finite(norm)
+
+    def settle(self, finite, sums, apply):
+        """Apply a step whose gradient is finite; skip one whose gradient is not. Under loss scaling
+        a non-finite gradient of a finite loss is an overflow: the scale halves, the step is skipped
+        without counting as non-finite."""
+        if self.loss_scaling is None:
+            tf.cond(finite, apply, self.skip)
+            return
+
+        def applied():
+            apply()
+            self.loss_scaling.after_applied()
+
+        tf.cond(finite, applied, lambda: tf.cond(tf.math.is_finite(sums[0]), self.overflow, self.skip))
+
+    def overflow(self):
+        """An overflow of the loss scale: halve it, advance the step counter, leave every weight alone."""
+        self.loss_scaling.after_overflow()
+        self.optimizer.iterations.assign_add(1)
 
     def skip(self):
         """A non-finite step: count it, advance the step counter, leave every weight alone."""
@@ -155,6 +180,8 @@ class PhaseSteps:
         with tf.GradientTape() as tape:
             logits = trainer.model(inputs, training=True, example_ids=example_ids)
             scaled_loss, sums = trainer.task.loss_and_sums(targets, logits)
+            if trainer.loss_scaling:
+                scaled_loss = trainer.loss_scaling.scale_loss(scaled_loss)
         return tape.gradient(scaled_loss, self.variables), sums
 
     def _device_step_fn(self, inputs, targets, example_ids):
@@ -162,7 +189,7 @@ class PhaseSteps:
         trainer = self.trainer
         grads, sums = self._forward_backward_fn(inputs, targets, example_ids)
         grads, finite = trainer.clipped(grads)
-        tf.cond(finite, lambda: self._apply(grads), trainer.skip)
+        trainer.settle(finite, sums, lambda: self._apply(grads))
         trainer.train_metrics.update(tf.where(finite, sums, tf.zeros_like(sums)))
 
     def _replica_gradients(self, inputs, targets, example_ids):
@@ -177,9 +204,9 @@ class PhaseSteps:
         inputs, targets, example_ids = next(iterator)
         grads, finite, sums = strategy.run(self._replica_gradients, args=(inputs, targets, example_ids))
         finite = strategy.experimental_local_results(finite)[0]
-        # The cond stays in cross-replica context: a branch may not hold the optimizer's merge_call.
-        tf.cond(finite, lambda: strategy.run(self._apply, args=(grads,)), trainer.skip)
         sums = strategy.reduce("SUM", sums, axis=None)
+        # The cond stays in cross-replica context: a branch may not hold the optimizer's merge_call.
+        trainer.settle(finite, sums, lambda: strategy.run(self._apply, args=(grads,)))
         trainer.train_metrics.update(tf.where(finite, sums, tf.zeros_like(sums)))
 
     def _apply(self, grads):
