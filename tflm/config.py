@@ -138,7 +138,7 @@ class RuntimeConfig:
     pipeline_schedule: Annotated[str, OneOf("gpipe", "1f1b")] = "1f1b"  # gpipe: all forwards, then all backwards; 1f1b: at most pipeline_stages micro-batches held
     pipeline_trace_steps: Annotated[int, Range(0, 10**4)] = 0  # record each stage's work for this many steps: RUN/pipeline_trace.jsonl, tflm.plot --pipeline
     tensor_parallel: Annotated[int, Range(1, 1024)] = 1  # > 1: each Transformer block's heads and feed-forward columns split over this many devices per stage
-    precision: Annotated[str, OneOf("float32", "mixed_bfloat16", "mixed_float16", "auto")] = "float32"  # mixed_*: bf16/fp16 compute, fp32 weights (fp16 with loss scaling); auto: bf16 where the devices have fast bf16, else float32
+    precision: Annotated[str, OneOf("float32", "mixed_bfloat16", "mixed_float16", "auto")] = "float32"  # mixed_*: bf16/fp16 compute, fp32 weights (fp16 with loss scaling); auto: bf16 where the devices and the step reach fast bf16, else float32 (tflm/training/precision.py)
     cluster_timeout_s: Annotated[int, Range(1, 7 * 86400)] = 120  # multi_worker: how long an unreachable peer is waited for
     intra_op_threads: Annotated[int, Range(0, 4096)] = 0  # 0 = TensorFlow's default (all cores)
     inter_op_threads: Annotated[int, Range(0, 4096)] = 0  # 0 = TensorFlow's default
