@@ -32,9 +32,20 @@ def machine_key():
         cpuinfo = platform.processor()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
     flags = re.search(r"^flags\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
-    described = [importlib.metadata.version("tensorflow"), platform.machine(), model.group(1) if model else "",
+    described = [tensorflow_version(), platform.machine(), model.group(1) if model else "",
                  " ".join(sorted(flags.group(1).split())) if flags else cpuinfo]
     return hashlib.sha256("\n".join(described).encode()).hexdigest()[:16]
+
+
+def tensorflow_version():
+    """The installed TensorFlow's version, read without importing it (whichever package provides
+    it); None when no known package does."""
+    for package in ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel", "tf-nightly"):
+        try:
+            return f"{package} {importlib.metadata.version(package)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def cache_directory():
@@ -42,6 +53,8 @@ def cache_directory():
     base = os.environ.get(CACHE_ENV, "")
     if base.lower() in ("off", "0", "false"):
         return None
+    if tensorflow_version() is None:
+        return None  # entries of two TensorFlow versions must not mix
     base = base or os.path.join(os.path.expanduser("~"), ".cache", "tflm", "xla")
     return os.path.join(base, machine_key())
 
