@@ -39,6 +39,8 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]==2.21.*"],  # CUDA and cuDNN from pip, for NVIDIA GPUs on Linux
+        # python -m tflm.prepare --beam-options: 2.69 is the first to accept TensorFlow 2.21's protobuf 6
+        "beam": ["apache-beam>=2.69,<3"],
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",  # setup.cfg runs the tests in two processes

@@ -2,7 +2,9 @@
 
 On a corpus it generates (by default 1 GB: copies of the embedded Python manual, each copy's
 lines varied so no two copies are equal), it prints:
-  - prepare throughput (MB of UTF-8 text per second) per tokenizer, store and index sizes;
+  - prepare throughput (MB of UTF-8 text per second) per tokenizer, store and index sizes, in one
+    process and (--beam-workers N) on Apache Beam's direct runner with N worker processes (goal:
+    >= 1.7x one process with 2 workers on 2 cores), and whether both wrote the same store;
   - input-pipeline tokens/s (reading windows from the store, as training does) against the
     trainer's tokens/s on the default model (goal: >= 10x);
   - time from launching `python -m tflm.train` to its first training step, resuming a run at
@@ -13,6 +15,7 @@ lines varied so no two copies are equal), it prints:
 
     python benchmarks/data_scale.py [--gigabytes 1] [--tokenizers char,byte,sentencepiece,wordpiece]
     python benchmarks/data_scale.py --gigabytes 0.05 --parts resume     # start-up only
+    python benchmarks/data_scale.py --parts prepare --beam-workers 2    # one process vs Beam's direct runner
 """
 
 import argparse
@@ -68,14 +71,32 @@ def directory_bytes(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-def prepare(corpus_glob, tokenizer, stores):
-    """(store path, seconds) of preparing the corpus with `tokenizer`."""
+def prepare(corpus_glob, tokenizer, stores, beam_workers=0):
+    """(store path, seconds, seconds learning the tokenizer) of preparing the corpus with `tokenizer`,
+    in this process or (`beam_workers`) on Beam's direct runner with that many worker processes."""
     config = load_config(None, ["data.source=files", f"data.paths=[{json.dumps(corpus_glob)}]",
                                 f"data.tokenizer={tokenizer}", f"data.vocab_size={VOCAB_SIZES[tokenizer]}"])
-    path = os.path.join(stores, tokenizer)
-    started = time.perf_counter()
-    prepare_store(config.data, path, log=lambda message: None)
-    return path, time.perf_counter() - started
+    path = os.path.join(stores, f"{tokenizer}-beam" if beam_workers else tokenizer)
+    options = f"--runner=DirectRunner --direct_running_mode=multi_processing --direct_num_workers={beam_workers}"
+    started, learned = time.perf_counter(), []
+    prepare_store(config.data, path, beam_options=options if beam_workers else None,
+                  log=lambda message: learned.append(time.perf_counter() - started) if " learned " in message else None)
+    return path, time.perf_counter() - started, learned[0] if learned else 0.0
+
+
+def prepare_line(label, text_bytes, seconds, learning, path):
+    """One printed line of a prepare's rates and sizes."""
+    store = TokenStore.open(path)
+    tokens = store.tokens("train") + store.tokens("validation")
+    return (f"prepare {label:22s} {text_bytes / 1e6 / seconds:7.1f} MB/s ({seconds:.0f} s; learning {learning:.0f} s, "
+            f"then {text_bytes / 1e6 / (seconds - learning):.1f} MB/s), {tokens:,} tokens, "
+            f"store {directory_bytes(path) / 1e9:.2f} GB, index {os.path.getsize(os.path.join(path, 'index.json')) / 1e3:.1f} kB")
+
+
+def same_store(left, right):
+    """Whether two stores hold the same shards (index.json's splits and tokenizer, and every shard's CRC)."""
+    a, b = TokenStore.open(left).index, TokenStore.open(right).index
+    return a["splits"] == b["splits"] and a["tokenizer"] == b["tokenizer"]
 
 
 def pipeline_tokens_per_sec(store_path, batches=3000, seq_len=64, global_batch=12):
@@ -182,6 +203,8 @@ def main():
     parser.add_argument("--gigabytes", type=float, default=1.0)
     parser.add_argument("--tokenizers", default="char,byte,sentencepiece,wordpiece")
     parser.add_argument("--work", help="where to write the corpus and stores (default: a temporary directory)")
+    parser.add_argument("--beam-workers", type=int, default=0,
+                        help="also prepare each store on Apache Beam's direct runner with this many workers")
     parser.add_argument("--parts", default="prepare,pipeline,resume",
                         help="comma-separated: prepare (every --tokenizers store), pipeline (vs the trainer), resume")
     args = parser.parse_args()
@@ -196,12 +219,19 @@ def main():
         print(f"corpus: {text_bytes / 1e9:.2f} GB in {len(os.listdir(corpus))} files")
         stores = {}
         for tokenizer in args.tokenizers.split(",") if "prepare" in parts else ["char"]:
-            path, seconds = prepare(pattern, tokenizer, os.path.join(work, "stores"))
+            path, seconds, learning = prepare(pattern, tokenizer, os.path.join(work, "stores"))
             stores[tokenizer] = path
-            store = TokenStore.open(path)
-            print(f"prepare {tokenizer:13s} {text_bytes / 1e6 / seconds:7.1f} MB/s  ({seconds:.0f} s), "
-                  f"{store.tokens('train') + store.tokens('validation'):,} tokens, store {directory_bytes(path) / 1e9:.2f} GB, "
-                  f"index {os.path.getsize(os.path.join(path, 'index.json')) / 1e3:.1f} kB", flush=True)
+            print(prepare_line(f"{tokenizer}, one process", text_bytes, seconds, learning, path), flush=True)
+            if args.beam_workers and "prepare" in parts:
+                beam_path, beam_seconds, beam_learning = prepare(pattern, tokenizer, os.path.join(work, "stores"),
+                                                                 args.beam_workers)
+                print(prepare_line(f"{tokenizer}, Beam x{args.beam_workers}", text_bytes, beam_seconds, beam_learning,
+                                   beam_path), flush=True)
+                after = (f"; after learning the tokenizer, {(seconds - learning) / (beam_seconds - beam_learning):.2f}x"
+                         if beam_learning else "")  # char learns inside the pipeline
+                print(f"  Beam direct runner, {args.beam_workers} workers vs one process: {seconds / beam_seconds:.2f}x"
+                      f"{after} (goal >= 1.7x); same store: {same_store(path, beam_path)}", flush=True)
+                shutil.rmtree(beam_path)
         store_path = stores.get("char") or next(iter(stores.values()))
         if "pipeline" in parts:
             pipeline = pipeline_tokens_per_sec(store_path)

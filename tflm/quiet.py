@@ -52,6 +52,13 @@ NOISE = re.compile("|".join([
     # sentencepiece's own INFO and WARNING lines ("normalizer.cc(51) LOG(INFO) ..."), e.g. from the
     # copy inside tensorflow-text, whose log level Python cannot set:
     r"\S+\.cc\(\d+\) LOG\((INFO|WARNING)\) ",
+    # What Apache Beam's direct-runner workers (tflm.prepare --beam-options) print as they start:
+    # BigQuery's client, which tflm does not use, and flags Beam passes its own workers.
+    r"WARNING:root:apitools not found, and bigquery client libraries are not available ",
+    r"INFO:__main__:Logging handler created\.$",
+    r"WARNING:__main__:No semi_persistent_directory found: ",
+    r"WARNING:apache_beam\.options\.pipeline_options:Discarding unparseable args: "
+    r"\[('--(direct_runner_use_stacked_bundle|pipeline_type_check)'(, )?)+\]$",
 ]))
 # A line naming one task alone: how a multi-line INFO line ("Example stragglers:") goes on.
 TASK_LINE = re.compile(r"/job:\w+/replica:\d+/task:\d+$")

@@ -2,6 +2,7 @@
 one-line errors for the data a user can get wrong."""
 
 import errno
+import io
 import json
 import os
 import threading
@@ -158,18 +159,19 @@ def test_a_store_damaged_after_its_run_started_stops_the_resume_naming_the_shard
 
 
 def test_a_full_disk_during_prepare_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
-    from tensorflow.python.lib.io import file_io
+    import tflm.data.store
 
     (tmp_path / "corpus").mkdir()
     pattern = write_files(tmp_path / "corpus", ["some text to tokenize\n" * 200])
-    write = file_io.FileIO.write
 
-    def full_disk(self, data):
-        if "/train/" in self.name:
+    class FullDisk(io.FileIO):
+        def write(self, data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return write(self, data)
 
-    monkeypatch.setattr(file_io.FileIO, "write", full_disk)
+    def shard_open(path, mode):  # the shards, written with open() locally, find the disk full
+        return FullDisk(path, mode) if "/train/" in path else open(path, mode)
+
+    monkeypatch.setattr(tflm.data.store, "open", shard_open, raising=False)
     store = str(tmp_path / "stores" / "corpus")
     with pytest.raises(SystemExit) as exit_:
         prepare_command.main(["--set", "data.source=files", "--set", f"data.paths=[{json.dumps(pattern)}]", "--store", store])

@@ -324,3 +324,15 @@ def test_tokenizer_works_in_a_saved_model_loaded_by_plain_tensorflow(tokenizers,
     assert served["texts"] == texts if name in LOSSLESS else served["texts"] == [
         t.decode("utf-8") for t in tokenizer.detokenize(tokenizer.tokenize(texts)).numpy()]
     assert set(non_core_ops(graph_ops(path))) <= set(tokenizer.non_core_ops)
+
+
+@pytest.mark.parametrize("kind, options", [("char", {}), ("sentencepiece", {"model_type": "unigram"}),
+                                           ("sentencepiece", {"model_type": "bpe"}), ("wordpiece", {})])
+def test_a_tokenizer_learns_the_same_from_blocks_of_lines_as_from_lines(kind, options):
+    # A prepare hands the learners blocks of 100 lines (tflm.data.chunks), which wordpiece learns from 6x faster.
+    lines = [line + "\n" for name in sorted(topics)[:150] for line in topics[name].splitlines()]
+    blocks = ["".join(lines[i:i + 100]) for i in range(0, len(lines), 100)]
+    vocab_size = {"char": 100, "sentencepiece": 400, "wordpiece": 300}[kind]
+    sample = {} if kind == "char" else {"sample_bytes": 150_000}
+    from_lines = learn_tokenizer(kind, iter(lines), vocab_size, **options, **sample)
+    assert learn_tokenizer(kind, iter(blocks), vocab_size, **options, **sample).fingerprint() == from_lines.fingerprint()

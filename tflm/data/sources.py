@@ -2,8 +2,9 @@
 
 Every source gives, for a split ("train" or "validation"), its *units*: (name, texts) pairs where
 `texts()` iterates the split's strings of one file (or of the whole stream, for sources without
-files). The token store keeps units apart, so a training window never straddles two files.
-Text files are read through tf.io.gfile, so `data.paths` may be local paths or any URL
+files); tokenizers learn from them. Text files also give their *chunks* (tflm.data.chunks), the
+pieces a store is written in, by one process or by Beam's workers. Text files are read locally
+with open() and elsewhere through tf.io.gfile, so `data.paths` may be local paths or any URL
 TensorFlow has a filesystem for (gs://, hdfs://, ...); invalid UTF-8 is reported with the file
 and line.
 
@@ -12,16 +13,17 @@ otherwise it is held out of the source: every k-th topic of the default corpus, 
 of LINES_PER_BLOCK lines of each file (k = 1 / data.validation_fraction), or TFDS's own split.
 """
 
-import codecs
+import concurrent.futures
 import glob
 import os
 import sys
 
+from tflm.data.chunks import CHUNK_BYTES, file_chunks, is_url, read_chunk
 from tflm.errors import TflmError
 from tflm.lazy import tf
 
 SPLITS = ("train", "validation")
-LINES_PER_BLOCK = 100  # files are split into train/validation in blocks of this many lines
+STAT_THREADS = 32  # files listed and stat'ed at once
 
 
 def make_source(data_config):
@@ -39,7 +41,15 @@ def make_source(data_config):
             data_config.tfds_text_feature,
             data_config.tfds_data_dir or None,
         )
-    return source if held_out else WithValidationFiles(source, TextFiles(data_config.validation_paths, None))
+    return source if held_out else WithValidationFiles(source, TextFiles(data_config.validation_paths, None, "validation"))
+
+
+def file_chunks_of(source, chunk_bytes=CHUNK_BYTES):
+    """The chunks of a source read from text files only (tflm.data.chunks), in store order; None
+    for the default corpus and TFDS, which are read as whole streams."""
+    if isinstance(source, TextFiles) or isinstance(source, WithValidationFiles) and isinstance(source.train, TextFiles):
+        return source.chunks(chunk_bytes)
+    return None
 
 
 def holdout_period(validation_fraction):
@@ -81,27 +91,43 @@ class TextFiles:
     gives both splits and the split never depends on sharding.
     """
 
-    def __init__(self, patterns, validation_fraction):
+    def __init__(self, patterns, validation_fraction, split=None):
         self.files = expand_paths(patterns)
         self.period = holdout_period(validation_fraction) if validation_fraction else None
+        self.split = split  # every line to this split, if given (else: held out by blocks, or all train)
+        self._stats = None
 
-    def _in_split(self, split, line_index):
-        held_out = self.period is not None and (line_index // LINES_PER_BLOCK) % self.period == self.period - 1
-        return held_out if split == "validation" else not held_out
+    def stats(self):
+        """{path: {path, bytes, mtime}} of every file, stat'ed once, STAT_THREADS at a time."""
+        if self._stats is None:
+            self._stats = dict(zip(self.files, in_parallel(file_stat, self.files)))
+        return self._stats
 
     def units(self, split):
         """One unit per file."""
         return [(path, lambda path=path: self.iter_file_texts(path, split)) for path in self.files]
 
     def iter_file_texts(self, path, split):
-        """Lines of `split` of one file (newline kept)."""
-        for index, line in enumerate(read_utf8_lines(path)):
-            if self._in_split(split, index):
-                yield line
+        """The text of `split` of one file, as blocks of lines (tflm.data.chunks; newlines kept:
+        the tokenizers learn the same from blocks as from lines, and count them far faster)."""
+        first_line = 0
+        for chunk in self.file_chunks(path):
+            text = read_chunk(chunk, first_line)
+            first_line += text.lines
+            yield from text.blocks[split]
+
+    def file_chunks(self, path, chunk_bytes=CHUNK_BYTES):
+        """The chunks of one file, each knowing which split its lines go to (tflm.data.chunks)."""
+        split = self.split or ("train" if self.period is None else None)
+        return file_chunks(path, self.stats()[path]["bytes"], chunk_bytes, split, self.period)
+
+    def chunks(self, chunk_bytes=CHUNK_BYTES):
+        """Every file's chunks, file after file."""
+        return [chunk for path in self.files for chunk in self.file_chunks(path, chunk_bytes)]
 
     def describe(self):
         """What identifies this text: every file with its size and modification time."""
-        return {"files": [file_stat(path) for path in self.files]}
+        return {"files": [self.stats()[path] for path in self.files]}
 
 
 class WithValidationFiles:
@@ -112,16 +138,16 @@ class WithValidationFiles:
 
     def units(self, split):
         """The training source's training units, or every line of the validation files."""
-        return self.train.units("train") if split == "train" else self.validation.units("train")
+        return self.train.units("train") if split == "train" else self.validation.units("validation")
+
+    def chunks(self, chunk_bytes=CHUNK_BYTES):
+        """The training files' chunks, then the validation files' (both must be files)."""
+        return self.train.chunks(chunk_bytes) + self.validation.chunks(chunk_bytes)
 
     def describe(self):
         """Both parts' descriptions."""
         return {"train": self.train.describe(), "validation": self.validation.describe()}
 
-
-def is_url(path):
-    """Whether `path` names a non-local filesystem (gs://, hdfs://, ram://, ...)."""
-    return "://" in path
 
 
 def expand_paths(patterns):
@@ -130,7 +156,8 @@ def expand_paths(patterns):
     for pattern in patterns:
         if is_url(pattern):
             try:
-                matches = sorted(p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p))
+                found = tf.io.gfile.glob(pattern)
+                matches = sorted(p for p, is_dir in zip(found, in_parallel(tf.io.gfile.isdir, found)) if not is_dir)
             except tf.errors.OpError as error:
                 raise TflmError(f"data.paths: cannot list {pattern!r}: {error.message}") from None
         else:
@@ -141,31 +168,20 @@ def expand_paths(patterns):
     return list(dict.fromkeys(files))
 
 
+def in_parallel(function, paths):
+    """[function(path) for path in paths], STAT_THREADS calls at a time: on object stores each is a
+    request of tens of milliseconds, and a corpus may be many thousands of files."""
+    if len(paths) < 2:
+        return [function(path) for path in paths]
+    with concurrent.futures.ThreadPoolExecutor(STAT_THREADS) as pool:
+        return list(pool.map(function, paths))
+
+
 def file_stat(path):
     """{path, bytes, mtime} of a file, local or remote."""
     stat = tf.io.gfile.stat(path)
     return {"path": path, "bytes": stat.length, "mtime": stat.mtime_nsec // 10**9}
 
-
-def read_utf8_lines(path):
-    """Yield the lines of a UTF-8 file, streamed; invalid bytes raise a TflmError naming the line."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    line_number = 1
-    try:
-        with (tf.io.gfile.GFile(path, "rb") if is_url(path) else open(path, "rb")) as f:
-            for raw in f:
-                try:
-                    line = decoder.decode(raw)
-                except UnicodeDecodeError as error:
-                    raise TflmError(
-                        f"{path}: line {line_number}: invalid UTF-8 byte 0x{raw[error.start]:02x}"
-                    ) from None
-                line_number += 1
-                yield line if line.endswith("\n") else line + "\n"
-    except OSError as error:
-        raise TflmError(f"cannot read {path}: {error.strerror}") from None
-    except tf.errors.OpError as error:
-        raise TflmError(f"cannot read {path}: {error.message}") from None
 
 
 class TfdsSource:

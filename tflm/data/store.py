@@ -7,9 +7,11 @@
     STORE/validation/00000.bin
 
 index.json holds the format, the id dtype, the tokenizer's kind and fingerprint, the data
-settings and source files the store was made from, and per split its shards (file, tokens,
-CRC-32 of the bytes) and the UTF-8 bytes of text they hold. A source file's tokens start a new
-shard, so a window never straddles two files; long files are cut into shards of SHARD_TOKENS.
+settings and source files the store was made from, how it was prepared (one process, or Apache
+Beam's runner and workers), and per split its shards (file, tokens, CRC-32 of the bytes) and the
+UTF-8 bytes of text they hold. Each chunk of a source file (tflm.data.chunks: CHUNK_BYTES of text,
+whole lines) starts a new shard, so a window never straddles two files, and the store's layout
+does not depend on who prepared it; a chunk of more than SHARD_TOKENS ids is cut into several.
 
 Reading never loads the corpus: each window is one positional read (`os.pread` locally, a
 seek and read through tf.io.gfile elsewhere), so memory stays bounded by the open files and the
@@ -26,6 +28,7 @@ import zlib
 
 import numpy as np
 
+from tflm import atomic
 from tflm.atomic import is_local
 from tflm.errors import TflmError
 from tflm.lazy import tf
@@ -74,12 +77,13 @@ class ShardWriter:
     """Appends token ids of one split to numbered shard files, starting a new shard per source
     file and every SHARD_TOKENS ids; records tokens, bytes of text and a CRC-32 per shard."""
 
-    def __init__(self, directory, split, dtype, shard_tokens=SHARD_TOKENS):
+    def __init__(self, directory, split, dtype, shard_tokens=SHARD_TOKENS, name=None):
         self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
+        self.name = name or (lambda number: shard_name(split, number))  # number -> file name in the store
         self.shards, self.text_bytes = [], 0
         self._file = None
         with writing(directory, split):
-            tf.io.gfile.makedirs(os.path.join(directory, split))
+            atomic.makedirs(os.path.join(directory, split))
 
     def add(self, ids, text_bytes):
         """Append `ids` (the tokens of `text_bytes` bytes of text)."""
@@ -106,16 +110,22 @@ class ShardWriter:
                 file.close()
 
     def _open(self):
-        name = f"{self.split}/{len(self.shards):05d}.bin"
+        name = self.name(len(self.shards))
         self._current = {"file": name, "tokens": 0, "crc32": 0}
         self.shards.append(self._current)
-        with writing(self.directory, name):
-            self._file = tf.io.gfile.GFile(os.path.join(self.directory, name), "wb")
+        path = os.path.join(self.directory, name)
+        with writing(self.directory, name):  # locally open(): no TensorFlow to import on a Beam worker
+            self._file = open(path, "wb") if is_local(path) else tf.io.gfile.GFile(path, "wb")
 
     def close(self):
         """Finish; the split's index entry."""
         self.end_file()
         return {"shards": self.shards, "tokens": sum(s["tokens"] for s in self.shards), "text_bytes": self.text_bytes}
+
+
+def shard_name(split, number):
+    """The file of shard `number` of a split, as index.json names it."""
+    return f"{split}/{number:05d}.bin"
 
 
 def write_index(directory, index):
@@ -242,7 +252,7 @@ def check_index(index):
         raise ValueError(f"'dtype' is {index['dtype']!r}, not one of {', '.join(DTYPES)}")
     for split in SPLITS:
         for number, shard in enumerate(index["splits"][split]["shards"]):
-            if shard["file"] != f"{split}/{number:05d}.bin" or shard["tokens"] < 0:
+            if shard["file"] != shard_name(split, number) or shard["tokens"] < 0:
                 raise ValueError(f"'splits.{split}.shards[{number}]' is {shard!r:.80}, not shard {number} of {split}")
 
 

@@ -69,10 +69,7 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def model_type(self):
         """'unigram' or 'bpe'."""
-        from sentencepiece import sentencepiece_model_pb2
-
-        model = sentencepiece_model_pb2.ModelProto.FromString(self.model_proto)
-        return sentencepiece_model_pb2.TrainerSpec.ModelType.Name(model.trainer_spec.model_type).lower()
+        return model_type_of(self.model_proto)
 
     @classmethod
     def learn_options(cls, data_config):
@@ -131,6 +128,51 @@ class SentencePieceTokenizer(Tokenizer):
         except RuntimeError as error:
             raise TflmError(_sentencepiece_error(str(error), vocab_size, sample_bytes)) from None
         return cls(model.getvalue())
+
+
+MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}  # sentencepiece_model.proto's TrainerSpec.ModelType
+
+
+def model_type_of(model_proto):
+    """TrainerSpec.model_type of a serialized ModelProto, read from the protobuf wire format: the
+    `sentencepiece` package's own sentencepiece_model_pb2 (0.2.3) refuses to load under protobuf
+    < 7, which Apache Beam (tflm[beam]) requires, so tflm does not import it."""
+    trainer_spec = proto_field(model_proto, 2) or b""  # ModelProto.trainer_spec
+    return MODEL_TYPES[proto_field(trainer_spec, 3) or 1]  # TrainerSpec.model_type, default UNIGRAM
+
+
+def proto_field(message, number):
+    """The last value of field `number` in a serialized protobuf message: an int (varint) or bytes
+    (length-delimited); None if absent."""
+    position, found = 0, None
+    while position < len(message):
+        key, position = varint(message, position)
+        wire_type = key & 7
+        if wire_type == 0:
+            value, position = varint(message, position)
+        elif wire_type == 2:
+            length, position = varint(message, position)
+            value, position = message[position:position + length], position + length
+        elif wire_type in (1, 5):
+            value, position = None, position + (8 if wire_type == 1 else 4)
+        else:
+            raise TflmError("not a sentencepiece model (a protobuf wire type it cannot have)")
+        if key >> 3 == number:
+            found = value
+    return found
+
+
+def varint(data, position):
+    """(value, next position) of the protobuf varint at `position`."""
+    value = shift = 0
+    while True:
+        if position >= len(data):
+            raise TflmError("not a sentencepiece model (it ends inside a field)")
+        byte = data[position]
+        value |= (byte & 0x7F) << shift
+        position, shift = position + 1, shift + 7
+        if byte < 0x80:
+            return value, position
 
 
 def piece_byte_lengths(processor):
