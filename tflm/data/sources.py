@@ -149,7 +149,6 @@ class WithValidationFiles:
         return {"train": self.train.describe(), "validation": self.validation.describe()}
 
 
-
 def expand_paths(patterns):
     """Sorted files matching the paths/globs; a TflmError if one matches nothing."""
     files = []
@@ -181,7 +180,6 @@ def file_stat(path):
     """{path, bytes, mtime} of a file, local or remote."""
     stat = tf.io.gfile.stat(path)
     return {"path": path, "bytes": stat.length, "mtime": stat.mtime_nsec // 10**9}
-
 
 
 class TfdsSource:

@@ -74,8 +74,9 @@ def writing(directory, name):
 
 
 class ShardWriter:
-    """Appends token ids of one split to numbered shard files, starting a new shard per source
-    file and every SHARD_TOKENS ids; records tokens, bytes of text and a CRC-32 per shard."""
+    """Appends token ids of one split to shard files (numbered, or named by `name`), starting a new
+    shard at each `end_file` (a piece of the corpus ends) and every SHARD_TOKENS ids; records
+    tokens, bytes of text and a CRC-32 per shard."""
 
     def __init__(self, directory, split, dtype, shard_tokens=SHARD_TOKENS, name=None):
         self.directory, self.split, self.dtype, self.shard_tokens = directory, split, dtype, shard_tokens
